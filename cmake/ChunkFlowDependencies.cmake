@@ -1,0 +1,66 @@
+# Finds every dependency. LibTorch comes from the virtualenv that scripts/bootstrap.sh creates
+# outside the checkout; the same default location is computed here so that a plain
+# `cmake -S . -B build` finds it. Override with -DTorch_DIR=... or CHUNKFLOW_VENV.
+
+find_package(Threads REQUIRED)
+find_package(yaml-cpp REQUIRED)
+find_package(nlohmann_json 3.10 REQUIRED)
+
+# --- CUDA --------------------------------------------------------------------------------------
+set(CHUNKFLOW_CUDA_ENABLED OFF)
+if(CHUNKFLOW_WITH_CUDA)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    # No GPU on the build machines, so `native` cannot work: list the architectures we ship.
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 80 90)
+    endif()
+    # The default static runtime plus CUDA::cudart would put two runtimes on the link line.
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
+    # CMake 3.25 has no nvcc flags for CUDA20; kernels are written in C++17.
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    set(CMAKE_CUDA_EXTENSIONS OFF)
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(CHUNKFLOW_CUDA_ENABLED ON)
+  else()
+    message(STATUS "ChunkFlow: nvcc not found; building the CPU paths only")
+  endif()
+endif()
+
+# --- LibTorch ----------------------------------------------------------------------------------
+if(CHUNKFLOW_WITH_TORCH)
+  if(NOT Torch_DIR)
+    if(DEFINED ENV{CHUNKFLOW_VENV})
+      set(_chunkflow_venv "$ENV{CHUNKFLOW_VENV}")
+    elseif(DEFINED ENV{CHUNKFLOW_CACHE})
+      set(_chunkflow_venv "$ENV{CHUNKFLOW_CACHE}/venv")
+    elseif(DEFINED ENV{XDG_CACHE_HOME})
+      set(_chunkflow_venv "$ENV{XDG_CACHE_HOME}/chunkflow/venv")
+    else()
+      set(_chunkflow_venv "$ENV{HOME}/.cache/chunkflow/venv")
+    endif()
+    set(CHUNKFLOW_PYTHON "${_chunkflow_venv}/bin/python" CACHE FILEPATH
+        "Python of the bootstrap virtualenv (provides LibTorch)")
+    if(NOT EXISTS "${CHUNKFLOW_PYTHON}")
+      message(FATAL_ERROR "ChunkFlow: no Python at ${CHUNKFLOW_PYTHON}; run scripts/bootstrap.sh "
+                          "(or pass -DTorch_DIR=..., or -DCHUNKFLOW_WITH_TORCH=OFF)")
+    endif()
+    execute_process(
+      COMMAND "${CHUNKFLOW_PYTHON}" -c "import torch; print(torch.utils.cmake_prefix_path)"
+      OUTPUT_VARIABLE _torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _torch_status)
+    if(NOT _torch_status EQUAL 0)
+      message(FATAL_ERROR "ChunkFlow: ${CHUNKFLOW_PYTHON} cannot import torch; run scripts/bootstrap.sh")
+    endif()
+    list(APPEND CMAKE_PREFIX_PATH "${_torch_prefix}")
+  endif()
+  # The wheel is a CUDA build. Naming the architectures keeps its config from probing for a GPU
+  # (a try_run that fails on machines without one).
+  if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST} AND NOT TORCH_CUDA_ARCH_LIST)
+    set(TORCH_CUDA_ARCH_LIST "8.0;9.0")
+  endif()
+  find_package(Torch REQUIRED)
+  message(STATUS "ChunkFlow: LibTorch ${Torch_VERSION} from ${Torch_DIR}")
+endif()

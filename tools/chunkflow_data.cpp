@@ -1,0 +1,178 @@
+// chunkflow-data: build and inspect tokenized datasets.
+//   prepare  JSONL {"input_ids": [...], "labels"|"loss_mask": [...]} -> indexed dataset
+//   synth    the bundled long-tail demo dataset
+//   stats    length histogram (text + SVG) and chunk / padding / packing figures
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "configs/data_config.h"
+#include "core/command_line.h"
+#include "core/error.h"
+#include "core/file_io.h"
+#include "core/logging.h"
+#include "core/strings.h"
+#include "data/chunk_plan.h"
+#include "data/dataset_stats.h"
+#include "data/indexed_dataset.h"
+#include "data/jsonl_prepare.h"
+#include "data/sampler.h"
+#include "data/synthetic.h"
+
+namespace chunkflow {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: chunkflow-data <command> [options]\n"
+    "  prepare   convert JSONL token ids (with optional labels / loss_mask) to an indexed dataset\n"
+    "  synth     write the synthetic long-tail demo dataset\n"
+    "  stats     length distribution and chunk / padding / packing figures of a dataset\n"
+    "Run 'chunkflow-data <command> --help' for its options.\n";
+
+int run_prepare(const std::vector<std::string>& args) {
+  data::PrepareOptions options;
+  bool quiet = false;
+  core::CommandLine command_line("chunkflow-data prepare",
+                                 "Converts JSONL lines {\"input_ids\": [...]} (optional \"labels\" with -100 for "
+                                 "no loss, or \"loss_mask\") into <output>.bin/.idx (+ <output>_loss_mask).");
+  command_line.add_string("input", &options.input, "JSONL file", true);
+  command_line.add_string("output", &options.output_prefix, "output prefix", true);
+  command_line.add_int("vocab-size", &options.vocab_size, "reject ids >= this (0: unchecked)");
+  command_line.add_string("dtype", &options.dtype, "token dtype: auto, uint16, int32, ...");
+  command_line.add_flag("skip-bad-lines", &options.skip_bad_lines, "skip and count bad lines instead of stopping");
+  command_line.add_int("max-errors", &options.max_reported_errors, "bad lines to list when skipping");
+  command_line.add_flag("quiet", &quiet, "no progress output");
+  if (!command_line.parse(args)) return 0;
+  options.show_progress = !quiet;
+  const data::PrepareSummary summary = data::prepare_jsonl(options);
+  std::printf("%s\n", summary.to_text().c_str());
+  return 0;
+}
+
+int run_synth(const std::vector<std::string>& args) {
+  data::SynthOptions options;
+  std::string output;
+  int64_t seed = static_cast<int64_t>(options.seed);
+  bool quiet = false;
+  core::CommandLine command_line("chunkflow-data synth",
+                                 "Writes a synthetic dataset with long-tail lengths (shaped like LMSys-Chat-1M) and a "
+                                 "long-range copy structure: BOS, a random span, COPY, the span again.");
+  command_line.add_string("output", &output, "output prefix", true);
+  command_line.add_int("sequences", &options.sequences, "number of sequences");
+  command_line.add_int("vocab-size", &options.vocab_size, "vocabulary size (ids 0 and 1 reserved)");
+  command_line.add_double("scale", &options.scale, "multiplies all lengths (body median 200 x scale)");
+  command_line.add_int("max-length", &options.max_length, "longest possible sequence");
+  command_line.add_double("tail-fraction", &options.tail_fraction, "share of sequences in the long tail");
+  command_line.add_int("seed", &seed, "random seed");
+  command_line.add_flag("quiet", &quiet, "no progress output");
+  if (!command_line.parse(args)) return 0;
+  CF_CHECK(seed >= 0, "chunkflow-data synth --seed must be >= 0, got ", seed);
+  options.seed = static_cast<uint64_t>(seed);
+  const data::SynthSummary summary = data::write_synthetic_dataset(output, options, !quiet);
+  std::printf("wrote %s.bin/.idx: %lld sequences, %lld tokens, longest %lld\n", output.c_str(),
+              static_cast<long long>(summary.sequences), static_cast<long long>(summary.tokens),
+              static_cast<long long>(summary.max_length));
+  return 0;
+}
+
+int run_stats(const std::vector<std::string>& args) {
+  std::string prefix, loss_mask, svg_path;
+  configs::DataConfig batching;
+  batching.batch_tokens = 0;
+  data::ComparisonOptions options;
+  int64_t seed = static_cast<int64_t>(options.seed), show_plan = 0;
+  core::CommandLine command_line("chunkflow-data stats",
+                                 "Prints the length distribution and, for one epoch of global batches, how many "
+                                 "chunks ChunkFlow needs and how full they are next to pad-to-longest and "
+                                 "pack-to-max-length batching.");
+  command_line.add_string("data", &prefix, "dataset prefix", true);
+  command_line.add_string("loss-mask", &loss_mask, "loss-mask dataset prefix (default: <data>_loss_mask if present)");
+  command_line.add_int("chunk-size", &options.chunk_size, "ChunkFlow chunk size");
+  command_line.add_int("batch-tokens", &batching.batch_tokens, "global batch token budget (default 65536)");
+  command_line.add_int("batch-sequences", &batching.batch_sequences, "global batch sequence count instead");
+  command_line.add_int("micro-batch-sequences", &options.micro_batch_sequences, "pad-to-longest micro-batch size");
+  command_line.add_int("max-context", &options.max_context, "pack-to-max-length row size (default: longest)");
+  command_line.add_int("seed", &seed, "sampler seed");
+  command_line.add_string("svg", &svg_path, "write the length histogram as an SVG picture here");
+  command_line.add_int("show-plan", &show_plan, "print the first global batch's plan, up to N chunks");
+  if (!command_line.parse(args)) return 0;
+  if (batching.batch_sequences == 0 && batching.batch_tokens == 0) batching.batch_tokens = 65536;
+  CF_CHECK(batching.batch_sequences == 0 || batching.batch_tokens == 0,
+           "chunkflow-data stats: give --batch-tokens or --batch-sequences, not both");
+  CF_CHECK(seed >= 0, "chunkflow-data stats --seed must be >= 0, got ", seed);
+  options.seed = static_cast<uint64_t>(seed);
+
+  const data::IndexedDataset dataset(prefix);
+  const data::LengthSummary lengths = data::summarize_lengths(dataset.lengths());
+  std::printf("dataset %s: %lld sequences in %lld documents, %lld tokens (%s), dtype %s\n", prefix.c_str(),
+              static_cast<long long>(lengths.sequences), static_cast<long long>(dataset.documents()),
+              static_cast<long long>(lengths.tokens), core::format_count(static_cast<double>(lengths.tokens)).c_str(),
+              data::dtype_name(dataset.dtype()));
+  std::printf("length: min %lld, mean %.1f, p50 %lld, p90 %lld, p99 %lld, p99.9 %lld, max %lld; %.2f%% below 4096\n\n",
+              static_cast<long long>(lengths.min), lengths.mean, static_cast<long long>(lengths.p50),
+              static_cast<long long>(lengths.p90), static_cast<long long>(lengths.p99),
+              static_cast<long long>(lengths.p999), static_cast<long long>(lengths.max), 100.0 * lengths.share_below_4k);
+  const auto bins = data::length_histogram(dataset.lengths());
+  std::printf("%s\n", data::histogram_text(bins).c_str());
+
+  if (loss_mask.empty() && core::path_exists(data::idx_path(data::loss_mask_prefix(prefix)))) {
+    loss_mask = data::loss_mask_prefix(prefix);
+  }
+  if (!loss_mask.empty()) {
+    const data::LossMaskDataset mask(loss_mask, dataset);
+    int64_t targets = 0;
+    for (int64_t s = 0; s < dataset.size(); ++s) {
+      const std::vector<uint8_t> values = mask.read(s);
+      data::PlanSequence sequence{static_cast<int64_t>(values.size()), values};
+      targets += data::count_loss_tokens(sequence, 0, sequence.length);
+    }
+    std::printf("loss mask %s: %lld of %lld tokens are prediction targets (%.1f%%)\n\n", loss_mask.c_str(),
+                static_cast<long long>(targets), static_cast<long long>(lengths.tokens),
+                lengths.tokens ? 100.0 * static_cast<double>(targets) / static_cast<double>(lengths.tokens) : 0.0);
+  }
+
+  const data::PackingComparison comparison = data::compare_batching(dataset.lengths(), batching, options);
+  std::printf("%s", comparison.to_text().c_str());
+
+  if (show_plan > 0) {
+    data::GlobalBatchSampler sampler(dataset.lengths(), batching, options.seed);
+    const data::GlobalBatch batch = sampler.next();
+    std::vector<data::PlanSequence> sequences;
+    for (const int64_t s : batch.sequences) sequences.push_back({dataset.length(s), {}});
+    std::printf("\nfirst global batch:\n%s", data::build_chunk_plan(sequences, options.chunk_size).describe(show_plan).c_str());
+  }
+  if (!svg_path.empty()) {
+    const auto parent = std::filesystem::path(svg_path).parent_path();
+    if (!parent.empty()) core::make_directories(parent.string());
+    core::write_file_atomic(svg_path, data::histogram_svg(bins, "Sequence lengths of " + prefix));
+    std::printf("\nwrote %s\n", svg_path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace chunkflow
+
+int main(int argc, char** argv) {
+  using namespace chunkflow;
+  const std::vector<std::string> all(argv + 1, argv + argc);
+  if (all.empty() || all[0] == "--help" || all[0] == "-h") {
+    std::fputs(kUsage, all.empty() ? stderr : stdout);
+    return all.empty() ? 2 : 0;
+  }
+  const std::vector<std::string> args(all.begin() + 1, all.end());
+  try {
+    if (all[0] == "prepare") return run_prepare(args);
+    if (all[0] == "synth") return run_synth(args);
+    if (all[0] == "stats") return run_stats(args);
+    CF_FAIL("chunkflow-data: unknown command '", all[0], "'",
+            core::did_you_mean(all[0], {"prepare", "synth", "stats"}), "\n", kUsage);
+  } catch (const core::Error& error) {
+    core::log_error(error.what());
+    return 1;
+  } catch (const std::exception& error) {
+    core::log_error("chunkflow-data: unexpected failure: ", error.what());
+    return 1;
+  }
+}
