@@ -27,6 +27,10 @@ std::string format_count(double count);        // "1.23M"
 std::string format_duration(double seconds);   // "1h02m", "3m05s", "4.2s"
 std::string format_fixed(double value, int decimals);
 
+// Pads with spaces to at least `width` characters (text longer than width is kept whole).
+std::string pad_left(const std::string& text, size_t width);
+std::string pad_right(const std::string& text, size_t width);
+
 std::string join(const std::vector<std::string>& parts, const std::string& separator);
 
 }  // namespace chunkflow::core

@@ -21,8 +21,7 @@ int64_t percentile(const std::vector<int32_t>& sorted, double fraction) {
 
 std::string bin_label(const HistogramBin& bin) {
   if (bin.upper - bin.lower == 1) return std::to_string(bin.lower);
-  return core::format_count(static_cast<double>(bin.lower)) + "-" +
-         core::format_count(static_cast<double>(bin.upper - 1));
+  return std::to_string(bin.lower) + "-" + std::to_string(bin.upper - 1);
 }
 
 std::string xml_escape(const std::string& text) {
@@ -91,22 +90,23 @@ std::string histogram_text(const std::vector<HistogramBin>& bins) {
     most = std::max(most, bin.sequences);
   }
   constexpr int kBarWidth = 40;
-  std::string text = "  length         sequences   seq%   tok%   cum seq%  (bar: log scale)\n";
+  using core::pad_left;
+  using core::pad_right;
+  const auto percent = [](int64_t part, int64_t whole, int decimals) {
+    return core::format_fixed(100.0 * static_cast<double>(part) / static_cast<double>(std::max<int64_t>(whole, 1)), decimals);
+  };
+  std::string text = pad_right("  length", 16) + pad_left("sequences", 10) + pad_left("seq %", 8) +
+                     pad_left("token %", 9) + pad_left("cum seq %", 11) + "  (bar: log scale)\n";
   int64_t cumulative = 0;
   for (const auto& bin : bins) {
     cumulative += bin.sequences;
     const double bar = bin.sequences == 0 ? 0.0
                                           : std::log10(1.0 + static_cast<double>(bin.sequences)) /
                                                 std::log10(1.0 + static_cast<double>(most));
-    std::string label = bin_label(bin);
-    label.resize(std::max<size_t>(label.size(), 13), ' ');
-    std::string count = std::to_string(bin.sequences);
-    count.insert(0, count.size() < 10 ? 10 - count.size() : 0, ' ');
-    text += core::str_cat("  ", label, count, "  ",
-                          core::format_fixed(100.0 * static_cast<double>(bin.sequences) / static_cast<double>(std::max<int64_t>(sequences, 1)), 2), "  ",
-                          core::format_fixed(100.0 * static_cast<double>(bin.tokens) / static_cast<double>(std::max<int64_t>(tokens, 1)), 2), "  ",
-                          core::format_fixed(100.0 * static_cast<double>(cumulative) / static_cast<double>(std::max<int64_t>(sequences, 1)), 3), "  ",
-                          std::string(static_cast<size_t>(std::lround(bar * kBarWidth)), '#'), "\n");
+    text += pad_right("  " + bin_label(bin), 16) + pad_left(std::to_string(bin.sequences), 10) +
+            pad_left(percent(bin.sequences, sequences, 2), 8) + pad_left(percent(bin.tokens, tokens, 2), 9) +
+            pad_left(percent(cumulative, sequences, 3), 11) + "  " +
+            std::string(static_cast<size_t>(std::lround(bar * kBarWidth)), '#') + "\n";
   }
   return text;
 }
@@ -217,23 +217,20 @@ PackingComparison compare_batching(const std::vector<int32_t>& lengths, const co
 }
 
 std::string PackingComparison::to_text() const {
+  using core::pad_left;
   std::string text = core::str_cat(
       "one epoch: ", global_batches, " global batches, ", real_tokens, " real tokens\n",
       "chunk_size ", chunk_size, ": ", chunks, " chunks (", standalone_chunks, " standalone, ", dependent_chunks,
       " dependent from ", split_sequences, " split sequences); lower bound ", chunk_lower_bound, " (+",
       core::format_fixed(chunk_lower_bound ? 100.0 * static_cast<double>(chunks - chunk_lower_bound) / static_cast<double>(chunk_lower_bound) : 0.0, 2),
-      "%)\n\n  strategy              units      unit size   capacity tokens   fill\n");
+      "%)\n\n");
+  text += core::pad_right("  strategy", 22) + pad_left("units", 8) + pad_left("unit size", 12) +
+          pad_left("capacity tokens", 17) + pad_left("fill", 8) + "\n";
   for (const BatchingFigures* figures : {&chunkflow, &pack_to_max_length, &pad_to_longest}) {
-    std::string name = figures->name;
-    name.resize(20, ' ');
-    std::string units = std::to_string(figures->units);
-    units.insert(0, units.size() < 8 ? 8 - units.size() : 0, ' ');
-    std::string size = figures->unit_tokens > 0 ? std::to_string(figures->unit_tokens) : "varies";
-    size.insert(0, size.size() < 13 ? 13 - size.size() : 0, ' ');
-    std::string capacity = std::to_string(figures->capacity_tokens);
-    capacity.insert(0, capacity.size() < 18 ? 18 - capacity.size() : 0, ' ');
-    text += core::str_cat("  ", name, units, size, capacity, "   ",
-                          core::format_fixed(100.0 * figures->fill_ratio(), 1), "%\n");
+    text += core::pad_right("  " + figures->name, 22) + pad_left(std::to_string(figures->units), 8) +
+            pad_left(figures->unit_tokens > 0 ? std::to_string(figures->unit_tokens) : "varies", 12) +
+            pad_left(std::to_string(figures->capacity_tokens), 17) +
+            pad_left(core::format_fixed(100.0 * figures->fill_ratio(), 1) + "%", 8) + "\n";
   }
   return text;
 }
