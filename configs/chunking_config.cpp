@@ -1,0 +1,14 @@
+// Rules of the `chunking` section; see chunking_config.h.
+#include "configs/chunking_config.h"
+
+#include "configs/config_error.h"
+
+namespace chunkflow::configs {
+
+void ChunkingConfig::validate() const {
+  check_field(chunk_size > 0, "chunking.chunk_size", "> 0", chunk_size);
+  check_field(resident_chunks >= 1, "chunking.resident_chunks", ">= 1", resident_chunks,
+              "the last chunk of a sequence always keeps its activations");
+}
+
+}  // namespace chunkflow::configs

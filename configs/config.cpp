@@ -1,0 +1,32 @@
+// Config::validate: every section's rules, then the rules that span sections; see config.h.
+#include "configs/config.h"
+
+#include <vector>
+
+#include "core/error.h"
+
+namespace chunkflow::configs {
+
+void Config::validate() const {
+  visit_sections([](const char*, const auto& section) { section.validate(); });
+
+  // Pipeline stages own contiguous layers; an empty stage would have nothing to run.
+  if (parallel.pp > model.num_hidden_layers) {
+    throw ConfigError(std::vector<std::string>{"parallel.pp", "model.num_hidden_layers"},
+                      core::str_cat("parallel.pp must be <= model.num_hidden_layers (",
+                                    model.num_hidden_layers, "), got ", parallel.pp,
+                                    "; every pipeline stage needs at least one layer"));
+  }
+  // NCCL moves CUDA tensors only.
+  if (parallel.backend == "nccl" && run.device == "cpu") {
+    throw ConfigError(std::vector<std::string>{"parallel.backend", "run.device"},
+                      "parallel.backend must be mpi or auto when run.device is \"cpu\", got "
+                      "\"nccl\"; NCCL moves CUDA tensors only");
+  }
+}
+
+std::string Config::checkpoint_dir() const {
+  return checkpoint.dir.empty() ? run.run_dir() + "/checkpoints" : checkpoint.dir;
+}
+
+}  // namespace chunkflow::configs

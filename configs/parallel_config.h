@@ -1,0 +1,51 @@
+// The `parallel` section: the dp x cp x pp mesh, its rank order and the communication backend.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace chunkflow::configs {
+
+struct ParallelConfig {
+  static constexpr const char* kSection = "parallel";
+
+  int64_t dp = 1;
+  int64_t cp = 1;
+  int64_t pp = 1;
+  std::string order = "dp,cp,pp";
+  std::string backend = "auto";
+
+  template <typename Visitor>
+  void visit_fields(Visitor&& visit) { fields(*this, visit); }
+  template <typename Visitor>
+  void visit_fields(Visitor&& visit) const { fields(*this, visit); }
+
+  // Throws ConfigError naming parallel.<key> when a rule is broken.
+  void validate() const;
+
+  // dp x cp x pp.
+  int64_t world_size() const { return dp * cp * pp; }
+
+  // The axes of `order`, outermost first, e.g. {"dp", "cp", "pp"}. Throws ConfigError naming
+  // parallel.order unless it is a permutation of dp, cp, pp (spaces around names are allowed).
+  std::vector<std::string> axis_order() const;
+
+  // Throws ConfigError naming every degree unless world_size() == `world` (the job's rank count):
+  // "parallel: dp (2) x cp (1) x pp (4) = 8 ranks, but the job has 6 ranks; ...".
+  void check_world(int64_t world) const;
+
+  bool operator==(const ParallelConfig&) const = default;
+
+ private:
+  template <typename Self, typename Visitor>
+  static void fields(Self& self, Visitor& visit) {
+    visit("dp", self.dp, "data-parallel degree");
+    visit("cp", self.cp, "context-parallel degree (splits each chunk's tokens)");
+    visit("pp", self.pp, "pipeline-parallel degree (stages of contiguous layers)");
+    visit("order", self.order, "rank layout, outermost axis first: a permutation of dp,cp,pp");
+    visit("backend", self.backend, "auto | mpi | nccl");
+  }
+};
+
+}  // namespace chunkflow::configs

@@ -1,0 +1,18 @@
+// Rules of the `run` section; see run_config.h.
+#include "configs/run_config.h"
+
+#include "configs/config_error.h"
+
+namespace chunkflow::configs {
+
+void RunConfig::validate() const {
+  check_field(!name.empty() && name.find('/') == std::string::npos, "run.name",
+              "a non-empty folder name without '/'", name,
+              "it names the folder <run.output_dir>/<run.name>");
+  check_field(!output_dir.empty(), "run.output_dir", "non-empty", output_dir,
+              "use \".\" for the current folder");
+  check_field(steps >= 1, "run.steps", ">= 1", steps);
+  check_one_of("run.device", device, {"auto", "cpu", "cuda"});
+}
+
+}  // namespace chunkflow::configs

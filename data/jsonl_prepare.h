@@ -1,0 +1,68 @@
+// JSONL of tokenized samples -> Megatron indexed dataset (+ loss mask): the library behind
+// `chunkflow-data prepare`. Streams the input line by line; memory does not grow with its size.
+//
+// Input: one JSON object per line,
+//   {"input_ids": [int, ...]}                                  every token is a target
+//   {"input_ids": [...], "labels": [int, ...]}                 labels[i] is -100 (not a target)
+//                                                              or equal to input_ids[i] (target),
+//                                                              unshifted as in Hugging Face
+//   {"input_ids": [...], "loss_mask": [0|1|false|true, ...]}   1 = target
+// labels / loss_mask have the length of input_ids; a line may carry at most one of them; other
+// keys are ignored. Blank lines are skipped. Every other deviation makes the line bad: not JSON,
+// not an object, input_ids missing / empty / not an array of integers in [0, vocab_size) (or
+// [0, 2^31) without a vocabulary), a bad labels or loss_mask value, a length mismatch.
+//
+// Output (see indexed_dataset.h): <output_prefix>.bin/.idx, one sequence and one document per
+// good line; and, when at least one good line had labels or loss_mask,
+// loss_mask_prefix(<output_prefix>).bin/.idx with dtype uint8 (lines without a mask get all ones).
+// Files appear only when the whole input was processed; a previous mask at that prefix is removed
+// when the new data has none, so that it cannot be paired with the wrong tokens.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace chunkflow::data {
+
+struct PrepareOptions {
+  std::string input;          // path of the .jsonl file
+  std::string output_prefix;  // writes <prefix>.bin/.idx (parent directories are created)
+  int64_t vocab_size = 0;     // > 0: every id must be < vocab_size; 0 = unchecked
+  // Token dtype name (see parse_dtype), or "auto": dtype_for_vocab(vocab_size) when vocab_size
+  // is given, else int32 (the dtype must be known before the first line is written).
+  std::string dtype = "auto";
+  // false: the first bad line throws core::Error and nothing is written. true: bad lines are
+  // skipped and counted.
+  bool skip_bad_lines = false;
+  int64_t max_reported_errors = 20;  // messages kept in PrepareSummary::errors when skipping
+  bool show_progress = true;         // core::Progress over input bytes
+};
+
+struct PrepareSummary {
+  int64_t lines = 0;        // all lines read, blank and bad ones included
+  int64_t blank_lines = 0;  // whitespace-only lines, skipped
+  int64_t bad_lines = 0;    // skipped bad lines (skip_bad_lines only)
+  int64_t sequences = 0;    // good lines = sequences written
+  int64_t tokens = 0;       // tokens written
+  // Prediction targets: mask 1 at positions >= 1 (position 0 has no context; Hugging Face drops
+  // labels[0] in its shift too). Without any mask this is tokens - sequences.
+  int64_t loss_tokens = 0;
+  int64_t min_length = 0;   // shortest / longest sequence in tokens (0 when there are none)
+  int64_t max_length = 0;
+  bool has_loss_mask = false;
+  std::string dtype;                // name of the token dtype written
+  std::vector<std::string> errors;  // "<input>:<line>: <what>", at most max_reported_errors
+  std::string token_prefix;         // the output prefix
+  std::string loss_mask_prefix;     // loss_mask_prefix(token_prefix), or "" without a mask
+
+  // Several human-readable lines (no trailing newline) for the CLI.
+  std::string to_text() const;
+};
+
+// Runs the conversion described at the top of this file. Throws core::Error (naming
+// "<input>:<line>") on the first bad line unless options.skip_bad_lines, and on bad options, an
+// unreadable input, or an input without a single good line; nothing is written in those cases.
+PrepareSummary prepare_jsonl(const PrepareOptions& options);
+
+}  // namespace chunkflow::data
