@@ -112,13 +112,16 @@ std::string histogram_text(const std::vector<HistogramBin>& bins) {
 }
 
 std::string histogram_svg(const std::vector<HistogramBin>& bins, const std::string& title) {
-  const int width = 760, height = 360, left = 70, right = 20, top = 40, bottom = 70;
+  const int width = 800, height = 380, left = 70, right = 70, top = 40, bottom = 80;
   const double plot_w = width - left - right, plot_h = height - top - bottom;
-  int64_t most = 1, tokens = 0;
+  int64_t most = 1, tokens = 0, most_tokens = 1;
   for (const auto& bin : bins) {
     most = std::max(most, bin.sequences);
+    most_tokens = std::max(most_tokens, bin.tokens);
     tokens += bin.tokens;
   }
+  // Token shares use the right axis, scaled so the largest share reaches the top.
+  const double top_share = static_cast<double>(most_tokens) / static_cast<double>(std::max<int64_t>(tokens, 1));
   const double log_top = std::ceil(std::log10(static_cast<double>(most) + 1.0));
   const double slot = bins.empty() ? plot_w : plot_w / static_cast<double>(bins.size());
   std::string svg = core::str_cat(
@@ -131,13 +134,18 @@ std::string histogram_svg(const std::vector<HistogramBin>& bins, const std::stri
     svg += core::str_cat("<line x1=\"", left, "\" x2=\"", width - right, "\" y1=\"", core::format_fixed(y, 1),
                          "\" y2=\"", core::format_fixed(y, 1), "\" stroke=\"#ddd\"/>\n<text x=\"", left - 6, "\" y=\"",
                          core::format_fixed(y + 4, 1), "\" text-anchor=\"end\">",
-                         core::format_count(std::pow(10.0, decade)), "</text>\n");
+                         std::to_string(static_cast<int64_t>(std::llround(std::pow(10.0, decade)))), "</text>\n");
+  }
+  for (int tick = 0; tick <= 4; ++tick) {
+    const double y = top + plot_h - plot_h * tick / 4.0;
+    svg += core::str_cat("<text x=\"", width - right + 6, "\" y=\"", core::format_fixed(y + 4, 1), "\" fill=\"#c05a1c\">",
+                         core::format_fixed(100.0 * top_share * tick / 4.0, 1), "%</text>\n");
   }
   for (size_t i = 0; i < bins.size(); ++i) {
     const auto& bin = bins[i];
     const double x = left + slot * static_cast<double>(i);
     const double h = bin.sequences == 0 ? 0.0 : plot_h * std::log10(static_cast<double>(bin.sequences) + 1.0) / std::max(log_top, 1.0);
-    const double token_h = plot_h * static_cast<double>(bin.tokens) / static_cast<double>(std::max<int64_t>(tokens, 1));
+    const double token_h = plot_h * static_cast<double>(bin.tokens) / static_cast<double>(most_tokens);
     svg += core::str_cat("<rect x=\"", core::format_fixed(x + slot * 0.1, 1), "\" y=\"", core::format_fixed(top + plot_h - h, 1),
                          "\" width=\"", core::format_fixed(slot * 0.45, 1), "\" height=\"", core::format_fixed(h, 1),
                          "\" fill=\"#4477aa\"><title>", bin_label(bin), ": ", bin.sequences, " sequences</title></rect>\n");
@@ -152,10 +160,11 @@ std::string histogram_svg(const std::vector<HistogramBin>& bins, const std::stri
       "<line x1=\"", left, "\" x2=\"", width - right, "\" y1=\"", top + plot_h, "\" y2=\"", top + plot_h, "\" stroke=\"black\"/>\n",
       "<text x=\"", width / 2, "\" y=\"", height - 8, "\" text-anchor=\"middle\">sequence length (tokens, power-of-two bins)</text>\n",
       "<text transform=\"translate(16,", top + plot_h / 2, ") rotate(-90)\" text-anchor=\"middle\">sequences (log scale)</text>\n",
-      "<rect x=\"", width - right - 190, "\" y=\"", top, "\" width=\"10\" height=\"10\" fill=\"#4477aa\"/><text x=\"",
-      width - right - 175, "\" y=\"", top + 9, "\">sequences (log)</text>\n",
-      "<rect x=\"", width - right - 190, "\" y=\"", top + 16, "\" width=\"10\" height=\"10\" fill=\"#ee7733\"/><text x=\"",
-      width - right - 175, "\" y=\"", top + 25, "\">share of tokens (linear)</text>\n</svg>\n");
+      "<text transform=\"translate(", width - 12, ",", top + plot_h / 2, ") rotate(90)\" text-anchor=\"middle\" fill=\"#c05a1c\">share of all tokens</text>\n",
+      "<rect x=\"", left + 12, "\" y=\"", top, "\" width=\"10\" height=\"10\" fill=\"#4477aa\"/><text x=\"",
+      left + 27, "\" y=\"", top + 9, "\">sequences (log)</text>\n",
+      "<rect x=\"", left + 12, "\" y=\"", top + 16, "\" width=\"10\" height=\"10\" fill=\"#ee7733\"/><text x=\"",
+      left + 27, "\" y=\"", top + 25, "\">share of tokens (right axis)</text>\n</svg>\n");
   return svg;
 }
 
