@@ -7,15 +7,12 @@
 
 #include "configs/config_loader.h"
 #include "core/file_io.h"
+#include "tests/support/temp_dir.h"
 
 namespace chunkflow::configs {
 namespace {
 
-// Tests run from the build tree; the sources sit two folders above this file.
-std::string repo_file(const std::string& relative) {
-  const auto root = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
-  return (root / relative).string();
-}
+std::string repo_file(const std::string& relative) { return testing::source_file(relative); }
 
 TEST(ConfigDocsTest, ReadmeDocumentsEveryKey) {
   const std::string readme = core::read_file(repo_file("configs/README.md"));

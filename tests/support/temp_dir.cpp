@@ -21,4 +21,8 @@ TempDir::~TempDir() {
 
 std::string TempDir::file(const std::string& name) const { return path_ + "/" + name; }
 
+std::string source_file(const std::string& relative) {
+  return std::string(CHUNKFLOW_SOURCE_DIR) + "/" + relative;
+}
+
 }  // namespace chunkflow::testing

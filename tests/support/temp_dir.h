@@ -1,4 +1,5 @@
-// A fresh temporary directory per test, removed on destruction.
+// Test support: a fresh temporary directory per test (removed on destruction) and paths into
+// the source tree.
 #pragma once
 
 #include <string>
@@ -19,5 +20,9 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// Absolute path of a file in the source tree, e.g. source_file("configs/demo.yaml"). (__FILE__
+// cannot serve: ccache's base-directory rewriting makes it relative to the build folder.)
+std::string source_file(const std::string& relative);
 
 }  // namespace chunkflow::testing
