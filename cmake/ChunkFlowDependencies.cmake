@@ -5,6 +5,18 @@
 find_package(Threads REQUIRED)
 find_package(yaml-cpp REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
+find_package(Protobuf REQUIRED)
+
+# The torch wheel ships the headers of its own (older, private) protobuf under its include
+# folder, which comes before /usr/include on every torch target; our generated code needs the
+# system protobuf's. A folder holding only a link to the system `google/` headers, searched
+# first, restores them without reordering the compiler's system folders.
+set(CHUNKFLOW_PROTOBUF_FIRST ${CMAKE_BINARY_DIR}/protobuf_include_first)
+file(MAKE_DIRECTORY ${CHUNKFLOW_PROTOBUF_FIRST})
+if(NOT EXISTS ${CHUNKFLOW_PROTOBUF_FIRST}/google)
+  list(GET Protobuf_INCLUDE_DIRS 0 _protobuf_include)
+  file(CREATE_LINK ${_protobuf_include}/google ${CHUNKFLOW_PROTOBUF_FIRST}/google SYMBOLIC)
+endif()
 
 # --- CUDA --------------------------------------------------------------------------------------
 set(CHUNKFLOW_CUDA_ENABLED OFF)

@@ -14,7 +14,8 @@ venv="${CHUNKFLOW_VENV:-$cache_root/venv}"
 
 # Pinned Python packages: torch provides LibTorch for the C++ build; the rest serve the
 # Hugging Face interop tests and tools.
-python_pins=(torch==2.11.0 numpy==2.3.5 safetensors==0.7.0 transformers==4.57.6 pyyaml==6.0.3)
+python_pins=(torch==2.11.0 numpy==2.3.5 safetensors==0.7.0 transformers==4.57.6 pyyaml==6.0.3
+             tensorboard==2.21.0)
 
 debian_packages=(
   build-essential cmake ninja-build ccache pkg-config git

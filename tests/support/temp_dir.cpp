@@ -25,4 +25,6 @@ std::string source_file(const std::string& relative) {
   return std::string(CHUNKFLOW_SOURCE_DIR) + "/" + relative;
 }
 
+std::string python_executable() { return CHUNKFLOW_PYTHON; }
+
 }  // namespace chunkflow::testing

@@ -25,4 +25,8 @@ class TempDir {
 // cannot serve: ccache's base-directory rewriting makes it relative to the build folder.)
 std::string source_file(const std::string& relative);
 
+// The bootstrap virtualenv's python (torch, transformers, tensorboard), for cross-checks against
+// the reference libraries.
+std::string python_executable();
+
 }  // namespace chunkflow::testing

@@ -1,0 +1,209 @@
+// Torch adapter for variable-length attention: tensor checks, tensors -> params, and the autograd
+// Function whose backward calls the backward launcher.
+#include "kernels/attention_torch.h"
+
+#include <torch/autograd.h>
+
+#include <limits>
+#include <sstream>
+#include <string>
+
+#include "core/error.h"
+#include "kernels/varlen_attention.h"
+
+namespace chunkflow::kernels {
+namespace {
+
+constexpr const char* kOp = "varlen_attention";
+
+std::string shape_of(const torch::Tensor& tensor) {
+  std::ostringstream text;
+  text << tensor.sizes();
+  return text.str();
+}
+
+ScalarType scalar_type_of(const torch::Tensor& tensor) {
+  switch (tensor.scalar_type()) {
+    case torch::kFloat: return ScalarType::kFloat32;
+    case torch::kBFloat16: return ScalarType::kBFloat16;
+    case torch::kHalf: return ScalarType::kFloat16;
+    default: break;
+  }
+  CF_FAIL(kOp, ": q must be float32, bfloat16 or float16, got ", tensor.scalar_type());
+}
+
+int to_int(int64_t value, const char* name) {
+  CF_CHECK(value >= 0 && value <= std::numeric_limits<int>::max(), kOp, ": ", name,
+           " must be in [0, INT_MAX], got ", value);
+  return static_cast<int>(value);
+}
+
+void check_cu_seqlens(const torch::Tensor& cu_seqlens, const char* name, int64_t total,
+                      const char* total_name) {
+  CF_CHECK(cu_seqlens.defined(), kOp, ": ", name, " is undefined");
+  CF_CHECK(cu_seqlens.device().is_cpu(), kOp, ": ", name,
+           " must be a CPU tensor (the launcher reads the offsets on the host), got ",
+           cu_seqlens.device());
+  CF_CHECK(cu_seqlens.scalar_type() == torch::kInt, kOp, ": ", name, " must be int32, got ",
+           cu_seqlens.scalar_type());
+  CF_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1, kOp, ": ", name,
+           " must be [segments + 1] with at least one entry, got ", shape_of(cu_seqlens));
+  const int64_t last = cu_seqlens[-1].item<int32_t>();
+  CF_CHECK(last == total, kOp, ": ", name, "[-1] must equal ", total_name, " = ", total, ", got ",
+           last);
+}
+
+// Tensors made contiguous and checked against each other; the params views point into them.
+struct Inputs {
+  torch::Tensor q, k, v, cu_seqlens_q, cu_seqlens_k;
+  int segments = 0, heads = 0, kv_heads = 0, head_dim = 0, max_seqlen_q = 0, max_seqlen_k = 0;
+  float softmax_scale = 1.0f;
+  bool causal = true;
+  ScalarType dtype = ScalarType::kFloat32;
+};
+
+Inputs check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                    const torch::Tensor& cu_seqlens_q, const torch::Tensor& cu_seqlens_k,
+                    int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
+                    bool causal) {
+  CF_CHECK(q.defined() && k.defined() && v.defined(), kOp, ": q, k and v must be defined");
+  for (const auto* tensor : {&q, &k, &v}) {
+    CF_CHECK(!tensor->is_cuda(), kOp, ": CUDA kernel not available yet (got tensors on ",
+             tensor->device(), "); the CUDA path lands in a later issue, move the tensors to the "
+             "CPU to use the float32 CPU path");
+    CF_CHECK(tensor->device().is_cpu(), kOp, ": tensors must be on the CPU, got ",
+             tensor->device());
+  }
+  CF_CHECK(q.dim() == 3, kOp, ": q must be [total_q, heads, head_dim], got ", shape_of(q));
+  CF_CHECK(k.dim() == 3, kOp, ": k must be [total_k, kv_heads, head_dim], got ", shape_of(k));
+  CF_CHECK(v.sizes() == k.sizes(), kOp, ": v must have the shape of k ", shape_of(k), ", got ",
+           shape_of(v));
+  CF_CHECK(k.size(2) == q.size(2), kOp, ": k head_dim must equal q head_dim ", q.size(2),
+           ", got k ", shape_of(k));
+  CF_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kOp,
+           ": q, k and v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+           v.scalar_type());
+  check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.size(0), "total_q (q.size(0))");
+  check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.size(0), "total_k (k.size(0))");
+  CF_CHECK(cu_seqlens_q.size(0) == cu_seqlens_k.size(0), kOp,
+           ": cu_seqlens_q and cu_seqlens_k must both be [segments + 1], got ",
+           shape_of(cu_seqlens_q), " and ", shape_of(cu_seqlens_k));
+
+  Inputs inputs;
+  inputs.dtype = scalar_type_of(q);
+  inputs.q = q.contiguous();
+  inputs.k = k.contiguous();
+  inputs.v = v.contiguous();
+  inputs.cu_seqlens_q = cu_seqlens_q.contiguous();
+  inputs.cu_seqlens_k = cu_seqlens_k.contiguous();
+  inputs.segments = to_int(cu_seqlens_q.size(0) - 1, "segments");
+  inputs.heads = to_int(q.size(1), "heads");
+  inputs.kv_heads = to_int(k.size(1), "kv_heads");
+  inputs.head_dim = to_int(q.size(2), "head_dim");
+  inputs.max_seqlen_q = to_int(max_seqlen_q, "max_seqlen_q");
+  inputs.max_seqlen_k = to_int(max_seqlen_k, "max_seqlen_k");
+  inputs.softmax_scale = static_cast<float>(softmax_scale);
+  inputs.causal = causal;
+  return inputs;
+}
+
+template <typename Params>
+void fill_common(Params& params, const Inputs& inputs) {
+  params.q = inputs.q.data_ptr();
+  params.k = inputs.k.data_ptr();
+  params.v = inputs.v.data_ptr();
+  params.cu_seqlens_q = inputs.cu_seqlens_q.data_ptr<int32_t>();
+  params.cu_seqlens_k = inputs.cu_seqlens_k.data_ptr<int32_t>();
+  params.segments = inputs.segments;
+  params.heads = inputs.heads;
+  params.kv_heads = inputs.kv_heads;
+  params.head_dim = inputs.head_dim;
+  params.max_seqlen_q = inputs.max_seqlen_q;
+  params.max_seqlen_k = inputs.max_seqlen_k;
+  params.softmax_scale = inputs.softmax_scale;
+  params.causal = inputs.causal;
+  params.dtype = inputs.dtype;
+}
+
+std::tuple<torch::Tensor, torch::Tensor> run_forward(const Inputs& inputs) {
+  torch::Tensor out = torch::empty_like(inputs.q);
+  torch::Tensor lse = torch::empty({inputs.heads, inputs.q.size(0)},
+                                   inputs.q.options().dtype(torch::kFloat));
+  VarlenAttentionParams params;
+  fill_common(params, inputs);
+  params.out = out.data_ptr();
+  params.lse = lse.data_ptr<float>();
+  varlen_attention_forward_cpu(params);
+  return {out, lse};
+}
+
+class VarlenAttentionFunction : public torch::autograd::Function<VarlenAttentionFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
+                               const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& cu_seqlens_q,
+                               const torch::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                               int64_t max_seqlen_k, double softmax_scale, bool causal) {
+    const Inputs inputs = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                       max_seqlen_k, softmax_scale, causal);
+    auto [out, lse] = run_forward(inputs);
+    ctx->save_for_backward(
+        {inputs.q, inputs.k, inputs.v, out, lse, inputs.cu_seqlens_q, inputs.cu_seqlens_k});
+    ctx->saved_data["max_seqlen_q"] = max_seqlen_q;
+    ctx->saved_data["max_seqlen_k"] = max_seqlen_k;
+    ctx->saved_data["softmax_scale"] = softmax_scale;
+    ctx->saved_data["causal"] = causal;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    Inputs inputs = check_inputs(saved[0], saved[1], saved[2], saved[5], saved[6],
+                                 ctx->saved_data["max_seqlen_q"].toInt(),
+                                 ctx->saved_data["max_seqlen_k"].toInt(),
+                                 ctx->saved_data["softmax_scale"].toDouble(),
+                                 ctx->saved_data["causal"].toBool());
+    const torch::Tensor out = saved[3];
+    const torch::Tensor lse = saved[4];
+    const torch::Tensor dout = grad_outputs[0].to(out.scalar_type()).contiguous();
+    CF_CHECK(dout.sizes() == out.sizes(), kOp, ": the output gradient must be ", shape_of(out),
+             ", got ", shape_of(dout));
+
+    torch::Tensor dq = torch::empty_like(inputs.q);
+    torch::Tensor dk = torch::empty_like(inputs.k);
+    torch::Tensor dv = torch::empty_like(inputs.v);
+    VarlenAttentionBackwardParams params;
+    fill_common(params, inputs);
+    params.out = out.data_ptr();
+    params.lse = lse.data_ptr<float>();
+    params.dout = dout.data_ptr();
+    params.dq = dq.data_ptr();
+    params.dk = dk.data_ptr();
+    params.dv = dv.data_ptr();
+    varlen_attention_backward_cpu(params);
+    return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor varlen_attention(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& cu_seqlens_q,
+                               const torch::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                               int64_t max_seqlen_k, double softmax_scale, bool causal) {
+  return VarlenAttentionFunction::apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                        max_seqlen_k, softmax_scale, causal);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> varlen_attention_forward(
+    const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+    const torch::Tensor& cu_seqlens_q, const torch::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+    int64_t max_seqlen_k, double softmax_scale, bool causal) {
+  torch::NoGradGuard no_grad;
+  return run_forward(check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                  max_seqlen_k, softmax_scale, causal));
+}
+
+}  // namespace chunkflow::kernels

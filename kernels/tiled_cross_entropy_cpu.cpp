@@ -1,0 +1,191 @@
+// CPU path of the tiled cross-entropy (kernels/tiled_cross_entropy.h): fp32 only; ATen supplies
+// the BLAS calls and vectorised exp, and the one fp32 logits buffer is [tile_tokens, vocab].
+#include "kernels/tiled_cross_entropy.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+
+namespace chunkflow::kernels {
+namespace {
+
+// Vocabulary entries per partial GEMM of d_hidden (see the backward).
+constexpr int64_t kVocabBlock = 512;
+
+const char* scalar_type_name(ScalarType dtype) {
+  switch (dtype) {
+    case ScalarType::kFloat32: return "float32";
+    case ScalarType::kBFloat16: return "bfloat16";
+    case ScalarType::kFloat16: return "float16";
+  }
+  return "unknown";
+}
+
+// Shared by both directions: everything but the pointers that differ.
+void check_common(const char* what, const void* hidden, const void* weight, const int64_t* labels,
+                  int64_t tokens, int64_t hidden_size, int64_t vocab, int64_t tile_tokens) {
+  CF_CHECK(tokens >= 0, what, ": tokens must be >= 0, got ", tokens);
+  CF_CHECK(hidden_size > 0, what, ": hidden_size must be > 0, got ", hidden_size);
+  CF_CHECK(vocab > 0, what, ": vocab must be > 0, got ", vocab);
+  CF_CHECK(tile_tokens > 0, what, ": tile_tokens must be > 0, got ", tile_tokens);
+  CF_CHECK(weight != nullptr, what, ": weight [vocab, hidden_size] must not be null");
+  if (tokens == 0) return;
+  CF_CHECK(hidden != nullptr, what, ": hidden [tokens, hidden_size] must not be null (tokens = ",
+           tokens, ")");
+  CF_CHECK(labels != nullptr, what, ": labels [tokens] must not be null (tokens = ", tokens, ")");
+  for (int64_t token = 0; token < tokens; ++token) {
+    const int64_t label = labels[token];
+    CF_CHECK(label == kIgnoreIndex || (label >= 0 && label < vocab), what, ": labels[", token,
+             "] = ", label, " is outside [0, vocab = ", vocab, ") and is not the ignore index ",
+             kIgnoreIndex);
+  }
+}
+
+void check_cpu_dtype(const char* what, ScalarType dtype) {
+  CF_CHECK(dtype == ScalarType::kFloat32, what, ": the CPU path supports float32 only, got ",
+           scalar_type_name(dtype), "; convert hidden and weight to float32 or use the CUDA path");
+}
+
+// Non-owning fp32 views of caller memory; ATen never frees or resizes these.
+at::Tensor view_fp32(const void* data, at::IntArrayRef sizes) {
+  return at::from_blob(const_cast<void*>(data), sizes, at::TensorOptions().dtype(at::kFloat));
+}
+
+bool tile_has_label(const int64_t* labels, int64_t count) {
+  return std::any_of(labels, labels + count, [](int64_t label) { return label != kIgnoreIndex; });
+}
+
+}  // namespace
+
+void check_params(const TiledCrossEntropyParams& params) {
+  constexpr const char* kWhat = "tiled cross-entropy forward";
+  check_common(kWhat, params.hidden, params.weight, params.labels, params.tokens,
+               params.hidden_size, params.vocab, params.tile_tokens);
+  CF_CHECK(params.loss_sum != nullptr, kWhat, ": loss_sum [1] must not be null");
+  CF_CHECK(params.tokens == 0 || params.lse != nullptr, kWhat,
+           ": lse [tokens] must not be null (tokens = ", params.tokens, ")");
+}
+
+void check_params(const TiledCrossEntropyBackwardParams& params) {
+  constexpr const char* kWhat = "tiled cross-entropy backward";
+  check_common(kWhat, params.hidden, params.weight, params.labels, params.tokens,
+               params.hidden_size, params.vocab, params.tile_tokens);
+  CF_CHECK(params.d_weight != nullptr, kWhat, ": d_weight [vocab, hidden_size] must not be null");
+  if (params.tokens == 0) return;
+  CF_CHECK(params.lse != nullptr, kWhat, ": lse [tokens] (from the forward) must not be null");
+  CF_CHECK(params.d_hidden != nullptr, kWhat,
+           ": d_hidden [tokens, hidden_size] must not be null (tokens = ", params.tokens, ")");
+}
+
+void tiled_cross_entropy_forward_cpu(const TiledCrossEntropyParams& params) {
+  check_params(params);
+  check_cpu_dtype("tiled_cross_entropy_forward_cpu", params.dtype);
+  const int64_t tokens = params.tokens, hidden_size = params.hidden_size, vocab = params.vocab;
+  *params.loss_sum = 0.0f;
+  if (tokens == 0) return;
+
+  const at::Tensor hidden = view_fp32(params.hidden, {tokens, hidden_size});
+  const at::Tensor weight_t = view_fp32(params.weight, {vocab, hidden_size}).t();
+  const int64_t tile_tokens = std::min(params.tile_tokens, tokens);
+  at::Tensor logits_buffer = at::empty({tile_tokens, vocab}, at::kFloat);  // the only fp32 logits
+  std::vector<float> label_logit(static_cast<size_t>(tile_tokens));
+  // Double accumulation so the sum does not depend on how many tiles it was split into.
+  double loss_sum = 0.0;
+
+  for (int64_t first = 0; first < tokens; first += tile_tokens) {
+    const int64_t count = std::min(tile_tokens, tokens - first);
+    const int64_t* labels = params.labels + first;
+    float* lse = params.lse + first;
+    if (!tile_has_label(labels, count)) {
+      std::fill(lse, lse + count, 0.0f);
+      continue;
+    }
+    at::Tensor logits = logits_buffer.narrow(0, 0, count);  // [count, vocab]
+    at::mm_out(logits, hidden.narrow(0, first, count), weight_t);
+
+    // Read the label logits before the buffer is overwritten by exp(logits - max).
+    const float* logits_data = logits.const_data_ptr<float>();
+    for (int64_t row = 0; row < count; ++row) {
+      label_logit[static_cast<size_t>(row)] =
+          labels[row] == kIgnoreIndex ? 0.0f : logits_data[row * vocab + labels[row]];
+    }
+    const at::Tensor row_max = std::get<0>(logits.max(/*dim=*/1, /*keepdim=*/true));  // [count, 1]
+    logits.sub_(row_max).exp_();
+    const at::Tensor tile_lse = logits.sum(/*dim=*/1).log_().add_(row_max.squeeze(1));  // [count]
+
+    const float* tile_lse_data = tile_lse.const_data_ptr<float>();
+    for (int64_t row = 0; row < count; ++row) {
+      if (labels[row] == kIgnoreIndex) {
+        lse[row] = 0.0f;
+        continue;
+      }
+      lse[row] = tile_lse_data[row];
+      loss_sum += static_cast<double>(tile_lse_data[row]) -
+                  static_cast<double>(label_logit[static_cast<size_t>(row)]);
+    }
+  }
+  *params.loss_sum = static_cast<float>(loss_sum);
+}
+
+void tiled_cross_entropy_backward_cpu(const TiledCrossEntropyBackwardParams& params) {
+  check_params(params);
+  check_cpu_dtype("tiled_cross_entropy_backward_cpu", params.dtype);
+  const int64_t tokens = params.tokens, hidden_size = params.hidden_size, vocab = params.vocab;
+  at::Tensor d_weight = view_fp32(params.d_weight, {vocab, hidden_size});
+  d_weight.zero_();
+  if (tokens == 0) return;
+
+  const at::Tensor hidden = view_fp32(params.hidden, {tokens, hidden_size});
+  const at::Tensor weight = view_fp32(params.weight, {vocab, hidden_size});
+  const at::Tensor weight_t = weight.t();
+  at::Tensor d_hidden = view_fp32(params.d_hidden, {tokens, hidden_size});
+  const at::Tensor lse = view_fp32(params.lse, {tokens});
+  const int64_t tile_tokens = std::min(params.tile_tokens, tokens);
+  at::Tensor grad_logits_buffer = at::empty({tile_tokens, vocab}, at::kFloat);
+  at::Tensor d_hidden_partial = at::empty({tile_tokens, hidden_size}, at::kFloat);
+  const float grad_loss = params.grad_loss;
+
+  for (int64_t first = 0; first < tokens; first += tile_tokens) {
+    const int64_t count = std::min(tile_tokens, tokens - first);
+    const int64_t* labels = params.labels + first;
+    at::Tensor d_hidden_tile = d_hidden.narrow(0, first, count);
+    if (!tile_has_label(labels, count)) {
+      d_hidden_tile.zero_();
+      continue;
+    }
+    const at::Tensor hidden_tile = hidden.narrow(0, first, count);
+    at::Tensor grad_logits = grad_logits_buffer.narrow(0, 0, count);  // [count, vocab]
+    at::mm_out(grad_logits, hidden_tile, weight_t);
+    // softmax - onehot(label); ignored rows carry lse = 0 and are zeroed here. grad_loss scales
+    // the two [*, hidden_size] products below instead, which saves a pass over the tile.
+    grad_logits.sub_(lse.narrow(0, first, count).unsqueeze(1)).exp_();
+    float* grad_data = grad_logits.mutable_data_ptr<float>();
+    for (int64_t row = 0; row < count; ++row) {
+      float* grad_row = grad_data + row * vocab;
+      if (labels[row] == kIgnoreIndex) {
+        std::memset(grad_row, 0, static_cast<size_t>(vocab) * sizeof(float));
+      } else {
+        grad_row[labels[row]] -= 1.0f;
+      }
+    }
+    // d_hidden_tile = grad_loss * grad_logits @ weight        [count, hidden_size]
+    // summed over vocabulary blocks: for a few rows BLAS accumulates the whole vocabulary in one
+    // fp32 running sum (relative error 1e-5 at vocab 32000, 6e-5 at 152064, against 1e-6 here).
+    at::Tensor partial = d_hidden_partial.narrow(0, 0, count);
+    for (int64_t block = 0; block < vocab; block += kVocabBlock) {
+      const int64_t width = std::min(kVocabBlock, vocab - block);
+      at::mm_out(block == 0 ? d_hidden_tile : partial, grad_logits.narrow(1, block, width),
+                 weight.narrow(0, block, width));
+      if (block > 0) d_hidden_tile.add_(partial);
+    }
+    d_hidden_tile.mul_(grad_loss);
+    // d_weight += grad_loss * grad_logits^T @ hidden_tile     [vocab, hidden_size]
+    d_weight.addmm_(grad_logits.t(), hidden_tile, /*beta=*/1, grad_loss);
+  }
+}
+
+}  // namespace chunkflow::kernels

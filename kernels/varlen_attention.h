@@ -1,0 +1,69 @@
+// Variable-length attention with a K/V prefix per segment (design brief section 5): one call per
+// layer per chunk, no mask tensors. Plain params structs; compiles without nvcc or torch.
+//
+// Layout: a chunk holds `segments` segments back to back. Segment b has
+//   queries  q[cu_seqlens_q[b] .. cu_seqlens_q[b+1])                      (sq_b rows)
+//   keys     k[cu_seqlens_k[b] .. cu_seqlens_k[b+1]), same rows of v       (sk_b rows)
+// where a segment's keys are its prefix (K/V state of earlier chunks of the same sequence)
+// followed by its own tokens, so usually sk_b = prefix_b + sq_b. Segments never see each other.
+// Causal masking is bottom-right aligned (FlashAttention's varlen causal rule): query row i of a
+// segment may attend key j iff j <= i + (sk_b - sq_b). A query row that sees no key (sk_b < sq_b
+// and i < sq_b - sk_b, or sk_b == 0) outputs zeros with lse = -inf. GQA: query head h uses K/V
+// head h / (heads / kv_heads).
+#pragma once
+
+#include <cstdint>
+
+namespace chunkflow::kernels {
+
+enum class ScalarType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+struct VarlenAttentionParams {
+  const void* q = nullptr;  // [total_q, heads, head_dim], contiguous, dtype
+  const void* k = nullptr;  // [total_k, kv_heads, head_dim], contiguous, dtype
+  const void* v = nullptr;  // [total_k, kv_heads, head_dim], contiguous, dtype
+  const int32_t* cu_seqlens_q = nullptr;  // [segments + 1], host memory for the CPU path
+  const int32_t* cu_seqlens_k = nullptr;  // [segments + 1]
+  void* out = nullptr;      // [total_q, heads, head_dim], dtype (written)
+  float* lse = nullptr;     // [heads, total_q], fp32 natural-log sum-exp of the scaled scores (written)
+  int segments = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  int max_seqlen_q = 0, max_seqlen_k = 0;
+  float softmax_scale = 1.0f;  // usually 1 / sqrt(head_dim)
+  bool causal = true;          // bottom-right aligned; false = full attention within a segment
+  ScalarType dtype = ScalarType::kFloat32;
+};
+
+struct VarlenAttentionBackwardParams {
+  // Forward inputs and results, as in VarlenAttentionParams.
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* out = nullptr;
+  const float* lse = nullptr;
+  const void* dout = nullptr;  // [total_q, heads, head_dim]
+  const int32_t* cu_seqlens_q = nullptr;
+  const int32_t* cu_seqlens_k = nullptr;
+  // Gradients (written, not accumulated). dk/dv cover every key row, prefix rows included: the
+  // scheduler routes the prefix part to the K/V state of the earlier chunks.
+  void* dq = nullptr;  // [total_q, heads, head_dim]
+  void* dk = nullptr;  // [total_k, kv_heads, head_dim]
+  void* dv = nullptr;  // [total_k, kv_heads, head_dim]
+  int segments = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  int max_seqlen_q = 0, max_seqlen_k = 0;
+  float softmax_scale = 1.0f;
+  bool causal = true;
+  ScalarType dtype = ScalarType::kFloat32;
+};
+
+// Throws core::Error quoting the broken rule when params are inconsistent (null pointers, heads
+// not a multiple of kv_heads, cu_seqlens not non-decreasing from 0, a segment longer than
+// max_seqlen_*, ...). Called by every launcher.
+void check_params(const VarlenAttentionParams& params);
+void check_params(const VarlenAttentionBackwardParams& params);
+
+// CPU path: fp32 accumulation; computes only the key range each query tile can see (masked tiles
+// are skipped), multi-threaded over (segment, kv head).
+void varlen_attention_forward_cpu(const VarlenAttentionParams& params);
+void varlen_attention_backward_cpu(const VarlenAttentionBackwardParams& params);
+
+}  // namespace chunkflow::kernels

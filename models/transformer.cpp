@@ -1,0 +1,166 @@
+// The decoder modules; see transformer.h.
+#include "models/transformer.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/attention_torch.h"
+#include "kernels/cross_entropy_torch.h"
+
+namespace chunkflow::models {
+namespace {
+
+torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+}
+
+}  // namespace
+
+RotaryTables rotary_tables(const torch::Tensor& positions, int64_t head_dim, double theta) {
+  // Same arithmetic as Hugging Face (fp32 inv_freq, fp32 outer product), so logits match it.
+  const auto float_options = torch::TensorOptions().dtype(torch::kFloat32).device(positions.device());
+  const torch::Tensor exponents =
+      torch::arange(0, head_dim, 2, torch::TensorOptions().dtype(torch::kInt64).device(positions.device()))
+          .to(torch::kFloat32) / static_cast<double>(head_dim);
+  const torch::Tensor inv_freq = 1.0 / torch::pow(torch::tensor(theta, float_options), exponents);
+  const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(1) * inv_freq.unsqueeze(0);
+  const torch::Tensor doubled = torch::cat({angles, angles}, 1);
+  return {doubled.cos(), doubled.sin()};
+}
+
+torch::Tensor apply_rotary(const torch::Tensor& x, const RotaryTables& tables) {
+  const int64_t half = x.size(-1) / 2;
+  const torch::Tensor rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  const torch::Tensor cos = tables.cos.unsqueeze(1).to(x.scalar_type());
+  const torch::Tensor sin = tables.sin.unsqueeze(1).to(x.scalar_type());
+  return x * cos + rotated * sin;
+}
+
+RMSNormImpl::RMSNormImpl(int64_t hidden_size, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({hidden_size}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  const torch::Tensor x32 = x.to(torch::kFloat32);
+  const torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + eps_);
+  return weight * normed.to(x.scalar_type());
+}
+
+AttentionImpl::AttentionImpl(const configs::ModelConfig& config)
+    : heads_(config.num_attention_heads),
+      kv_heads_(config.num_key_value_heads),
+      head_dim_(config.effective_head_dim()) {
+  const bool qkv_bias = config.attention_bias;
+  // Llama's attention_bias covers o_proj too; Qwen2 has q/k/v biases only.
+  const bool o_bias = config.attention_bias && config.family == "llama";
+  q_proj = register_module("q_proj", linear(config.hidden_size, heads_ * head_dim_, qkv_bias));
+  k_proj = register_module("k_proj", linear(config.hidden_size, kv_heads_ * head_dim_, qkv_bias));
+  v_proj = register_module("v_proj", linear(config.hidden_size, kv_heads_ * head_dim_, qkv_bias));
+  o_proj = register_module("o_proj", linear(heads_ * head_dim_, config.hidden_size, o_bias));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
+                                     const LayerKV& prefix, LayerKV* own_kv) {
+  const int64_t tokens = x.size(0);
+  const torch::Tensor q = apply_rotary(q_proj(x).view({tokens, heads_, head_dim_}), rotary);
+  const torch::Tensor k = apply_rotary(k_proj(x).view({tokens, kv_heads_, head_dim_}), rotary);
+  const torch::Tensor v = v_proj(x).view({tokens, kv_heads_, head_dim_});
+  own_kv->k = k;
+  own_kv->v = v;
+  torch::Tensor keys = k, values = v;
+  if (batch.prefix_len > 0) {
+    CF_ASSERT(prefix.k.defined() && prefix.k.size(0) == batch.prefix_len, "K/V prefix rows ",
+              prefix.k.defined() ? prefix.k.size(0) : -1, " != prefix_len ", batch.prefix_len);
+    // The prefix belongs to the first segment, whose keys come first in cu_seqlens_k.
+    keys = torch::cat({prefix.k, k}, 0);
+    values = torch::cat({prefix.v, v}, 0);
+  }
+  const torch::Tensor attended =
+      kernels::varlen_attention(q, keys, values, batch.cu_seqlens_q, batch.cu_seqlens_k, batch.max_seqlen_q,
+                                batch.max_seqlen_k, 1.0 / std::sqrt(static_cast<double>(head_dim_)), true);
+  return o_proj(attended.reshape({tokens, heads_ * head_dim_}));
+}
+
+MLPImpl::MLPImpl(const configs::ModelConfig& config) {
+  gate_proj = register_module("gate_proj", linear(config.hidden_size, config.intermediate_size, false));
+  up_proj = register_module("up_proj", linear(config.hidden_size, config.intermediate_size, false));
+  down_proj = register_module("down_proj", linear(config.intermediate_size, config.hidden_size, false));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const configs::ModelConfig& config) {
+  self_attn = register_module("self_attn", Attention(config));
+  mlp = register_module("mlp", MLP(config));
+  input_layernorm = register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
+                                        const LayerKV& prefix, LayerKV* own_kv) {
+  const torch::Tensor h = x + self_attn(input_layernorm(x), batch, rotary, prefix, own_kv);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+DecoderImpl::DecoderImpl(const configs::ModelConfig& config) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(config.vocab_size, config.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    layer_list.push_back(DecoderLayer(config));
+    layers->push_back(layer_list.back());
+  }
+  norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps));
+}
+
+CausalLMImpl::CausalLMImpl(const configs::ModelConfig& config) : config_(config) {
+  config_.validate();
+  model = register_module("model", Decoder(config_));
+  if (!config_.tie_word_embeddings) {
+    lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size, false));
+  }
+  initialize_parameters();
+}
+
+void CausalLMImpl::initialize_parameters() {
+  torch::NoGradGuard no_grad;
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    torch::Tensor& parameter = item.value();
+    if (name.find("norm.weight") != std::string::npos) {
+      parameter.fill_(1.0);
+    } else if (name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+      parameter.zero_();
+    } else {
+      parameter.normal_(0.0, config_.initializer_range);
+    }
+  }
+}
+
+torch::Tensor CausalLMImpl::lm_head_weight() {
+  return config_.tie_word_embeddings ? model->embed_tokens->weight : lm_head->weight;
+}
+
+ChunkForward CausalLMImpl::forward_chunk(const ChunkBatch& batch, const std::vector<LayerKV>& prefix) {
+  const auto layer_count = static_cast<size_t>(config_.num_hidden_layers);
+  CF_ASSERT(prefix.empty() || prefix.size() == layer_count, "prefix has ", prefix.size(), " layers");
+  CF_ASSERT(prefix.empty() == (batch.prefix_len == 0), "prefix given iff prefix_len > 0");
+  const RotaryTables rotary = rotary_tables(batch.positions, config_.effective_head_dim(), config_.rope_theta);
+  ChunkForward result;
+  result.own_kv.resize(layer_count);
+  torch::Tensor x = model->embed_tokens(batch.input_ids);
+  const LayerKV no_prefix;
+  for (size_t i = 0; i < layer_count; ++i) {
+    x = model->layer_list[i](x, batch, rotary, prefix.empty() ? no_prefix : prefix[i], &result.own_kv[i]);
+  }
+  result.hidden = model->norm(x);
+  return result;
+}
+
+torch::Tensor CausalLMImpl::loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels) {
+  return kernels::tiled_cross_entropy_sum(hidden, lm_head_weight(), labels, kLossTileTokens);
+}
+
+}  // namespace chunkflow::models

@@ -1,0 +1,124 @@
+// LLaMA 2/3 and Qwen2/2.5 decoder in the LibTorch C++ API, executed one chunk at a time.
+// Module and parameter names follow Hugging Face checkpoint keys ("model.layers.0.self_attn.
+// q_proj.weight", "lm_head.weight"), so import/export is a plain name mapping.
+//
+// A chunk forward takes the chunk's tokens (several packed segments) and, for its first segment,
+// the K/V prefix of earlier chunks of the same sequence; it returns the final hidden states and
+// every layer's own post-RoPE K/V (the tensors autograd saw, so gradients can be injected into
+// them by the scheduler).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "configs/model_config.h"
+#include "models/chunk_batch.h"
+
+namespace chunkflow::models {
+
+// One layer's keys and values, post-RoPE: [rows, kv_heads, head_dim].
+struct LayerKV {
+  torch::Tensor k;
+  torch::Tensor v;
+};
+
+// Rotary tables for a chunk: cos/sin [tokens, head_dim] fp32, from per-token positions
+// (Hugging Face's rotate-half convention, inv_freq = theta^(-2i/head_dim)).
+struct RotaryTables {
+  torch::Tensor cos, sin;
+};
+RotaryTables rotary_tables(const torch::Tensor& positions, int64_t head_dim, double theta);
+// x [tokens, heads, head_dim] -> x * cos + rotate_half(x) * sin.
+torch::Tensor apply_rotary(const torch::Tensor& x, const RotaryTables& tables);
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t hidden_size, double eps);
+  torch::Tensor forward(const torch::Tensor& x);  // [tokens, hidden] -> same
+  torch::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const configs::ModelConfig& config);
+  // x [tokens, hidden]; prefix: K/V of earlier chunks for the batch's first segment (undefined
+  // tensors when none). Writes this chunk's own K/V into *own_kv. Returns [tokens, hidden].
+  torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
+                        const LayerKV& prefix, LayerKV* own_kv);
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+};
+TORCH_MODULE(Attention);
+
+class MLPImpl : public torch::nn::Module {
+ public:
+  explicit MLPImpl(const configs::ModelConfig& config);
+  torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(MLP);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit DecoderLayerImpl(const configs::ModelConfig& config);
+  torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
+                        const LayerKV& prefix, LayerKV* own_kv);
+  Attention self_attn{nullptr};
+  MLP mlp{nullptr};
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+// Hugging Face's `model.` submodule: embeddings, layers, final norm.
+class DecoderImpl : public torch::nn::Module {
+ public:
+  explicit DecoderImpl(const configs::ModelConfig& config);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+  std::vector<DecoderLayer> layer_list;  // the same modules as `layers`, typed
+};
+TORCH_MODULE(Decoder);
+
+struct ChunkForward {
+  torch::Tensor hidden;        // [tokens, hidden]: after the final norm
+  std::vector<LayerKV> own_kv;  // [num_hidden_layers] of [tokens, kv_heads, head_dim]
+};
+
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  explicit CausalLMImpl(const configs::ModelConfig& config);
+
+  // prefix: empty (no K/V state) or one LayerKV per layer with [batch.prefix_len, ...] rows.
+  ChunkForward forward_chunk(const ChunkBatch& batch, const std::vector<LayerKV>& prefix = {});
+  // Summed token cross-entropy of hidden [tokens, hidden] against labels [tokens] (-100 ignored),
+  // computed in token tiles through the LM head (never the whole chunk x vocab in fp32).
+  torch::Tensor loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels);
+  // The LM head matrix [vocab, hidden] (the embedding when tied).
+  torch::Tensor lm_head_weight();
+
+  // Normal(0, initializer_range) for projections and embeddings, ones for norms, zero biases;
+  // deterministic under torch::manual_seed.
+  void initialize_parameters();
+
+  const configs::ModelConfig& config() const { return config_; }
+
+  Decoder model{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings
+
+ private:
+  configs::ModelConfig config_;
+};
+TORCH_MODULE(CausalLM);
+
+// Tokens per cross-entropy tile.
+inline constexpr int64_t kLossTileTokens = 1024;
+
+}  // namespace chunkflow::models

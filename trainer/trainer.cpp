@@ -1,0 +1,268 @@
+// The training loop; see trainer.h.
+#include "trainer/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "configs/config_loader.h"
+#include "core/error.h"
+#include "core/file_io.h"
+#include "core/logging.h"
+#include "core/strings.h"
+#include "data/chunk_inputs.h"
+#include "data/chunk_plan.h"
+#include "models/chunk_batch.h"
+#include "trainer/flops.h"
+#include "trainer/lr_schedule.h"
+#include "trainer/memory_stats.h"
+#include "trainer/tensorboard_writer.h"
+
+namespace chunkflow::trainer {
+namespace {
+
+std::string json_number(double value) {
+  if (!std::isfinite(value)) return "null";
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%.9g", value);
+  return buffer;
+}
+
+}  // namespace
+
+std::string StepMetrics::to_json() const {
+  return core::str_cat("{\"step\": ", step, ", \"loss\": ", json_number(loss), ", \"far_loss\": ", json_number(far_loss),
+                       ", \"lr\": ", json_number(learning_rate), ", \"grad_norm\": ", json_number(grad_norm),
+                       ", \"seconds\": ", json_number(seconds), ", \"tokens_per_second\": ", json_number(tokens_per_second),
+                       ", \"tflops\": ", json_number(tflops), ", \"tokens\": ", tokens, ", \"loss_tokens\": ", loss_tokens,
+                       ", \"far_tokens\": ", far_tokens, ", \"sequences\": ", sequences, ", \"chunks\": ", chunks,
+                       ", \"recomputed_chunks\": ", recomputed_chunks, ", \"peak_rss_bytes\": ", peak_rss_bytes,
+                       ", \"peak_kv_state_bytes\": ", peak_kv_state_bytes, "}");
+}
+
+bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& parameter) {
+  return parameter.dim() >= 2 && parameter_name.find("norm") == std::string::npos;
+}
+
+std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, const configs::OptimConfig& optim) {
+  std::vector<torch::Tensor> decay, no_decay;
+  for (const auto& item : model->named_parameters()) {
+    (takes_weight_decay(item.key(), item.value()) ? decay : no_decay).push_back(item.value());
+  }
+  const auto options = [&](double weight_decay) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(optim.lr).betas({optim.beta1, optim.beta2}).eps(optim.eps).weight_decay(weight_decay));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, options(optim.weight_decay));
+  groups.emplace_back(no_decay, options(0.0));
+  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(optim.lr));
+}
+
+double clip_gradients(models::CausalLM& model, double max_norm) {
+  std::vector<torch::Tensor> gradients;
+  for (const auto& parameter : model->parameters()) {
+    if (parameter.grad().defined()) gradients.push_back(parameter.grad());
+  }
+  if (gradients.empty()) return 0.0;
+  double squares = 0;
+  for (const auto& gradient : gradients) squares += gradient.to(torch::kFloat64).square().sum().item<double>();
+  const double norm = std::sqrt(squares);
+  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
+    torch::NoGradGuard no_grad;
+    const double factor = max_norm / (norm + 1e-6);
+    for (auto& gradient : gradients) gradient.mul_(factor);
+  }
+  return norm;
+}
+
+struct Trainer::Outputs {
+  std::unique_ptr<TensorBoardWriter> tensorboard;
+  std::FILE* metrics = nullptr;
+  bool bar = false;
+  std::chrono::steady_clock::time_point start;
+  ~Outputs() {
+    if (metrics != nullptr) std::fclose(metrics);
+  }
+};
+
+Trainer::Trainer(configs::Config config) : config_(std::move(config)) {
+  config_.validate();
+  CF_CHECK(config_.model.init_from.empty(), "model.init_from = '", config_.model.init_from,
+           "': initializing from a Hugging Face checkpoint is not available in this version; leave it empty");
+  CF_CHECK(config_.run.device != "cuda", "run.device = cuda: this build runs the CPU kernels only; use auto or cpu");
+  CF_CHECK(config_.model.dtype == "float32", "model.dtype = ", config_.model.dtype,
+           ": the CPU path trains in float32; bfloat16 needs the CUDA kernels");
+  CF_CHECK(config_.parallel.world_size() == 1, "parallel: dp (", config_.parallel.dp, ") x cp (", config_.parallel.cp,
+           ") x pp (", config_.parallel.pp, ") = ", config_.parallel.world_size(),
+           " ranks, but this trainer runs a single rank; set all three to 1");
+  core::set_log_level(core::parse_log_level(config_.logging.level, "logging.level"));
+
+  dataset_ = std::make_unique<data::IndexedDataset>(config_.data.path);
+  if (!config_.data.loss_mask_path.empty()) {
+    loss_mask_ = std::make_unique<data::LossMaskDataset>(config_.data.loss_mask_path, *dataset_);
+  }
+  sampler_ = std::make_unique<data::GlobalBatchSampler>(dataset_->lengths(), config_.data,
+                                                         static_cast<uint64_t>(config_.run.seed));
+  torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
+  model_ = models::CausalLM(config_.model);
+  optimizer_ = make_optimizer(model_, config_.optim);
+  scheduler_ = std::make_unique<ChunkScheduler>(model_, config_.chunking.resident_chunks);
+}
+
+Trainer::~Trainer() = default;
+
+StepMetrics Trainer::train_step() {
+  const auto start = std::chrono::steady_clock::now();
+  StepMetrics metrics;
+  metrics.step = steps_done_ + 1;
+  metrics.learning_rate = learning_rate(config_.optim, steps_done_, config_.run.steps);
+  for (auto& group : optimizer_->param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(metrics.learning_rate);
+  }
+
+  // Plan every global batch of the step first: the loss divisor is the step's loss-token count.
+  struct PlannedBatch {
+    data::GlobalBatch batch;
+    std::vector<std::vector<uint8_t>> masks;
+    std::vector<data::PlanSequence> sequences;
+    data::ChunkPlan plan;
+  };
+  std::vector<PlannedBatch> planned(static_cast<size_t>(config_.optim.grad_accumulation));
+  int64_t step_loss_tokens = 0;
+  std::vector<int64_t> lengths;
+  for (auto& entry : planned) {
+    entry.batch = sampler_->next();
+    entry.masks.resize(entry.batch.sequences.size());
+    for (size_t i = 0; i < entry.batch.sequences.size(); ++i) {
+      const int64_t index = entry.batch.sequences[i];
+      if (loss_mask_) entry.masks[i] = loss_mask_->read(index);
+      entry.sequences.push_back({dataset_->length(index), entry.masks[i]});
+      lengths.push_back(dataset_->length(index));
+    }
+    entry.plan = data::build_chunk_plan(entry.sequences, config_.chunking.chunk_size, config_.chunking.pack_into_tail);
+    step_loss_tokens += entry.plan.loss_tokens();
+    metrics.sequences += static_cast<int64_t>(entry.batch.sequences.size());
+    metrics.chunks += static_cast<int64_t>(entry.plan.chunks().size());
+  }
+
+  optimizer_->zero_grad();
+  LossTotals totals;
+  const double loss_scale = 1.0 / static_cast<double>(std::max<int64_t>(step_loss_tokens, 1));
+  for (auto& entry : planned) {
+    const data::TokenReader reader = [&](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
+      dataset_->read(entry.batch.sequences[static_cast<size_t>(sequence)], begin, count, out);
+    };
+    const ChunkBatchSource source = [&](int32_t chunk) {
+      return models::make_chunk_batch(data::gather_chunk_inputs(entry.plan, chunk, entry.sequences, reader), torch::kCPU);
+    };
+    totals.add(scheduler_->run_plan(entry.plan, source, loss_scale));
+  }
+  metrics.grad_norm = clip_gradients(model_, config_.optim.max_grad_norm);
+  CF_CHECK(std::isfinite(metrics.grad_norm) && std::isfinite(totals.loss_sum), "step ", metrics.step,
+           ": non-finite loss (", totals.loss_sum, ") or gradient norm (", metrics.grad_norm,
+           "); lower optim.lr or check the data");
+  optimizer_->step();
+  ++steps_done_;
+
+  metrics.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  metrics.tokens = totals.real_tokens;
+  metrics.loss_tokens = totals.loss_tokens;
+  metrics.loss = totals.loss_tokens > 0 ? totals.loss_sum / static_cast<double>(totals.loss_tokens) : NAN;
+  metrics.far_tokens = totals.far_tokens;
+  metrics.far_loss = totals.far_tokens > 0 ? totals.far_loss_sum / static_cast<double>(totals.far_tokens) : NAN;
+  metrics.recomputed_chunks = totals.chunk_recomputes;
+  metrics.peak_kv_state_bytes = totals.peak_state_bytes;
+  metrics.tokens_per_second = static_cast<double>(metrics.tokens) / metrics.seconds;
+  metrics.tflops = training_flops(config_.model, lengths) / metrics.seconds / 1e12;
+  metrics.peak_rss_bytes = read_memory_stats().peak_rss_bytes;
+  return metrics;
+}
+
+void Trainer::report(const StepMetrics& metrics) {
+  Outputs& out = *outputs_;
+  std::fprintf(out.metrics, "%s\n", metrics.to_json().c_str());
+  std::fflush(out.metrics);
+  if (out.tensorboard) {
+    std::vector<std::pair<std::string, double>> scalars = {
+        {"loss/train", metrics.loss},
+        {"train/learning_rate", metrics.learning_rate},
+        {"train/grad_norm", metrics.grad_norm},
+        {"throughput/tokens_per_second", metrics.tokens_per_second},
+        {"throughput/tflops", metrics.tflops},
+        {"memory/peak_rss_gib", static_cast<double>(metrics.peak_rss_bytes) / (1024.0 * 1024 * 1024)},
+        {"memory/kv_state_mib", static_cast<double>(metrics.peak_kv_state_bytes) / (1024.0 * 1024)},
+    };
+    if (std::isfinite(metrics.far_loss)) scalars.push_back({"loss/far_tokens", metrics.far_loss});
+    out.tensorboard->add_scalars(scalars, metrics.step);
+  }
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - out.start).count();
+  const int64_t remaining = config_.run.steps - metrics.step;
+  const double eta = metrics.step > 0 ? elapsed / static_cast<double>(metrics.step) * static_cast<double>(remaining) : 0.0;
+  const std::string far = std::isfinite(metrics.far_loss) ? core::format_fixed(metrics.far_loss, 4) : "-";
+  const std::string status = core::str_cat(
+      "loss ", core::format_fixed(metrics.loss, 4), " far ", far, " lr ", core::format_fixed(metrics.learning_rate * 1e3, 3),
+      "e-3 gnorm ", core::format_fixed(metrics.grad_norm, 2), " | ", core::format_count(metrics.tokens_per_second),
+      " tok/s ", core::format_fixed(metrics.tflops * 1e3, 2), " GFLOP/s | ", metrics.chunks, " chunks (",
+      metrics.recomputed_chunks, " recomputed) | rss ", core::format_bytes(static_cast<double>(metrics.peak_rss_bytes)),
+      " | ETA ", core::format_duration(eta));
+  if (out.bar) {
+    constexpr int kWidth = 20;
+    const int filled = static_cast<int>(kWidth * metrics.step / std::max<int64_t>(config_.run.steps, 1));
+    std::fprintf(stderr, "\r\033[2Kstep %lld/%lld [%s%s] %s", static_cast<long long>(metrics.step),
+                 static_cast<long long>(config_.run.steps), std::string(static_cast<size_t>(filled), '#').c_str(),
+                 std::string(static_cast<size_t>(kWidth - filled), '.').c_str(), status.c_str());
+    if (metrics.step == config_.run.steps) std::fputc('\n', stderr);
+    std::fflush(stderr);
+  } else if (metrics.step % config_.logging.interval == 0 || metrics.step == config_.run.steps || metrics.step == 1) {
+    core::log_info("step ", metrics.step, "/", config_.run.steps, " ", status);
+  }
+}
+
+std::vector<StepMetrics> Trainer::train() {
+  const std::string run_dir = config_.run.run_dir();
+  core::make_directories(run_dir);
+  configs::write_resolved_config(config_, run_dir + "/config.yaml");
+  core::log_info("resolved config (saved to ", run_dir, "/config.yaml):\n", configs::to_yaml(config_));
+  core::log_info("dataset ", config_.data.path, ": ", dataset_->size(), " sequences, ", dataset_->total_tokens(),
+                 " tokens; model ", model_->parameters().size(), " tensors, ",
+                 [&] {
+                   int64_t count = 0;
+                   for (const auto& parameter : model_->parameters()) count += parameter.numel();
+                   return core::format_count(static_cast<double>(count));
+                 }(),
+                 " parameters; chunk_size ", config_.chunking.chunk_size, ", resident_chunks ",
+                 config_.chunking.resident_chunks);
+
+  outputs_ = std::make_unique<Outputs>();
+  outputs_->start = std::chrono::steady_clock::now();
+  const std::string metrics_path = run_dir + "/metrics.jsonl";
+  outputs_->metrics = std::fopen(metrics_path.c_str(), steps_done_ == 0 ? "w" : "a");
+  CF_CHECK(outputs_->metrics != nullptr, "cannot open '", metrics_path, "' for writing");
+  if (config_.logging.tensorboard) outputs_->tensorboard = std::make_unique<TensorBoardWriter>(run_dir + "/tensorboard");
+  const std::string& progress = config_.logging.progress;
+  outputs_->bar = progress == "bar" || (progress == "auto" && ::isatty(STDERR_FILENO) == 1);
+
+  std::vector<StepMetrics> history;
+  while (steps_done_ < config_.run.steps) {
+    history.push_back(train_step());
+    report(history.back());
+  }
+  if (outputs_->tensorboard) outputs_->tensorboard->flush();
+  if (!history.empty()) {
+    double seconds = 0, tokens = 0;
+    for (const auto& metrics : history) {
+      seconds += metrics.seconds;
+      tokens += static_cast<double>(metrics.tokens);
+    }
+    core::log_info("done: ", history.size(), " steps in ", core::format_duration(seconds), ", ",
+                   core::format_count(tokens / seconds), " tokens/s; loss ", core::format_fixed(history.front().loss, 4),
+                   " -> ", core::format_fixed(history.back().loss, 4), "; outputs in ", run_dir,
+                   " (metrics.jsonl, tensorboard/, config.yaml)");
+  }
+  return history;
+}
+
+}  // namespace chunkflow::trainer

@@ -1,0 +1,82 @@
+// The training loop: global batches from the sampler, a chunk plan per batch, the state-aware
+// scheduler for forward/backward, then gradient clipping and an AdamW step. Reports loss (all
+// tokens and far tokens), learning rate, grad norm, tokens/s, TFLOP/s and peak memory per step
+// to the log, a progress bar, metrics.jsonl and TensorBoard.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "configs/config.h"
+#include "data/indexed_dataset.h"
+#include "data/sampler.h"
+#include "models/transformer.h"
+#include "trainer/chunk_scheduler.h"
+
+namespace chunkflow::trainer {
+
+struct StepMetrics {
+  int64_t step = 0;                  // 1-based
+  double loss = 0;                   // mean cross-entropy over the step's loss tokens
+  double far_loss = 0;               // mean over far tokens (target beyond the first chunk); NaN if none
+  double learning_rate = 0;
+  double grad_norm = 0;              // global L2 norm before clipping
+  double seconds = 0;
+  double tokens_per_second = 0;      // real tokens only
+  double tflops = 0;                 // model TFLOP/s (flops.h convention; recompute not counted)
+  int64_t tokens = 0, loss_tokens = 0, far_tokens = 0;
+  int64_t sequences = 0, chunks = 0, recomputed_chunks = 0;
+  int64_t peak_rss_bytes = 0;        // process peak resident memory so far
+  int64_t peak_kv_state_bytes = 0;   // largest K/V state + accumulators held during the step
+
+  std::string to_json() const;
+};
+
+// Parameters that take weight decay: matrices (projections, embeddings); never norms or biases.
+bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& parameter);
+
+// AdamW with decoupled weight decay, two parameter groups (decay / no decay).
+std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, const configs::OptimConfig& optim);
+
+// Global L2 norm of all gradients; clips them to max_norm when max_norm > 0. Returns the norm
+// before clipping.
+double clip_gradients(models::CausalLM& model, double max_norm);
+
+class Trainer {
+ public:
+  // Opens the dataset (and loss mask), builds the model from run.seed, the sampler and optimizer.
+  // Throws core::Error for unusable config (naming the key) or data.
+  explicit Trainer(configs::Config config);
+  ~Trainer();
+
+  // Runs the remaining optimizer steps up to run.steps; creates the run directory with the
+  // resolved config, metrics.jsonl and TensorBoard events.
+  std::vector<StepMetrics> train();
+  // One optimizer step (run.grad_accumulation global batches).
+  StepMetrics train_step();
+
+  models::CausalLM& model() { return model_; }
+  const configs::Config& config() const { return config_; }
+  int64_t steps_done() const { return steps_done_; }
+
+ private:
+  void report(const StepMetrics& metrics);
+
+  configs::Config config_;
+  std::unique_ptr<data::IndexedDataset> dataset_;
+  std::unique_ptr<data::LossMaskDataset> loss_mask_;
+  std::unique_ptr<data::GlobalBatchSampler> sampler_;
+  models::CausalLM model_{nullptr};
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<ChunkScheduler> scheduler_;
+  int64_t steps_done_ = 0;
+
+  struct Outputs;  // run directory files; opened by train()
+  std::unique_ptr<Outputs> outputs_;
+};
+
+}  // namespace chunkflow::trainer
