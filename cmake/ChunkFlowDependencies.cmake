@@ -74,5 +74,9 @@ if(CHUNKFLOW_WITH_TORCH)
     set(TORCH_CUDA_ARCH_LIST "8.0;9.0")
   endif()
   find_package(Torch REQUIRED)
+  # libtorch exports its own copies of some std::filesystem functions, built against a newer
+  # libstdc++; found first, they call internals the system libstdc++ lacks (remove_all jumps
+  # to address 0). Loading libstdc++ first makes the system's definitions win.
+  list(PREPEND TORCH_LIBRARIES stdc++)
   message(STATUS "ChunkFlow: LibTorch ${Torch_VERSION} from ${Torch_DIR}")
 endif()

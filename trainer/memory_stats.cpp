@@ -17,7 +17,8 @@ constexpr const char* kClearRefsPath = "/proc/self/clear_refs";
 // Parses "<Key>:   <number> kB" into bytes; returns -1 when `line` is not that key.
 int64_t field_bytes(const std::string& line, const char* key) {
   const size_t key_length = std::strlen(key);
-  if (line.compare(0, key_length, key) != 0 || line.size() <= key_length || line[key_length] != ':') {
+  if (line.size() <= key_length || line.compare(0, key_length, key) != 0 ||
+      line[key_length] != ':') {
     return -1;
   }
   long long kibibytes = 0;
@@ -37,8 +38,8 @@ MemoryStats read_memory_stats() {
   MemoryStats stats{-1, -1};
   std::string line;
   while (std::getline(status, line) && (stats.current_rss_bytes < 0 || stats.peak_rss_bytes < 0)) {
-    if (const int64_t bytes = field_bytes(line, "VmRSS"); bytes >= 0) stats.current_rss_bytes = bytes;
-    if (const int64_t bytes = field_bytes(line, "VmHWM"); bytes >= 0) stats.peak_rss_bytes = bytes;
+    if (const int64_t rss = field_bytes(line, "VmRSS"); rss >= 0) stats.current_rss_bytes = rss;
+    if (const int64_t hwm = field_bytes(line, "VmHWM"); hwm >= 0) stats.peak_rss_bytes = hwm;
   }
   CF_CHECK(stats.current_rss_bytes >= 0 && stats.peak_rss_bytes >= 0, kStatusPath,
            " has no VmRSS or VmHWM line");

@@ -61,10 +61,11 @@ TensorBoardWriter::TensorBoardWriter(const std::string& log_dir) {
                         ".", host_name(), ".", ::getpid(), ".chunkflow");
   // O_EXCL: never truncate another writer's file.
   const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  CF_CHECK(fd >= 0, "cannot create TensorBoard event file '", path_, "': ", os_error(errno),
-           errno == EEXIST ? " (another writer made it this second; give each writer its own "
-                             "log directory)"
-                           : "");
+  const int open_error = errno;
+  CF_CHECK(fd >= 0, "cannot create TensorBoard event file '", path_, "': ", os_error(open_error),
+           open_error == EEXIST ? " (another writer made it this second; give each writer its "
+                                  "own log directory)"
+                                : "");
   file_ = ::fdopen(fd, "wb");
   if (file_ == nullptr) {
     const int saved = errno;
@@ -75,7 +76,12 @@ TensorBoardWriter::TensorBoardWriter(const std::string& log_dir) {
   tensorboard::Event header;
   header.set_wall_time(unix_time_seconds());
   header.set_file_version(kFileVersion);
-  write_record(header.SerializeAsString());
+  try {
+    write_record(header.SerializeAsString());
+  } catch (...) {
+    close_quietly();  // the destructor does not run for a constructor that throws
+    throw;
+  }
 }
 
 TensorBoardWriter::~TensorBoardWriter() { close_quietly(); }
@@ -133,7 +139,8 @@ void TensorBoardWriter::write_record(const std::string& payload) {
   put_le(payload.size(), 8, bytes);
   put_le(core::masked_crc32c(bytes, 8), 4, bytes + 8);
   std::memcpy(bytes + kHeaderBytes, payload.data(), payload.size());
-  put_le(core::masked_crc32c(payload.data(), payload.size()), 4, bytes + kHeaderBytes + payload.size());
+  uint8_t* footer = bytes + kHeaderBytes + payload.size();
+  put_le(core::masked_crc32c(payload.data(), payload.size()), 4, footer);
 
   errno = 0;
   const size_t written = std::fwrite(record.data(), 1, record.size(), file_);

@@ -7,10 +7,12 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
 #include <mutex>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -118,6 +120,11 @@ void expect_within_tolerance(const Errors& errors, const std::string& what) {
 struct ShapeCase {
   int64_t tokens, vocab, hidden_size, tile_tokens;
 };
+
+void PrintTo(const ShapeCase& shape, std::ostream* out) {
+  *out << "{tokens " << shape.tokens << ", vocab " << shape.vocab << ", hidden_size "
+       << shape.hidden_size << ", tile_tokens " << shape.tile_tokens << "}";
+}
 
 class TiledCrossEntropyShapesTest : public TiledCrossEntropyTest,
                                     public ::testing::WithParamInterface<ShapeCase> {};

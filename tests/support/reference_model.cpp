@@ -40,7 +40,7 @@ torch::Tensor reference_mean_loss(const torch::OrderedDict<std::string, torch::T
   const int64_t dim = config.effective_head_dim();
   const torch::Tensor head = config.tie_word_embeddings ? p("model.embed_tokens.weight") : p("lm_head.weight");
 
-  torch::Tensor total = torch::zeros({});
+  torch::Tensor total = torch::zeros({}, p("model.embed_tokens.weight").options());
   int64_t targets = 0;
   for (const auto& sequence : sequences) {
     const auto length = static_cast<int64_t>(sequence.tokens.size());
