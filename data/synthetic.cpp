@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <unordered_set>
 
 #include "core/error.h"
 #include "core/file_io.h"
@@ -61,16 +62,32 @@ void synthesize_sequence(int64_t length, int64_t vocab_size, core::Rng& rng, std
   out.resize(static_cast<size_t>(length));
   if (length == 0) return;
   out[0] = kBosToken;
-  const auto random_token = [&] {
-    return static_cast<int32_t>(2 + rng.below(static_cast<uint64_t>(vocab_size - 2)));
-  };
+  const auto content = static_cast<uint64_t>(vocab_size - 2);
   const int64_t repeat_from = copy_start(length);
-  if (repeat_from >= length) {
-    for (int64_t i = 1; i < length; ++i) out[static_cast<size_t>(i)] = random_token();
-    return;
+  const int64_t span_end = repeat_from < length ? repeat_from - 1 : length;  // A occupies [1, span_end)
+  const auto span_length = static_cast<uint64_t>(span_end - 1);
+  if (span_length <= content && span_length * 4 <= content) {
+    // Distinct tokens drawn without replacement: every token of the repeat occurs exactly once
+    // before it, so the copy is unambiguous for an induction head. Sparse draws use rejection.
+    std::unordered_set<int32_t> used;
+    for (uint64_t i = 0; i < span_length; ++i) {
+      int32_t token;
+      do token = static_cast<int32_t>(2 + rng.below(content));
+      while (!used.insert(token).second);
+      out[static_cast<size_t>(1 + i)] = token;
+    }
+  } else if (span_length <= content) {
+    // Dense draws: a partial Fisher-Yates shuffle of the whole content range.
+    std::vector<int32_t> pool(static_cast<size_t>(content));
+    for (uint64_t i = 0; i < content; ++i) pool[i] = static_cast<int32_t>(2 + i);
+    for (uint64_t i = 0; i < span_length; ++i) {
+      std::swap(pool[i], pool[i + rng.below(content - i)]);
+      out[static_cast<size_t>(1 + i)] = pool[i];
+    }
+  } else {
+    for (int64_t i = 1; i < span_end; ++i) out[static_cast<size_t>(i)] = static_cast<int32_t>(2 + rng.below(content));
   }
-  const int64_t span_end = repeat_from - 1;  // A occupies [1, span_end)
-  for (int64_t i = 1; i < span_end; ++i) out[static_cast<size_t>(i)] = random_token();
+  if (repeat_from >= length) return;
   out[static_cast<size_t>(span_end)] = kCopyToken;
   for (int64_t i = repeat_from; i < length; ++i) {
     out[static_cast<size_t>(i)] = out[static_cast<size_t>(1 + i - repeat_from)];

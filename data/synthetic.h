@@ -35,8 +35,9 @@ std::vector<int64_t> sample_longtail_lengths(const SynthOptions& options);
 
 // One sequence of `length` tokens: BOS, a random span A, COPY, then A again from its start for as
 // many tokens as remain. Predicting the repeated part needs the token `|A| + 1` positions back,
-// which for long sequences lies in an earlier chunk. Tokens of A are uniform over
-// [2, vocab_size).
+// which for long sequences lies in an earlier chunk. A is drawn uniformly from [2, vocab_size)
+// without replacement when it fits (|A| <= vocab_size - 2), so each repeated token has exactly
+// one earlier occurrence; longer spans are drawn with replacement.
 void synthesize_sequence(int64_t length, int64_t vocab_size, core::Rng& rng, std::vector<int32_t>& out);
 
 // First position of the repeated part, or `length` when the sequence is too short to have one.

@@ -117,9 +117,9 @@ at::Tensor block_view(float* data, int64_t rows, int64_t cols) {
   return at::from_blob(data, {rows, cols}, at::TensorOptions().dtype(at::kFloat));
 }
 
-// Query tile t of work item order: tiles of a (segment, kv head) are listed in order, and the list
-// is walked zig-zag (first, last, second, second-to-last, ...) so that the contiguous ranges
-// parallel_for hands each thread mix cheap early causal tiles with expensive late ones.
+// Forward work items are listed tile by tile in causal order (cheap first) and walked zig-zag
+// (first, last, second, second-to-last, ...), so the contiguous range parallel_for hands each
+// thread mixes cheap early tiles with expensive late ones.
 int64_t zigzag(int64_t index, int64_t count) {
   return index % 2 == 0 ? index / 2 : count - 1 - index / 2;
 }
@@ -128,12 +128,28 @@ struct ForwardTile {
   int64_t segment = 0, kv_head = 0, row_begin = 0, rows = 0;
 };
 
+// Per-worker scratch of the forward, sized for one query tile x one key block.
+struct ForwardWorkspace {
+  explicit ForwardWorkspace(int64_t head_dim)
+      : scores(kQueryTileRows * kKeyBlockCols), acc(kQueryTileRows * head_dim),
+        row_max(kQueryTileRows), row_sum(kQueryTileRows), rescale(kQueryTileRows) {}
+
+  std::vector<float> scores;   // [rows, cols] scaled scores, then probabilities of the block
+  std::vector<float> acc;      // [rows, head_dim] unnormalised output
+  std::vector<float> row_max;  // [rows] running max of the scaled scores
+  std::vector<float> row_sum;  // [rows] running sum of exp(score - row_max)
+  std::vector<float> rescale;  // [rows] exp(old max - new max) of the current block
+};
+
 // One query head over one query tile: online softmax over key blocks, then out and lse.
 void forward_tile(const VarlenAttentionParams& params, const Segment& segment, int64_t head,
                   int64_t kv_head, int64_t row_begin, int64_t rows, int64_t total_q,
-                  std::vector<float>& scores, std::vector<float>& acc,
-                  std::vector<float>& row_max, std::vector<float>& row_sum,
-                  std::vector<float>& rescale) {
+                  ForwardWorkspace& workspace) {
+  std::vector<float>& scores = workspace.scores;
+  std::vector<float>& acc = workspace.acc;
+  std::vector<float>& row_max = workspace.row_max;
+  std::vector<float>& row_sum = workspace.row_sum;
+  std::vector<float>& rescale = workspace.rescale;
   const int64_t head_dim = params.head_dim;
   const float scale = params.softmax_scale;
   float* out = static_cast<float*>(params.out);
@@ -322,16 +338,16 @@ void varlen_attention_forward_cpu(const VarlenAttentionParams& params) {
     }
   }
   const auto count = static_cast<int64_t>(tiles.size());
+  // Runs in parallel only where this file is compiled with OpenMP, as LibTorch is; without it
+  // at::parallel_for runs inline and each small GEMM below spreads over MKL's own threads.
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(kQueryTileRows * kKeyBlockCols);
-    std::vector<float> acc(kQueryTileRows * params.head_dim);
-    std::vector<float> row_max(kQueryTileRows), row_sum(kQueryTileRows), rescale(kQueryTileRows);
+    ForwardWorkspace workspace(params.head_dim);
     for (int64_t index = begin; index < end; ++index) {
       const ForwardTile& tile = tiles[zigzag(index, count)];
       const Segment segment = segment_of(params, tile.segment);
       for (int64_t head = tile.kv_head * group; head < (tile.kv_head + 1) * group; ++head) {
         forward_tile(params, segment, head, tile.kv_head, tile.row_begin, tile.rows, total_q,
-                     scores, acc, row_max, row_sum, rescale);
+                     workspace);
       }
     }
   });
@@ -342,6 +358,7 @@ void varlen_attention_backward_cpu(const VarlenAttentionBackwardParams& params) 
   check_cpu_dtype(params.dtype, "varlen_attention_backward_cpu");
   const int64_t total_q = params.cu_seqlens_q[params.segments];
   const int64_t pairs = int64_t{params.segments} * params.kv_heads;
+  // One worker per (segment, kv head): it alone writes that pair's dk/dv rows.
   at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
     for (int64_t index = begin; index < end; ++index) {
       const Segment segment = segment_of(params, index / params.kv_heads);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <set>
 
 #include "core/error.h"
 #include "data/dataset_stats.h"
@@ -64,6 +65,22 @@ TEST(SyntheticTest, SecondHalfRepeatsTheFirstSoFarTokensArePredictable) {
       // The copied part is the later half: at least half the span precedes it.
       EXPECT_GE(start, length / 2);
     }
+    if (start - 2 <= 98) {  // the span fits the 98 content ids: drawn without replacement
+      std::set<int32_t> span(tokens.begin() + 1, tokens.begin() + std::max<int64_t>(1, start - 1));
+      EXPECT_EQ(static_cast<int64_t>(span.size()), std::max<int64_t>(0, start - 2)) << "length " << length;
+      EXPECT_EQ(span.count(kBosToken) + span.count(kCopyToken), 0u);
+    }
+  }
+}
+
+TEST(SyntheticTest, LongSpansStayDistinctWhenTheVocabularyAllows) {
+  core::Rng rng(9);
+  std::vector<int32_t> tokens;
+  for (const int64_t length : {40, 3000, 4001}) {  // sparse and dense draws from 2046 ids
+    synthesize_sequence(length, 2048, rng, tokens);
+    const int64_t start = copy_start(length);
+    const std::set<int32_t> span(tokens.begin() + 1, tokens.begin() + (start - 1));
+    EXPECT_EQ(static_cast<int64_t>(span.size()), start - 2) << "length " << length;
   }
 }
 
