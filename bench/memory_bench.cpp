@@ -26,11 +26,11 @@ int main(int argc, char** argv) {
     if (!command_line.parse(std::vector<std::string>(argv + 1, argv + argc))) return 0;
     configs::ModelConfig config;
     config.vocab_size = 2048;
-    config.hidden_size = 256;
-    config.intermediate_size = 704;
-    config.num_hidden_layers = 4;
-    config.num_attention_heads = 8;
-    config.num_key_value_heads = 4;
+    config.hidden_size = 128;
+    config.intermediate_size = 352;
+    config.num_hidden_layers = 2;
+    config.num_attention_heads = 4;
+    config.num_key_value_heads = 2;
     torch::manual_seed(1);
     models::CausalLM model(config);
 
@@ -46,16 +46,14 @@ int main(int argc, char** argv) {
       return models::make_chunk_batch(data::gather_chunk_inputs(plan, chunk, sequences, reader), torch::kCPU);
     };
     trainer::ChunkScheduler scheduler(model, resident_chunks);
-    // Warm up allocator pools and lazily created state on a short sequence first, so the
-    // baseline includes them.
-    trainer::reset_peak_rss();
     const int64_t baseline = trainer::read_memory_stats().current_rss_bytes;
     const bool reset = trainer::reset_peak_rss();
     const trainer::LossTotals totals = scheduler.run_plan(plan, source, 1.0 / static_cast<double>(plan.loss_tokens()));
     const int64_t peak = trainer::read_memory_stats().peak_rss_bytes;
-    // Design brief section 4: L x layers x 2 (K and V) x kv_heads x head_dim x bytes, for the
-    // pieces held as state (all but the last chunk), doubled for the gradient accumulators.
-    const int64_t state_tokens = (plan.chunks().size() - 1) * chunk_size;
+    // Design brief section 4: L x layers x 2 (K and V) x kv_heads x head_dim x bytes, with L the
+    // rows of the state buffer (every piece, rounded up to whole chunks), doubled for the gradient
+    // accumulators.
+    const int64_t state_tokens = static_cast<int64_t>(plan.chunks().size()) * chunk_size;
     const int64_t formula = state_tokens * config.num_hidden_layers * 2 * config.num_key_value_heads *
                             config.effective_head_dim() * 4 * 2;
     std::printf("{\"length\": %lld, \"chunk_size\": %lld, \"resident_chunks\": %lld, \"chunks\": %zu, "

@@ -14,7 +14,43 @@ torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
+// Autograd node of attach_prefix: forward writes `own` into the state buffer after the prefix and
+// returns the buffer's rows [0, rows + tokens) as one tensor; backward sends the own rows' gradient
+// to `own` and adds the prefix rows' gradient to the accumulator.
+class AttachPrefix : public torch::autograd::Function<AttachPrefix> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& own,
+                               const torch::Tensor& state, const torch::Tensor& gradient, int64_t rows) {
+    CF_ASSERT(rows + own.size(0) <= state.size(0), "K/V state buffer of ", state.size(0), " rows cannot hold ",
+              rows, " + ", own.size(0));
+    // A storage alias with its own version counter: rewriting rows of the buffer (a recompute
+    // writes the same values again) must not invalidate views that other chunks' graphs saved.
+    torch::Tensor storage = state.variable_data();
+    storage.narrow(0, rows, own.size(0)).copy_(own);
+    context->saved_data["gradient"] = gradient;
+    context->saved_data["rows"] = rows;
+    return storage.narrow(0, 0, rows + own.size(0));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* context,
+                                                 torch::autograd::variable_list outputs_gradient) {
+    const torch::Tensor& keys_gradient = outputs_gradient[0];
+    const int64_t rows = context->saved_data["rows"].toInt();
+    torch::Tensor own_gradient;
+    if (keys_gradient.defined()) {
+      if (rows > 0) context->saved_data["gradient"].toTensor().narrow(0, 0, rows).add_(keys_gradient.narrow(0, 0, rows));
+      own_gradient = keys_gradient.narrow(0, rows, keys_gradient.size(0) - rows);
+    }
+    return {own_gradient, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor attach_prefix(const torch::Tensor& own, const torch::Tensor& state, const torch::Tensor& gradient,
+                            int64_t rows) {
+  return AttachPrefix::apply(own, state, gradient, rows);
+}
 
 RotaryTables rotary_tables(const torch::Tensor& positions, int64_t head_dim, double theta) {
   // Same arithmetic as Hugging Face (fp32 inv_freq, fp32 outer product), so logits match it.
@@ -60,7 +96,7 @@ AttentionImpl::AttentionImpl(const configs::ModelConfig& config)
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
-                                     const LayerKV& prefix, LayerKV* own_kv) {
+                                     const KVPrefix& state, LayerKV* own_kv) {
   const int64_t tokens = x.size(0);
   const torch::Tensor q = apply_rotary(q_proj(x).view({tokens, heads_, head_dim_}), rotary);
   const torch::Tensor k = apply_rotary(k_proj(x).view({tokens, kv_heads_, head_dim_}), rotary);
@@ -68,12 +104,13 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& b
   own_kv->k = k;
   own_kv->v = v;
   torch::Tensor keys = k, values = v;
-  if (batch.prefix_len > 0) {
-    CF_ASSERT(prefix.k.defined() && prefix.k.size(0) == batch.prefix_len, "K/V prefix rows ",
-              prefix.k.defined() ? prefix.k.size(0) : -1, " != prefix_len ", batch.prefix_len);
+  if (state.k_state.defined()) {
+    CF_ASSERT(state.rows == batch.prefix_len, "K/V state rows ", state.rows, " != prefix_len ", batch.prefix_len);
     // The prefix belongs to the first segment, whose keys come first in cu_seqlens_k.
-    keys = torch::cat({prefix.k, k}, 0);
-    values = torch::cat({prefix.v, v}, 0);
+    keys = attach_prefix(k, state.k_state, state.k_gradient, state.rows);
+    values = attach_prefix(v, state.v_state, state.v_gradient, state.rows);
+  } else {
+    CF_ASSERT(batch.prefix_len == 0, "a chunk with a K/V prefix needs the sequence's state");
   }
   const torch::Tensor attended =
       kernels::varlen_attention(q, keys, values, batch.cu_seqlens_q, batch.cu_seqlens_k, batch.max_seqlen_q,
@@ -100,8 +137,8 @@ DecoderLayerImpl::DecoderLayerImpl(const configs::ModelConfig& config) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
-                                        const LayerKV& prefix, LayerKV* own_kv) {
-  const torch::Tensor h = x + self_attn(input_layernorm(x), batch, rotary, prefix, own_kv);
+                                        const KVPrefix& state, LayerKV* own_kv) {
+  const torch::Tensor h = x + self_attn(input_layernorm(x), batch, rotary, state, own_kv);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -143,17 +180,16 @@ torch::Tensor CausalLMImpl::lm_head_weight() {
   return config_.tie_word_embeddings ? model->embed_tokens->weight : lm_head->weight;
 }
 
-ChunkForward CausalLMImpl::forward_chunk(const ChunkBatch& batch, const std::vector<LayerKV>& prefix) {
+ChunkForward CausalLMImpl::forward_chunk(const ChunkBatch& batch, const std::vector<KVPrefix>& state) {
   const auto layer_count = static_cast<size_t>(config_.num_hidden_layers);
-  CF_ASSERT(prefix.empty() || prefix.size() == layer_count, "prefix has ", prefix.size(), " layers");
-  CF_ASSERT(prefix.empty() == (batch.prefix_len == 0), "prefix given iff prefix_len > 0");
+  CF_ASSERT(state.empty() || state.size() == layer_count, "K/V state has ", state.size(), " layers");
   const RotaryTables rotary = rotary_tables(batch.positions, config_.effective_head_dim(), config_.rope_theta);
   ChunkForward result;
   result.own_kv.resize(layer_count);
   torch::Tensor x = model->embed_tokens(batch.input_ids);
-  const LayerKV no_prefix;
+  const KVPrefix no_state;
   for (size_t i = 0; i < layer_count; ++i) {
-    x = model->layer_list[i](x, batch, rotary, prefix.empty() ? no_prefix : prefix[i], &result.own_kv[i]);
+    x = model->layer_list[i](x, batch, rotary, state.empty() ? no_state : state[i], &result.own_kv[i]);
   }
   result.hidden = model->norm(x);
   return result;

@@ -2,10 +2,10 @@
 // Module and parameter names follow Hugging Face checkpoint keys ("model.layers.0.self_attn.
 // q_proj.weight", "lm_head.weight"), so import/export is a plain name mapping.
 //
-// A chunk forward takes the chunk's tokens (several packed segments) and, for its first segment,
-// the K/V prefix of earlier chunks of the same sequence; it returns the final hidden states and
-// every layer's own post-RoPE K/V (the tensors autograd saw, so gradients can be injected into
-// them by the scheduler).
+// A chunk forward takes the chunk's tokens (several packed segments) and, when the chunk holds a
+// piece of a split sequence, that sequence's K/V state buffers; it returns the final hidden states
+// and every layer's own post-RoPE K/V (the tensors autograd saw, so the scheduler can inject the
+// gradients later chunks sent back).
 #pragma once
 
 #include <torch/torch.h>
@@ -22,6 +22,21 @@ struct LayerKV {
   torch::Tensor k;
   torch::Tensor v;
 };
+
+// One layer's K/V state for a split sequence (see trainer/kv_state_store.h): buffers
+// [capacity rows, kv_heads, head_dim] holding the sequence's earlier chunks at rows [0, rows), and
+// their gradient accumulators. The chunk's own K/V is written at rows [rows, rows + tokens) and
+// attention reads rows [0, rows + tokens) in place; the backward adds the gradient of rows
+// [0, rows) into the accumulators.
+struct KVPrefix {
+  torch::Tensor k_state, v_state, k_gradient, v_gradient;
+  int64_t rows = 0;
+};
+
+// keys = state rows [0, rows) followed by `own` [tokens, kv_heads, head_dim], without copying the
+// prefix; differentiable with respect to `own` (and, through `gradient`, the prefix).
+torch::Tensor attach_prefix(const torch::Tensor& own, const torch::Tensor& state, const torch::Tensor& gradient,
+                            int64_t rows);
 
 // Rotary tables for a chunk: cos/sin [tokens, head_dim] fp32, from per-token positions
 // (Hugging Face's rotate-half convention, inv_freq = theta^(-2i/head_dim)).
@@ -46,10 +61,11 @@ TORCH_MODULE(RMSNorm);
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const configs::ModelConfig& config);
-  // x [tokens, hidden]; prefix: K/V of earlier chunks for the batch's first segment (undefined
-  // tensors when none). Writes this chunk's own K/V into *own_kv. Returns [tokens, hidden].
+  // x [tokens, hidden]; state: the split sequence's K/V state for the batch's first segment
+  // (undefined tensors for a standalone chunk). Writes this chunk's own K/V into *own_kv.
+  // Returns [tokens, hidden].
   torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
-                        const LayerKV& prefix, LayerKV* own_kv);
+                        const KVPrefix& state, LayerKV* own_kv);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
@@ -69,7 +85,7 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   explicit DecoderLayerImpl(const configs::ModelConfig& config);
   torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
-                        const LayerKV& prefix, LayerKV* own_kv);
+                        const KVPrefix& state, LayerKV* own_kv);
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -96,8 +112,9 @@ class CausalLMImpl : public torch::nn::Module {
  public:
   explicit CausalLMImpl(const configs::ModelConfig& config);
 
-  // prefix: empty (no K/V state) or one LayerKV per layer with [batch.prefix_len, ...] rows.
-  ChunkForward forward_chunk(const ChunkBatch& batch, const std::vector<LayerKV>& prefix = {});
+  // state: empty for a standalone chunk, else one KVPrefix per layer with rows ==
+  // batch.prefix_len.
+  ChunkForward forward_chunk(const ChunkBatch& batch, const std::vector<KVPrefix>& state = {});
   // Summed token cross-entropy of hidden [tokens, hidden] against labels [tokens] (-100 ignored),
   // computed in token tiles through the LM head (never the whole chunk x vocab in fp32).
   torch::Tensor loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels);

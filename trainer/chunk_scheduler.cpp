@@ -56,13 +56,16 @@ LossTotals ChunkScheduler::run_split_sequence(const data::ChunkPlan& plan, const
   LossTotals totals;
   const int64_t pieces = group.chunk_count;
   const int64_t first_kept = std::max<int64_t>(0, pieces - resident_chunks_);
-  KVStateStore state(model_->config().num_hidden_layers);
+  const configs::ModelConfig& config = model_->config();
+  const int64_t chunk_size = plan.chunk_size();
+  KVStateStore state(config.num_hidden_layers, pieces * chunk_size, config.num_key_value_heads,
+                     config.effective_head_dim(), model_->parameters().front().options());
+  totals.peak_state_bytes = state.bytes();
 
   // What a chunk needs between its forward and its backward.
   struct Live {
     models::ChunkBatch batch;
     models::ChunkForward forward;
-    std::vector<models::LayerKV> leaves;
     torch::Tensor loss;
   };
   auto forward_piece = [&](int64_t piece, bool with_grad) {
@@ -71,9 +74,8 @@ LossTotals ChunkScheduler::run_split_sequence(const data::ChunkPlan& plan, const
     CF_ASSERT(live.batch.prefix_len == (piece == 0 ? 0 : plan.segments()[static_cast<size_t>(
                                                               plan.chunks()[static_cast<size_t>(group.first_chunk + piece)].first_segment)].prefix_len),
               "chunk batch prefix does not match the plan");
-    live.leaves = state.prefix_leaves(piece);
     torch::AutoGradMode grad_mode(with_grad);
-    live.forward = model_->forward_chunk(live.batch, live.leaves);
+    live.forward = model_->forward_chunk(live.batch, state.prefix(piece * chunk_size));
     live.loss = model_->loss_sum(live.forward.hidden, live.batch.labels);
     ++totals.chunk_forwards;
     return live;
@@ -83,7 +85,7 @@ LossTotals ChunkScheduler::run_split_sequence(const data::ChunkPlan& plan, const
     std::vector<torch::Tensor> gradients = {torch::ones_like(outputs[0])};
     // The last piece's K/V feeds no later chunk; the others receive what later chunks sent back.
     if (piece + 1 < pieces) {
-      const auto& accumulated = state.gradients(piece);
+      const auto accumulated = state.gradients(piece * chunk_size, chunk_size);
       for (size_t layer = 0; layer < accumulated.size(); ++layer) {
         outputs.push_back(live.forward.own_kv[layer].k);
         gradients.push_back(accumulated[layer].k);
@@ -91,8 +93,8 @@ LossTotals ChunkScheduler::run_split_sequence(const data::ChunkPlan& plan, const
         gradients.push_back(accumulated[layer].v);
       }
     }
+    // The prefix rows' gradient goes straight into the state's accumulators (attach_prefix).
     torch::autograd::backward(outputs, gradients);
-    state.add_prefix_gradients(piece, live.leaves);
   };
 
   // Pass 1: forward in order; keep graphs only for the last `resident_chunks`.
@@ -104,8 +106,6 @@ LossTotals ChunkScheduler::run_split_sequence(const data::ChunkPlan& plan, const
     totals.loss_tokens += (live.batch.labels != -100).sum().item<int64_t>();
     totals.real_tokens += live.batch.tokens();
     measure_far_loss(live.batch, live.forward.hidden, plan.chunk_size(), &totals);
-    if (piece + 1 < pieces) state.append(live.forward.own_kv);
-    totals.peak_state_bytes = std::max(totals.peak_state_bytes, state.bytes());
     if (keep) kept.emplace(piece, std::move(live));
   }
   // Pass 2 (kept chunks) and pass 3 (recompute + backward), both from the latest chunk down.
@@ -119,7 +119,6 @@ LossTotals ChunkScheduler::run_split_sequence(const data::ChunkPlan& plan, const
       backward_piece(piece, live);
     }
   }
-  state.clear();
   return totals;
 }
 

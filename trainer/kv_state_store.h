@@ -1,6 +1,9 @@
-// K/V state of one split sequence while its dependent chunks run: per finished chunk (piece) and
-// layer, the post-RoPE keys and values (detached), and the gradient accumulators that later
-// chunks' backwards add into. Freed when the sequence's last chunk has run its backward.
+// K/V state of one split sequence while its dependent chunks run. Per layer, one contiguous
+// buffer holds the post-RoPE keys (and one the values) of every chunk of the sequence at the
+// chunk's row offset, and one buffer of the same shape accumulates their gradients. A chunk's
+// prefix is then a view of the buffers, never a copy: the model writes each chunk's own K/V into
+// its rows and attends to rows [0, prefix + chunk tokens); the backward adds the prefix gradient
+// straight into the accumulator rows. Freed when the sequence's last backward has run.
 #pragma once
 
 #include <torch/torch.h>
@@ -13,35 +16,23 @@ namespace chunkflow::trainer {
 
 class KVStateStore {
  public:
-  explicit KVStateStore(int64_t layers) : layers_(layers) {}
+  // rows: capacity, at least the sequence's pieces x chunk_size (the last chunk's packed
+  // neighbours are written after its piece); options: dtype/device of K and V.
+  KVStateStore(int64_t layers, int64_t rows, int64_t kv_heads, int64_t head_dim, torch::TensorOptions options);
 
-  // Stores piece `pieces()`'s own K/V (one LayerKV per layer, [rows, kv_heads, head_dim]) as
-  // detached tensors and zeroed gradient accumulators of the same shapes.
-  void append(const std::vector<models::LayerKV>& own_kv);
-  int64_t pieces() const { return static_cast<int64_t>(rows_.size()); }
+  // The per-layer prefix handles for a chunk whose split piece starts at row `prefix_rows`.
+  std::vector<models::KVPrefix> prefix(int64_t prefix_rows);
 
-  // Leaves for piece `piece`'s prefix: per layer, the concatenated K/V of pieces [0, piece),
-  // [prefix rows, kv_heads, head_dim], requiring grad so the chunk's backward yields their
-  // gradients. Empty for piece 0.
-  std::vector<models::LayerKV> prefix_leaves(int64_t piece) const;
-
-  // Adds the gradients that a backward left in `leaves` (from prefix_leaves(piece)) into the
-  // accumulators of pieces [0, piece).
-  void add_prefix_gradients(int64_t piece, const std::vector<models::LayerKV>& leaves);
-
-  // The accumulated gradient of piece `piece`'s own K/V: complete once every later piece of the
-  // sequence has run its backward.
-  const std::vector<models::LayerKV>& gradients(int64_t piece) const;
+  // Gradient accumulated for rows [first_row, first_row + rows) of every layer's K and V: what
+  // later chunks sent back to the chunk that owns those rows. Complete once every later chunk has
+  // run its backward. Views of the accumulators.
+  std::vector<models::LayerKV> gradients(int64_t first_row, int64_t rows);
 
   // Bytes held: K/V plus accumulators.
   int64_t bytes() const;
-  void clear();
 
  private:
-  int64_t layers_;
-  std::vector<int64_t> rows_;                             // [pieces]
-  std::vector<std::vector<models::LayerKV>> kv_;          // [pieces][layers]
-  std::vector<std::vector<models::LayerKV>> gradients_;   // [pieces][layers]
+  std::vector<models::KVPrefix> layers_;
 };
 
 }  // namespace chunkflow::trainer

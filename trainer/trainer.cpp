@@ -257,10 +257,27 @@ std::vector<StepMetrics> Trainer::train() {
       seconds += metrics.seconds;
       tokens += static_cast<double>(metrics.tokens);
     }
+    // Token-weighted means over the first and the last tenth of the run: single steps are noisy
+    // (each global batch has its own mix of short and long sequences).
+    const auto window_mean = [&](bool first, bool far) {
+      const size_t window = std::max<size_t>(1, history.size() / 10);
+      double sum = 0, count = 0;
+      for (size_t i = 0; i < window; ++i) {
+        const StepMetrics& metrics = history[first ? i : history.size() - 1 - i];
+        const double weight = static_cast<double>(far ? metrics.far_tokens : metrics.loss_tokens);
+        const double value = far ? metrics.far_loss : metrics.loss;
+        if (weight > 0 && std::isfinite(value)) {
+          sum += value * weight;
+          count += weight;
+        }
+      }
+      return count > 0 ? core::format_fixed(sum / count, 4) : std::string("-");
+    };
     core::log_info("done: ", history.size(), " steps in ", core::format_duration(seconds), ", ",
-                   core::format_count(tokens / seconds), " tokens/s; loss ", core::format_fixed(history.front().loss, 4),
-                   " -> ", core::format_fixed(history.back().loss, 4), "; outputs in ", run_dir,
-                   " (metrics.jsonl, tensorboard/, config.yaml)");
+                   core::format_count(tokens / seconds), " tokens/s; loss ", window_mean(true, false), " -> ",
+                   window_mean(false, false), ", far-token loss ", window_mean(true, true), " -> ",
+                   window_mean(false, true), " (means over the first and last tenth of the steps); outputs in ",
+                   run_dir, " (metrics.jsonl, tensorboard/, config.yaml)");
   }
   return history;
 }
