@@ -22,22 +22,20 @@ TEST(ConfigDocsTest, ReadmeDocumentsEveryKey) {
   }
 }
 
-TEST(ConfigDocsTest, DemoConfigLoadsAsTheSmallDemoModel) {
+TEST(ConfigDocsTest, DemoConfigFitsTheDatasetTheDemoScriptWrites) {
+  // scripts/demo.sh writes the dataset with `chunkflow-data synth --vocab-size N` under
+  // runs/demo/data/longtail; the demo config must read exactly that.
   const Config config = load_config(repo_file("configs/demo.yaml"));
-  EXPECT_EQ(config.run.name, "demo");
-  EXPECT_EQ(config.run.steps, 60);
-  EXPECT_EQ(config.model.family, "llama");
-  EXPECT_EQ(config.model.vocab_size, 512);
-  EXPECT_EQ(config.model.hidden_size, 128);
-  EXPECT_EQ(config.model.intermediate_size, 352);
-  EXPECT_EQ(config.model.num_hidden_layers, 2);
-  EXPECT_EQ(config.model.num_attention_heads, 4);
-  EXPECT_EQ(config.model.num_key_value_heads, 2);
+  const std::string script = core::read_file(repo_file("scripts/demo.sh"));
+  const size_t flag = script.find("--vocab-size ");
+  ASSERT_NE(flag, std::string::npos) << "scripts/demo.sh no longer passes --vocab-size";
+  EXPECT_EQ(config.model.vocab_size, std::stoll(script.substr(flag + 13)));
+  EXPECT_NE(script.find("data=\"$out/data/longtail\""), std::string::npos);
   EXPECT_EQ(config.data.path, "runs/demo/data/longtail");
-  EXPECT_EQ(config.data.batch_tokens, 16384);
-  EXPECT_EQ(config.chunking.chunk_size, 512);
+  EXPECT_EQ(config.run.name, "demo");
+  // Small enough for the 2-core machines: a few layers, split sequences recomputed with K = 1.
+  EXPECT_LE(config.model.num_hidden_layers, 4);
   EXPECT_EQ(config.chunking.resident_chunks, 1);
-  EXPECT_EQ(config.optim.lr, 1e-3);
 }
 
 TEST(ConfigDocsTest, DemoConfigTakesOverridesLikeTheTrainerWould) {

@@ -57,9 +57,8 @@ configs::Config small_run(const testing::TempDir& dir) {
   return config;
 }
 
-TEST(TrainerTest, TwentyStepsMatchAReferenceTrainerOnWholeSequences) {
-  testing::TempDir dir;
-  const configs::Config config = small_run(dir);
+// Runs `config` with ChunkFlow and with the reference trainer; returns the worst per-step loss gap.
+void expect_same_loss_curve(const configs::Config& config) {
   Trainer trainer(config);
   const std::vector<StepMetrics> history = trainer.train();
   ASSERT_EQ(history.size(), 20u);
@@ -76,11 +75,13 @@ TEST(TrainerTest, TwentyStepsMatchAReferenceTrainerOnWholeSequences) {
   for (int64_t step = 0; step < config.run.steps; ++step) {
     const double lr = learning_rate(config.optim, step, config.run.steps);
     for (auto& group : optimizer->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    const data::GlobalBatch batch = sampler.next();
+    // Gradient accumulation: the step's batches together, one mean over all their loss tokens.
     std::vector<testing::ReferenceSequence> sequences;
-    for (const int64_t index : batch.sequences) {
-      const std::vector<int32_t> tokens = dataset.read(index);
-      sequences.push_back({std::vector<int64_t>(tokens.begin(), tokens.end()), {}});
+    for (int64_t micro = 0; micro < config.optim.grad_accumulation; ++micro) {
+      for (const int64_t index : sampler.next().sequences) {
+        const std::vector<int32_t> tokens = dataset.read(index);
+        sequences.push_back({std::vector<int64_t>(tokens.begin(), tokens.end()), {}});
+      }
     }
     optimizer->zero_grad();
     const torch::Tensor loss = testing::reference_mean_loss(reference_model->named_parameters(), config.model, sequences);
@@ -93,10 +94,24 @@ TEST(TrainerTest, TwentyStepsMatchAReferenceTrainerOnWholeSequences) {
     EXPECT_DOUBLE_EQ(metrics.learning_rate, lr);
     split_steps += metrics.recomputed_chunks > 0;
   }
-  std::printf("20-step loss curves: worst |chunkflow - reference| = %.3g (loss %.4f -> %.4f)\n", worst,
-              history.front().loss, history.back().loss);
+  std::printf("20-step loss curves (grad_accumulation %lld): worst |chunkflow - reference| = %.3g (loss %.4f -> %.4f)\n",
+              static_cast<long long>(config.optim.grad_accumulation), worst, history.front().loss, history.back().loss);
   EXPECT_GT(split_steps, 5) << "too few steps exercised recomputation of split sequences";
   EXPECT_LT(history.back().loss, history.front().loss) << "20 steps did not reduce the loss";
+}
+
+TEST(TrainerTest, TwentyStepsMatchAReferenceTrainerOnWholeSequences) {
+  testing::TempDir dir;
+  expect_same_loss_curve(small_run(dir));
+}
+
+TEST(TrainerTest, GradientAccumulationMatchesOneLargeBatchOfTheReference) {
+  testing::TempDir dir;
+  configs::Config config = small_run(dir);
+  config.optim.grad_accumulation = 2;
+  config.chunking.resident_chunks = 2;
+  config.chunking.chunk_size = 17;
+  expect_same_loss_curve(config);
 }
 
 TEST(TrainerTest, WritesResolvedConfigMetricsAndTensorBoardEvents) {
