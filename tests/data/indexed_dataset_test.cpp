@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
+#include "tests/support/expect_error.h"
 #include "tests/support/temp_dir.h"
 
 namespace chunkflow::data {
@@ -56,17 +57,7 @@ struct Bytes {
 
 // Runs `action`, expecting core::Error whose message contains every one of `parts`.
 void expect_error(const std::function<void()>& action, std::initializer_list<std::string> parts) {
-  try {
-    action();
-  } catch (const core::Error& error) {
-    const std::string message = error.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "message lacks '" << part << "':\n  " << message;
-    }
-    return;
-  }
-  ADD_FAILURE() << "expected core::Error";
+  chunkflow::testing::expect_error_mentions(action, parts);
 }
 
 // Writes three sequences of int32 ([10, 11, 12], [13], [14, 15]) in documents {0, 1}, {2}.
@@ -112,17 +103,7 @@ void expect_corrupt_index(const std::function<void(std::vector<uint8_t>&)>& corr
   write_bytes(idx_path(prefix), idx);
   std::vector<std::string> all(parts);
   all.push_back(idx_path(prefix));
-  try {
-    IndexedDataset dataset(prefix);
-  } catch (const core::Error& error) {
-    const std::string message = error.what();
-    for (const std::string& part : all) {
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "message lacks '" << part << "':\n  " << message;
-    }
-    return;
-  }
-  ADD_FAILURE() << "the corrupt index was accepted";
+  chunkflow::testing::expect_error_mentions([&] { IndexedDataset dataset(prefix); }, all);
 }
 
 TEST(IndexedDatasetTest, WriterOutputMatchesHandBuiltMegatronBytes) {

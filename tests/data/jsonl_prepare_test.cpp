@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "data/indexed_dataset.h"
+#include "tests/support/expect_error.h"
 #include "tests/support/temp_dir.h"
 
 namespace chunkflow::data {
@@ -40,17 +41,7 @@ bool dataset_exists(const std::string& prefix) {
 
 // Expects prepare_jsonl to throw core::Error containing every one of `parts`.
 void expect_prepare_error(const PrepareOptions& options, std::initializer_list<std::string> parts) {
-  try {
-    prepare_jsonl(options);
-  } catch (const core::Error& error) {
-    const std::string message = error.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "message lacks '" << part << "':\n  " << message;
-    }
-    return;
-  }
-  ADD_FAILURE() << "expected core::Error";
+  chunkflow::testing::expect_error_mentions([&] { prepare_jsonl(options); }, parts);
 }
 
 TEST(JsonlPrepareTest, MixedLabelsLossMaskAndPlainLinesGiveTokensAndMasks) {
