@@ -39,7 +39,8 @@ std::string StepMetrics::to_json() const {
                        ", \"tflops\": ", json_number(tflops), ", \"tokens\": ", tokens, ", \"loss_tokens\": ", loss_tokens,
                        ", \"far_tokens\": ", far_tokens, ", \"sequences\": ", sequences, ", \"chunks\": ", chunks,
                        ", \"recomputed_chunks\": ", recomputed_chunks, ", \"peak_rss_bytes\": ", peak_rss_bytes,
-                       ", \"peak_kv_state_bytes\": ", peak_kv_state_bytes, "}");
+                       ", \"peak_kv_state_bytes\": ", peak_kv_state_bytes,
+                       ", \"dp_imbalance\": ", json_number(dp_imbalance), "}");
 }
 
 bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& parameter) {
@@ -88,16 +89,26 @@ struct Trainer::Outputs {
   }
 };
 
-Trainer::Trainer(configs::Config config) : config_(std::move(config)) {
+Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config_(std::move(config)), world_(world) {
   config_.validate();
   CF_CHECK(config_.model.init_from.empty(), "model.init_from = '", config_.model.init_from,
            "': initializing from a Hugging Face checkpoint is not available in this version; leave it empty");
   CF_CHECK(config_.run.device != "cuda", "run.device = cuda: this build runs the CPU kernels only; use auto or cpu");
   CF_CHECK(config_.model.dtype == "float32", "model.dtype = ", config_.model.dtype,
            ": the CPU path trains in float32; bfloat16 needs the CUDA kernels");
-  CF_CHECK(config_.parallel.world_size() == 1, "parallel: dp (", config_.parallel.dp, ") x cp (", config_.parallel.cp,
-           ") x pp (", config_.parallel.pp, ") = ", config_.parallel.world_size(),
-           " ranks, but this trainer runs a single rank; set all three to 1");
+  CF_CHECK(config_.parallel.cp == 1 && config_.parallel.pp == 1, "parallel.cp = ", config_.parallel.cp,
+           ", parallel.pp = ", config_.parallel.pp, ": context and pipeline parallelism are not available in this "
+           "version; use data parallelism (parallel.dp)");
+  if (world_ != nullptr && world_->size() > 1) {
+    mesh_ = std::make_unique<parallel::DeviceMesh>(config_.parallel, *world_);
+  } else {
+    config_.parallel.check_world(1);
+  }
+  // Balance DP ranks by model FLOPs: linear layers per token, attention per causal score entry.
+  cost_model_.per_token = linear_flops_per_token(config_.model);
+  cost_model_.per_attention_entry =
+      4.0 * static_cast<double>(config_.model.num_hidden_layers * config_.model.num_attention_heads *
+                                config_.model.effective_head_dim());
   core::set_log_level(core::parse_log_level(config_.logging.level, "logging.level"));
 
   dataset_ = std::make_unique<data::IndexedDataset>(config_.data.path);
@@ -158,7 +169,31 @@ StepMetrics Trainer::train_step() {
     const ChunkBatchSource source = [&](int32_t chunk) {
       return models::make_chunk_batch(data::gather_chunk_inputs(entry.plan, chunk, entry.sequences, reader), torch::kCPU);
     };
-    totals.add(scheduler_->run_plan(entry.plan, source, loss_scale));
+    if (mesh_ == nullptr) {
+      totals.add(scheduler_->run_plan(entry.plan, source, loss_scale));
+      continue;
+    }
+    const parallel::DpAssignment assignment =
+        parallel::balance_chunk_groups(entry.plan, static_cast<int>(config_.parallel.dp), cost_model_);
+    metrics.dp_imbalance = std::max(metrics.dp_imbalance, assignment.imbalance());
+    for (const int32_t group : assignment.groups_of_rank[static_cast<size_t>(mesh_->coordinates().dp)]) {
+      totals.add(scheduler_->run_group(entry.plan, group, source, loss_scale));
+    }
+  }
+  if (mesh_ != nullptr) {
+    parallel::Communicator& dp_group = mesh_->dp_group();
+    parallel::all_reduce_gradients(model_->parameters(), dp_group);
+    torch::Tensor sums = torch::tensor({totals.loss_sum, static_cast<double>(totals.loss_tokens), totals.far_loss_sum,
+                                        static_cast<double>(totals.far_tokens), static_cast<double>(totals.real_tokens),
+                                        static_cast<double>(totals.chunk_recomputes)},
+                                       torch::kFloat64);
+    dp_group.all_reduce(sums, parallel::ReduceOp::kSum);
+    totals.loss_sum = sums[0].item<double>();
+    totals.loss_tokens = static_cast<int64_t>(sums[1].item<double>());
+    totals.far_loss_sum = sums[2].item<double>();
+    totals.far_tokens = static_cast<int64_t>(sums[3].item<double>());
+    totals.real_tokens = static_cast<int64_t>(sums[4].item<double>());
+    totals.chunk_recomputes = static_cast<int64_t>(sums[5].item<double>());
   }
   metrics.grad_norm = clip_gradients(model_, config_.optim.max_grad_norm);
   CF_CHECK(std::isfinite(metrics.grad_norm) && std::isfinite(totals.loss_sum), "step ", metrics.step,
@@ -182,6 +217,7 @@ StepMetrics Trainer::train_step() {
 }
 
 void Trainer::report(const StepMetrics& metrics) {
+  if (!writes_outputs()) return;
   Outputs& out = *outputs_;
   std::fprintf(out.metrics, "%s\n", metrics.to_json().c_str());
   std::fflush(out.metrics);
@@ -194,6 +230,7 @@ void Trainer::report(const StepMetrics& metrics) {
         {"throughput/tflops", metrics.tflops},
         {"memory/peak_rss_gib", static_cast<double>(metrics.peak_rss_bytes) / (1024.0 * 1024 * 1024)},
         {"memory/kv_state_mib", static_cast<double>(metrics.peak_kv_state_bytes) / (1024.0 * 1024)},
+        {"parallel/dp_imbalance", metrics.dp_imbalance},
     };
     if (std::isfinite(metrics.far_loss)) scalars.push_back({"loss/far_tokens", metrics.far_loss});
     out.tensorboard->add_scalars(scalars, metrics.step);
@@ -207,6 +244,7 @@ void Trainer::report(const StepMetrics& metrics) {
       "e-3 gnorm ", core::format_fixed(metrics.grad_norm, 2), " | ", core::format_count(metrics.tokens_per_second),
       " tok/s ", core::format_fixed(metrics.tflops * 1e3, 2), " GFLOP/s | ", metrics.chunks, " chunks (",
       metrics.recomputed_chunks, " recomputed) | rss ", core::format_bytes(static_cast<double>(metrics.peak_rss_bytes)),
+      mesh_ != nullptr ? " | dp imbalance " + core::format_fixed(metrics.dp_imbalance, 2) : std::string(),
       " | ETA ", core::format_duration(eta));
   if (out.bar) {
     constexpr int kWidth = 20;
@@ -223,6 +261,11 @@ void Trainer::report(const StepMetrics& metrics) {
 
 std::vector<StepMetrics> Trainer::train() {
   const std::string run_dir = config_.run.run_dir();
+  if (!writes_outputs()) {
+    std::vector<StepMetrics> history;
+    while (steps_done_ < config_.run.steps) history.push_back(train_step());
+    return history;
+  }
   core::make_directories(run_dir);
   configs::write_resolved_config(config_, run_dir + "/config.yaml");
   core::log_info("resolved config (saved to ", run_dir, "/config.yaml):\n", configs::to_yaml(config_));

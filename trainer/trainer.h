@@ -15,6 +15,9 @@
 #include "data/indexed_dataset.h"
 #include "data/sampler.h"
 #include "models/transformer.h"
+#include "parallel/communicator.h"
+#include "parallel/data_parallel.h"
+#include "parallel/device_mesh.h"
 #include "trainer/chunk_scheduler.h"
 
 namespace chunkflow::trainer {
@@ -32,6 +35,7 @@ struct StepMetrics {
   int64_t sequences = 0, chunks = 0, recomputed_chunks = 0;
   int64_t peak_rss_bytes = 0;        // process peak resident memory so far
   int64_t peak_kv_state_bytes = 0;   // largest K/V state + accumulators held during the step
+  double dp_imbalance = 1.0;         // max / mean chunk-group cost over DP ranks (worst batch)
 
   std::string to_json() const;
 };
@@ -49,8 +53,10 @@ double clip_gradients(models::CausalLM& model, double max_norm);
 class Trainer {
  public:
   // Opens the dataset (and loss mask), builds the model from run.seed, the sampler and optimizer.
+  // With parallel.dp > 1, `world` (dp ranks) splits each plan's chunk groups over the DP ranks and
+  // all-reduces gradients; every rank computes the same plans. Outputs are written by rank 0.
   // Throws core::Error for unusable config (naming the key) or data.
-  explicit Trainer(configs::Config config);
+  explicit Trainer(configs::Config config, parallel::Communicator* world = nullptr);
   ~Trainer();
 
   // Runs the remaining optimizer steps up to run.steps; creates the run directory with the
@@ -73,7 +79,11 @@ class Trainer {
   models::CausalLM model_{nullptr};
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   std::unique_ptr<ChunkScheduler> scheduler_;
+  parallel::Communicator* world_ = nullptr;
+  std::unique_ptr<parallel::DeviceMesh> mesh_;
+  parallel::GroupCostModel cost_model_;
   int64_t steps_done_ = 0;
+  bool writes_outputs() const { return world_ == nullptr || world_->rank() == 0; }
 
   struct Outputs;  // run directory files; opened by train()
   std::unique_ptr<Outputs> outputs_;

@@ -1,0 +1,83 @@
+// DP balancing and gradient all-reduce; see data_parallel.h.
+#include "parallel/data_parallel.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "core/error.h"
+
+namespace chunkflow::parallel {
+
+double GroupCostModel::cost(const data::ChunkGroup& group) const {
+  return per_token * static_cast<double>(group.tokens) + per_attention_entry * static_cast<double>(group.attention_entries);
+}
+
+double DpAssignment::max_cost() const {
+  return cost_of_rank.empty() ? 0.0 : *std::max_element(cost_of_rank.begin(), cost_of_rank.end());
+}
+
+double DpAssignment::mean_cost() const {
+  if (cost_of_rank.empty()) return 0.0;
+  return std::accumulate(cost_of_rank.begin(), cost_of_rank.end(), 0.0) / static_cast<double>(cost_of_rank.size());
+}
+
+double DpAssignment::imbalance() const {
+  const double mean = mean_cost();
+  return mean > 0 ? max_cost() / mean : 1.0;
+}
+
+DpAssignment balance_chunk_groups(const data::ChunkPlan& plan, int dp, const GroupCostModel& cost_model) {
+  CF_CHECK(dp >= 1, "parallel.dp must be >= 1, got ", dp);
+  const auto& groups = plan.groups();
+  std::vector<int32_t> order(groups.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::vector<double> costs(groups.size());
+  for (size_t g = 0; g < groups.size(); ++g) costs[g] = cost_model.cost(groups[g]);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return costs[static_cast<size_t>(a)] > costs[static_cast<size_t>(b)];
+  });
+  DpAssignment assignment;
+  assignment.groups_of_rank.resize(static_cast<size_t>(dp));
+  assignment.cost_of_rank.assign(static_cast<size_t>(dp), 0.0);
+  for (const int32_t group : order) {
+    const auto lightest = std::min_element(assignment.cost_of_rank.begin(), assignment.cost_of_rank.end());
+    const auto rank = static_cast<size_t>(lightest - assignment.cost_of_rank.begin());
+    assignment.groups_of_rank[rank].push_back(group);
+    *lightest += costs[static_cast<size_t>(group)];
+  }
+  for (auto& mine : assignment.groups_of_rank) std::sort(mine.begin(), mine.end());
+  return assignment;
+}
+
+void all_reduce_gradients(const std::vector<torch::Tensor>& parameters, Communicator& group, int64_t bucket_bytes) {
+  if (group.size() == 1) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> gradients;
+  for (const auto& parameter : parameters) {
+    torch::Tensor& gradient = const_cast<torch::Tensor&>(parameter).mutable_grad();
+    if (!gradient.defined()) gradient = torch::zeros_like(parameter);
+    gradients.push_back(gradient);
+  }
+  size_t first = 0;
+  while (first < gradients.size()) {
+    size_t last = first;
+    int64_t bytes = 0;
+    while (last < gradients.size() && (last == first || bytes + static_cast<int64_t>(gradients[last].nbytes()) <= bucket_bytes)) {
+      bytes += static_cast<int64_t>(gradients[last].nbytes());
+      ++last;
+    }
+    std::vector<torch::Tensor> flat;
+    for (size_t i = first; i < last; ++i) flat.push_back(gradients[i].reshape({-1}));
+    torch::Tensor bucket = torch::cat(flat);
+    group.all_reduce(bucket, ReduceOp::kSum);
+    int64_t offset = 0;
+    for (size_t i = first; i < last; ++i) {
+      const int64_t count = gradients[i].numel();
+      gradients[i].copy_(bucket.narrow(0, offset, count).view_as(gradients[i]));
+      offset += count;
+    }
+    first = last;
+  }
+}
+
+}  // namespace chunkflow::parallel

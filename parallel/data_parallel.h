@@ -1,0 +1,42 @@
+// Data parallelism on chunk groups: which DP rank runs which group of a chunk plan (balanced by
+// a cost model), and the gradient all-reduce that follows the backward.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "data/chunk_plan.h"
+#include "parallel/communicator.h"
+
+namespace chunkflow::parallel {
+
+// Cost of a chunk group = per_token x tokens + per_attention_entry x causal score entries
+// (prefix included). The trainer derives the coefficients from the model's FLOPs.
+struct GroupCostModel {
+  double per_token = 1.0;
+  double per_attention_entry = 0.0;
+  double cost(const data::ChunkGroup& group) const;
+};
+
+struct DpAssignment {
+  std::vector<std::vector<int32_t>> groups_of_rank;  // [dp][groups], each in plan order
+  std::vector<double> cost_of_rank;                  // [dp]
+  double max_cost() const;
+  double mean_cost() const;
+  // max / mean (1.0 = perfect balance; 1.0 also when there is no work).
+  double imbalance() const;
+};
+
+// Greedy longest-processing-time-first: groups by cost, largest first, each to the rank with
+// the least cost so far (ties: lowest rank). Deterministic, so every rank computes the same
+// assignment without communicating. A split sequence's chunks stay on one rank.
+DpAssignment balance_chunk_groups(const data::ChunkPlan& plan, int dp, const GroupCostModel& cost_model);
+
+// Sums the gradients of `parameters` over `group` in place, flattened into buckets of at most
+// `bucket_bytes` (one all-reduce per bucket). Parameters without a gradient contribute zeros
+// (a rank may have received no work). Collective over `group`.
+void all_reduce_gradients(const std::vector<torch::Tensor>& parameters, Communicator& group,
+                          int64_t bucket_bytes = int64_t{25} << 20);
+
+}  // namespace chunkflow::parallel
