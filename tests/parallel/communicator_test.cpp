@@ -7,17 +7,15 @@
 #include "configs/parallel_config.h"
 #include "core/error.h"
 #include "parallel/device_mesh.h"
-#include "parallel/mpi_communicator.h"
+#include "tests/support/mpi_test_main.h"
 
 namespace chunkflow::parallel {
 namespace {
 
-Communicator* g_world = nullptr;
-
 torch::Tensor filled(int64_t n, double value) { return torch::full({n}, value, torch::kFloat64); }
 
 TEST(MpiCommunicatorTest, AllReduceSumsMaxesAndMinsOverTheGroup) {
-  Communicator& world = *g_world;
+  Communicator& world = chunkflow::testing::test_world();
   const int size = world.size(), rank = world.rank();
   torch::Tensor sum = filled(5, rank + 1);
   world.all_reduce(sum, ReduceOp::kSum);
@@ -32,7 +30,7 @@ TEST(MpiCommunicatorTest, AllReduceSumsMaxesAndMinsOverTheGroup) {
 }
 
 TEST(MpiCommunicatorTest, AllGatherPlacesEachRankBlockInRankOrder) {
-  Communicator& world = *g_world;
+  Communicator& world = chunkflow::testing::test_world();
   const torch::Tensor mine = torch::full({2, 3}, static_cast<float>(world.rank()));
   const torch::Tensor gathered = world.all_gather(mine);
   ASSERT_EQ(gathered.size(0), 2 * world.size());
@@ -42,7 +40,7 @@ TEST(MpiCommunicatorTest, AllGatherPlacesEachRankBlockInRankOrder) {
 }
 
 TEST(MpiCommunicatorTest, ReduceScatterGivesEachRankTheSumOfItsBlock) {
-  Communicator& world = *g_world;
+  Communicator& world = chunkflow::testing::test_world();
   const int size = world.size();
   // Block b of rank r holds r + 10 b.
   torch::Tensor input = torch::empty({size, 4}, torch::kFloat64);
@@ -57,7 +55,7 @@ TEST(MpiCommunicatorTest, ReduceScatterGivesEachRankTheSumOfItsBlock) {
 }
 
 TEST(MpiCommunicatorTest, BroadcastAndRingSendReceive) {
-  Communicator& world = *g_world;
+  Communicator& world = chunkflow::testing::test_world();
   torch::Tensor value = torch::tensor({world.rank() == 0 ? 42 : -1}, torch::kInt32);
   world.broadcast(value, 0);
   EXPECT_EQ(value.item<int32_t>(), 42);
@@ -77,7 +75,7 @@ TEST(MpiCommunicatorTest, BroadcastAndRingSendReceive) {
 }
 
 TEST(MpiCommunicatorTest, RejectsTensorsItCannotSend) {
-  Communicator& world = *g_world;
+  Communicator& world = chunkflow::testing::test_world();
   torch::Tensor strided = torch::zeros({4, 4}).t();
   EXPECT_THROW(world.all_reduce(strided, ReduceOp::kSum), core::Error);
   torch::Tensor half = torch::zeros({2}, torch::kFloat16);
@@ -104,7 +102,7 @@ TEST(DeviceMeshTest, LayoutPutsTheInnermostAxisOnConsecutiveRanks) {
 }
 
 TEST(DeviceMeshTest, GroupsReduceOnlyAlongTheirAxis) {
-  Communicator& world = *g_world;
+  Communicator& world = chunkflow::testing::test_world();
   if (world.size() != 4) GTEST_SKIP() << "needs 4 ranks (run under mpirun -np 4)";
   DeviceMesh mesh(layout(2, 1, 2, "dp,cp,pp"), world);
   EXPECT_EQ(mesh.dp_group().size(), 2);
@@ -119,7 +117,7 @@ TEST(DeviceMeshTest, GroupsReduceOnlyAlongTheirAxis) {
 }
 
 TEST(DeviceMeshTest, WrongWorldSizeNamesEveryDegree) {
-  Communicator& world = *g_world;
+  Communicator& world = chunkflow::testing::test_world();
   try {
     DeviceMesh mesh(layout(2, 2, 2, "dp,cp,pp"), world);
     FAIL() << "a mesh of 8 ranks was built on " << world.size();
@@ -131,17 +129,3 @@ TEST(DeviceMeshTest, WrongWorldSizeNamesEveryDegree) {
 
 }  // namespace
 }  // namespace chunkflow::parallel
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  std::unique_ptr<chunkflow::parallel::Communicator> world = chunkflow::parallel::mpi_world(&argc, &argv);
-  chunkflow::parallel::g_world = world.get();
-  // Only rank 0 prints; every rank's result counts.
-  if (world->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  torch::Tensor failed = torch::tensor({RUN_ALL_TESTS() != 0 ? 1 : 0}, torch::kInt32);
-  world->all_reduce(failed, chunkflow::parallel::ReduceOp::kMax);
-  return failed.item<int32_t>();
-}

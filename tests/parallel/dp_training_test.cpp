@@ -5,47 +5,26 @@
 #include <cmath>
 #include <memory>
 
-#include "data/synthetic.h"
 #include "parallel/data_parallel.h"
-#include "parallel/mpi_communicator.h"
+#include "tests/support/mpi_test_main.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/tiny_run.h"
 #include "trainer/trainer.h"
 
 namespace chunkflow::parallel {
 namespace {
 
-Communicator* g_world = nullptr;
-
 configs::Config small_run(const chunkflow::testing::TempDir& dir) {
-  data::SynthOptions synth;
-  synth.sequences = 300;
-  synth.vocab_size = 64;
-  synth.scale = 0.05;
-  synth.max_length = 300;
-  synth.tail_fraction = 0.05;
-  data::write_synthetic_dataset(dir.file("data/synth"), synth, false);
-  configs::Config config;
-  config.run.output_dir = dir.path();
+  configs::Config config = chunkflow::testing::tiny_run(dir);
   config.run.steps = 8;
-  config.model.vocab_size = 64;
-  config.model.hidden_size = 32;
-  config.model.intermediate_size = 48;
-  config.model.num_hidden_layers = 2;
-  config.model.num_attention_heads = 4;
-  config.model.num_key_value_heads = 2;
-  config.model.initializer_range = 0.1;
-  config.data.path = dir.file("data/synth");
   config.data.batch_tokens = 600;
-  config.chunking.chunk_size = 24;
-  config.optim.lr = 1e-2;
   config.optim.warmup_steps = 2;
-  config.logging.progress = "lines";
   config.logging.tensorboard = false;
   return config;
 }
 
 TEST(DataParallelTest, TwoRanksReproduceTheSingleRankRun) {
-  Communicator& world = *g_world;
+  Communicator& world = chunkflow::testing::test_world();
   if (world.size() != 2) GTEST_SKIP() << "needs 2 ranks (run under mpirun -np 2)";
   chunkflow::testing::TempDir dir;
   configs::Config single = small_run(dir);
@@ -95,16 +74,3 @@ TEST(DataParallelTest, GreedyBalancingKeepsSplitSequencesWholeAndEvensTheLoad) {
 
 }  // namespace
 }  // namespace chunkflow::parallel
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  std::unique_ptr<chunkflow::parallel::Communicator> world = chunkflow::parallel::mpi_world(&argc, &argv);
-  chunkflow::parallel::g_world = world.get();
-  if (world->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  torch::Tensor failed = torch::tensor({RUN_ALL_TESTS() != 0 ? 1 : 0}, torch::kInt32);
-  world->all_reduce(failed, chunkflow::parallel::ReduceOp::kMax);
-  return failed.item<int32_t>();
-}

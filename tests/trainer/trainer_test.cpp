@@ -13,9 +13,9 @@
 #include "configs/config_loader.h"
 #include "core/error.h"
 #include "core/file_io.h"
-#include "data/synthetic.h"
 #include "tests/support/reference_model.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/tiny_run.h"
 #include "trainer/flops.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/tensorboard_writer.h"
@@ -23,39 +23,6 @@
 namespace chunkflow::trainer {
 namespace {
 
-configs::Config small_run(const testing::TempDir& dir) {
-  data::SynthOptions synth;
-  synth.sequences = 300;
-  synth.vocab_size = 64;
-  synth.scale = 0.05;  // median 10 tokens, tail from 205 up to max_length
-  synth.max_length = 300;
-  synth.tail_fraction = 0.05;
-  data::write_synthetic_dataset(dir.file("data/synth"), synth, false);
-
-  configs::Config config;
-  config.run.name = "test";
-  config.run.output_dir = dir.path();
-  config.run.steps = 20;
-  config.run.seed = 7;
-  config.model.vocab_size = 64;
-  config.model.hidden_size = 32;
-  config.model.intermediate_size = 48;
-  config.model.num_hidden_layers = 2;
-  config.model.num_attention_heads = 4;
-  config.model.num_key_value_heads = 2;
-  config.model.initializer_range = 0.1;
-  config.data.path = dir.file("data/synth");
-  config.data.batch_tokens = 400;
-  config.chunking.chunk_size = 24;
-  config.chunking.resident_chunks = 1;
-  config.optim.lr = 1e-2;
-  config.optim.min_lr = 1e-3;
-  config.optim.warmup_steps = 3;
-  config.optim.max_grad_norm = 0.5;  // small, so clipping is exercised
-  config.logging.progress = "lines";
-  config.validate();
-  return config;
-}
 
 // Runs `config` with ChunkFlow and with the reference trainer; returns the worst per-step loss gap.
 void expect_same_loss_curve(const configs::Config& config) {
@@ -102,12 +69,12 @@ void expect_same_loss_curve(const configs::Config& config) {
 
 TEST(TrainerTest, TwentyStepsMatchAReferenceTrainerOnWholeSequences) {
   testing::TempDir dir;
-  expect_same_loss_curve(small_run(dir));
+  expect_same_loss_curve(testing::tiny_run(dir));
 }
 
 TEST(TrainerTest, GradientAccumulationMatchesOneLargeBatchOfTheReference) {
   testing::TempDir dir;
-  configs::Config config = small_run(dir);
+  configs::Config config = testing::tiny_run(dir);
   config.optim.grad_accumulation = 2;
   config.chunking.resident_chunks = 2;
   config.chunking.chunk_size = 17;
@@ -116,7 +83,7 @@ TEST(TrainerTest, GradientAccumulationMatchesOneLargeBatchOfTheReference) {
 
 TEST(TrainerTest, WritesResolvedConfigMetricsAndTensorBoardEvents) {
   testing::TempDir dir;
-  configs::Config config = small_run(dir);
+  configs::Config config = testing::tiny_run(dir);
   config.run.steps = 3;
   Trainer trainer(config);
   trainer.train();
@@ -144,7 +111,7 @@ TEST(TrainerTest, WritesResolvedConfigMetricsAndTensorBoardEvents) {
 
 TEST(TrainerTest, RejectsSettingsThisBuildCannotRunNamingTheKey) {
   testing::TempDir dir;
-  configs::Config config = small_run(dir);
+  configs::Config config = testing::tiny_run(dir);
   config.model.init_from = "/nonexistent/hf";
   try {
     Trainer trainer(config);
@@ -152,7 +119,7 @@ TEST(TrainerTest, RejectsSettingsThisBuildCannotRunNamingTheKey) {
   } catch (const core::Error& error) {
     EXPECT_NE(std::string(error.what()).find("model.init_from"), std::string::npos);
   }
-  config = small_run(dir);
+  config = testing::tiny_run(dir);
   config.data.path = dir.file("data/missing");
   EXPECT_THROW(Trainer{config}, core::Error);
 }
