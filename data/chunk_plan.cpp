@@ -9,12 +9,11 @@
 #include "core/strings.h"
 
 namespace chunkflow::data {
-namespace {
-
-// Causal score entries of a segment with `length` queries over `prefix_len + length` keys.
 int64_t attention_entries(int64_t length, int64_t prefix_len) {
   return length * prefix_len + length * (length + 1) / 2;
 }
+
+namespace {
 
 // Free space of open bins, kept so that the best fit (smallest free space that still holds an
 // item) is one ordered lookup. Bins of equal free space are used last-opened first.

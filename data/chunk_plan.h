@@ -110,6 +110,9 @@ ChunkPlan build_chunk_plan(std::span<const PlanSequence> sequences, int64_t chun
 
 // Loss tokens among positions [begin, end) of a sequence: positions p whose label p + 1 < length
 // is a target under `loss_mask` (see PlanSequence).
+// Causal score entries of a segment with `length` queries over `prefix_len + length` keys.
+int64_t attention_entries(int64_t length, int64_t prefix_len);
+
 int64_t count_loss_tokens(const PlanSequence& sequence, int64_t begin, int64_t end);
 
 }  // namespace chunkflow::data

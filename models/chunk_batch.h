@@ -3,9 +3,26 @@
 
 #include <torch/torch.h>
 
+#include <functional>
+#include <memory>
+
 #include "data/chunk_inputs.h"
 
 namespace chunkflow::models {
+
+// Context parallelism (parallel/context_parallel.h): this rank holds only some rows of a chunk —
+// two pieces of every segment — and attention gathers every rank's K/V before it reads them.
+struct ContextShard {
+  // Differentiable and collective over the cp group: this rank's rows [local tokens, ...] ->
+  // every rank's rows in chunk order [chunk tokens, ...]. Its backward sums the gradient over the
+  // group and keeps this rank's rows.
+  std::function<torch::Tensor(const torch::Tensor&)> gather_chunk_rows;
+  // int64 [local key rows]: rows of the full keys (K/V prefix followed by the chunk's tokens)
+  // that the local query pieces attend to, piece after piece; ChunkBatch::cu_seqlens_k and
+  // max_seqlen_k describe this local layout.
+  torch::Tensor key_rows;
+  int64_t chunk_tokens = 0;  // tokens of the whole chunk over all cp ranks
+};
 
 struct ChunkBatch {
   torch::Tensor input_ids;     // [tokens] int64
@@ -18,6 +35,9 @@ struct ChunkBatch {
   // K/V rows of the first segment that come from earlier chunks (0 = no prefix). Only a chunk's
   // first segment may have a prefix: the plan puts a split sequence's piece first.
   int64_t prefix_len = 0;
+  // Set when the chunk is split over context-parallel ranks: the tensors above then hold this
+  // rank's rows only, cu_seqlens_q its query pieces and cu_seqlens_k their key ranges.
+  std::shared_ptr<const ContextShard> context;
   int64_t tokens() const { return input_ids.size(0); }
 };
 

@@ -1,7 +1,11 @@
 // The decoder modules; see transformer.h.
 #include "models/transformer.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "core/error.h"
 #include "kernels/attention_torch.h"
@@ -101,16 +105,24 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& b
   const torch::Tensor q = apply_rotary(q_proj(x).view({tokens, heads_, head_dim_}), rotary);
   const torch::Tensor k = apply_rotary(k_proj(x).view({tokens, kv_heads_, head_dim_}), rotary);
   const torch::Tensor v = v_proj(x).view({tokens, kv_heads_, head_dim_});
-  own_kv->k = k;
-  own_kv->v = v;
-  torch::Tensor keys = k, values = v;
+  // Under context parallelism the attention reads every cp rank's K/V: this chunk's "own" K/V
+  // (what the K/V state stores and what later chunks send gradients to) are the gathered rows.
+  const ContextShard* context = batch.context.get();
+  own_kv->k = context != nullptr ? context->gather_chunk_rows(k) : k;
+  own_kv->v = context != nullptr ? context->gather_chunk_rows(v) : v;
+  torch::Tensor keys = own_kv->k, values = own_kv->v;
   if (state.k_state.defined()) {
     CF_ASSERT(state.rows == batch.prefix_len, "K/V state rows ", state.rows, " != prefix_len ", batch.prefix_len);
     // The prefix belongs to the first segment, whose keys come first in cu_seqlens_k.
-    keys = attach_prefix(k, state.k_state, state.k_gradient, state.rows);
-    values = attach_prefix(v, state.v_state, state.v_gradient, state.rows);
+    keys = attach_prefix(keys, state.k_state, state.k_gradient, state.rows);
+    values = attach_prefix(values, state.v_state, state.v_gradient, state.rows);
   } else {
     CF_ASSERT(batch.prefix_len == 0, "a chunk with a K/V prefix needs the sequence's state");
+  }
+  if (context != nullptr) {
+    // Each local query piece gets the keys up to its own end (causal), laid out piece by piece.
+    keys = keys.index_select(0, context->key_rows);
+    values = values.index_select(0, context->key_rows);
   }
   const torch::Tensor attended =
       kernels::varlen_attention(q, keys, values, batch.cu_seqlens_q, batch.cu_seqlens_k, batch.max_seqlen_q,
@@ -142,26 +154,53 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const ChunkBatch
   return h + mlp(post_attention_layernorm(h));
 }
 
-DecoderImpl::DecoderImpl(const configs::ModelConfig& config) {
-  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(config.vocab_size, config.hidden_size));
-  layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    layer_list.push_back(DecoderLayer(config));
-    layers->push_back(layer_list.back());
-  }
-  norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps));
+ModelStage pipeline_stage(const configs::ModelConfig& config, int stage, int stages) {
+  const int64_t layers = config.num_hidden_layers;
+  CF_CHECK(stages >= 1 && layers >= stages, "parallel.pp = ", stages, " pipeline stages need at least as many decoder "
+           "layers, but model.num_hidden_layers = ", layers);
+  CF_ASSERT(stage >= 0 && stage < stages, "pipeline stage ", stage, " of ", stages);
+  const int64_t base = layers / stages, remainder = layers % stages;
+  ModelStage result;
+  result.first_layer = stage * base + std::min<int64_t>(stage, remainder);
+  result.end_layer = result.first_layer + base + (stage < remainder ? 1 : 0);
+  result.input_embedding = stage == 0;
+  result.output_head = stage == stages - 1;
+  return result;
 }
 
-CausalLMImpl::CausalLMImpl(const configs::ModelConfig& config) : config_(config) {
+DecoderImpl::DecoderImpl(const configs::ModelConfig& config, const ModelStage& stage) {
+  // The last stage of a tied model needs the embedding matrix as its LM head.
+  if (stage.input_embedding || (stage.output_head && config.tie_word_embeddings)) {
+    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(config.vocab_size, config.hidden_size));
+  }
+  layers = register_module("layers", std::make_shared<torch::nn::Module>());
+  const int64_t end = stage.end_layer < 0 ? config.num_hidden_layers : stage.end_layer;
+  CF_ASSERT(stage.first_layer >= 0 && stage.first_layer <= end && end <= config.num_hidden_layers,
+            "stage layers [", stage.first_layer, ", ", end, ") of ", config.num_hidden_layers);
+  for (int64_t i = stage.first_layer; i < end; ++i) {
+    layer_list.push_back(DecoderLayer(config));
+    layers->register_module(std::to_string(i), layer_list.back());
+  }
+  if (stage.output_head) norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps));
+}
+
+CausalLMImpl::CausalLMImpl(const configs::ModelConfig& config, const ModelStage& stage,
+                           std::optional<uint64_t> init_seed)
+    : config_(config), stage_(stage) {
   config_.validate();
-  model = register_module("model", Decoder(config_));
-  if (!config_.tie_word_embeddings) {
+  if (stage_.end_layer < 0) stage_.end_layer = config_.num_hidden_layers;
+  model = register_module("model", Decoder(config_, stage_));
+  if (stage_.output_head && !config_.tie_word_embeddings) {
     lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size, false));
   }
-  initialize_parameters();
+  if (!init_seed) {
+    // One draw from torch's default generator keeps construction deterministic under manual_seed.
+    init_seed = static_cast<uint64_t>(torch::randint(0, int64_t{1} << 62, {1}, torch::kInt64).item<int64_t>());
+  }
+  initialize_parameters(*init_seed);
 }
 
-void CausalLMImpl::initialize_parameters() {
+void CausalLMImpl::initialize_parameters(uint64_t init_seed) {
   torch::NoGradGuard no_grad;
   for (auto& item : named_parameters()) {
     const std::string& name = item.key();
@@ -171,27 +210,48 @@ void CausalLMImpl::initialize_parameters() {
     } else if (name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
       parameter.zero_();
     } else {
-      parameter.normal_(0.0, config_.initializer_range);
+      // FNV-1a of the name, mixed with the seed: the values depend on (seed, name) only, not on
+      // which other parameters this stage holds or their order.
+      uint64_t hash = 1469598103934665603ull;
+      for (const char c : name) hash = (hash ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+      at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(init_seed ^ hash);
+      parameter.normal_(0.0, config_.initializer_range, generator);
     }
   }
 }
 
 torch::Tensor CausalLMImpl::lm_head_weight() {
+  CF_ASSERT(stage_.output_head, "this pipeline stage has no LM head");
   return config_.tie_word_embeddings ? model->embed_tokens->weight : lm_head->weight;
 }
 
-ChunkForward CausalLMImpl::forward_chunk(const ChunkBatch& batch, const std::vector<KVPrefix>& state) {
-  const auto layer_count = static_cast<size_t>(config_.num_hidden_layers);
-  CF_ASSERT(state.empty() || state.size() == layer_count, "K/V state has ", state.size(), " layers");
+torch::Tensor CausalLMImpl::embed(const ChunkBatch& batch) {
+  CF_ASSERT(stage_.input_embedding, "this pipeline stage does not embed tokens");
+  return model->embed_tokens(batch.input_ids);
+}
+
+torch::Tensor CausalLMImpl::forward_layers(torch::Tensor x, const ChunkBatch& batch, const std::vector<KVPrefix>& state,
+                                           std::vector<LayerKV>* own_kv) {
+  const size_t layer_count = model->layer_list.size();
+  CF_ASSERT(state.empty() || state.size() == layer_count, "K/V state has ", state.size(), " layers, stage has ",
+            layer_count);
   const RotaryTables rotary = rotary_tables(batch.positions, config_.effective_head_dim(), config_.rope_theta);
-  ChunkForward result;
-  result.own_kv.resize(layer_count);
-  torch::Tensor x = model->embed_tokens(batch.input_ids);
+  own_kv->assign(layer_count, LayerKV{});
   const KVPrefix no_state;
   for (size_t i = 0; i < layer_count; ++i) {
-    x = model->layer_list[i](x, batch, rotary, state.empty() ? no_state : state[i], &result.own_kv[i]);
+    x = model->layer_list[i](x, batch, rotary, state.empty() ? no_state : state[i], &(*own_kv)[i]);
   }
-  result.hidden = model->norm(x);
+  return x;
+}
+
+torch::Tensor CausalLMImpl::final_norm(const torch::Tensor& x) {
+  CF_ASSERT(stage_.output_head, "this pipeline stage has no output head");
+  return model->norm(x);
+}
+
+ChunkForward CausalLMImpl::forward_chunk(const ChunkBatch& batch, const std::vector<KVPrefix>& state) {
+  ChunkForward result;
+  result.hidden = final_norm(forward_layers(embed(batch), batch, state, &result.own_kv));
   return result;
 }
 

@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include <optional>
 #include <vector>
 
 #include "configs/model_config.h"
@@ -92,14 +93,31 @@ class DecoderLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(DecoderLayer);
 
-// Hugging Face's `model.` submodule: embeddings, layers, final norm.
+// The part of the model one pipeline stage holds: a contiguous range of decoder layers, plus the
+// input embedding on the first stage and the final norm + LM head on the last. The default is
+// the whole model.
+struct ModelStage {
+  int64_t first_layer = 0;
+  int64_t end_layer = -1;       // one past the last layer; -1 = through the last layer
+  bool input_embedding = true;  // embeds token ids (the first stage)
+  bool output_head = true;      // final norm, LM head and loss (the last stage)
+};
+
+// Stage `stage` of `stages` (pipeline parallelism): layers split contiguously and as evenly as
+// possible, the earlier stages taking the remainder because the last one also runs the LM head.
+// Throws core::Error naming parallel.pp and model.num_hidden_layers when there are fewer layers
+// than stages.
+ModelStage pipeline_stage(const configs::ModelConfig& config, int stage, int stages);
+
+// Hugging Face's `model.` submodule: embeddings, layers, final norm. Layers keep their global
+// index in their names ("layers.5") whichever stage holds them.
 class DecoderImpl : public torch::nn::Module {
  public:
-  explicit DecoderImpl(const configs::ModelConfig& config);
-  torch::nn::Embedding embed_tokens{nullptr};
-  torch::nn::ModuleList layers{nullptr};
-  RMSNorm norm{nullptr};
-  std::vector<DecoderLayer> layer_list;  // the same modules as `layers`, typed
+  DecoderImpl(const configs::ModelConfig& config, const ModelStage& stage);
+  torch::nn::Embedding embed_tokens{nullptr};  // null on stages that neither embed nor tie the head to it
+  std::shared_ptr<torch::nn::Module> layers;
+  RMSNorm norm{nullptr};                       // null unless the stage has the output head
+  std::vector<DecoderLayer> layer_list;        // the stage's layers, in order, typed
 };
 TORCH_MODULE(Decoder);
 
@@ -110,11 +128,28 @@ struct ChunkForward {
 
 class CausalLMImpl : public torch::nn::Module {
  public:
-  explicit CausalLMImpl(const configs::ModelConfig& config);
+  // Builds `stage` of the model (default: all of it) and initializes it. Each parameter draws
+  // from its own generator seeded by init_seed and the parameter's name, so every stage of a
+  // pipeline holds exactly the values the whole model would; without init_seed the seed is drawn
+  // from torch's default generator (deterministic under torch::manual_seed).
+  explicit CausalLMImpl(const configs::ModelConfig& config, const ModelStage& stage = {},
+                        std::optional<uint64_t> init_seed = std::nullopt);
 
-  // state: empty for a standalone chunk, else one KVPrefix per layer with rows ==
-  // batch.prefix_len.
+  // The whole model on one chunk (needs a stage with embedding and head). state: empty for a
+  // standalone chunk, else one KVPrefix per layer with rows == batch.prefix_len.
   ChunkForward forward_chunk(const ChunkBatch& batch, const std::vector<KVPrefix>& state = {});
+
+  // The pieces a pipeline stage runs. embed: [tokens] ids -> [tokens, hidden] (first stage).
+  torch::Tensor embed(const ChunkBatch& batch);
+  // This stage's layers on x [tokens, hidden]; state: empty or one KVPrefix per stage layer.
+  // Fills own_kv with one entry per stage layer.
+  torch::Tensor forward_layers(torch::Tensor x, const ChunkBatch& batch, const std::vector<KVPrefix>& state,
+                               std::vector<LayerKV>* own_kv);
+  // Final RMSNorm (last stage).
+  torch::Tensor final_norm(const torch::Tensor& x);
+  // Decoder layers this stage holds.
+  int64_t stage_layers() const { return static_cast<int64_t>(model->layer_list.size()); }
+  const ModelStage& stage() const { return stage_; }
   // Summed token cross-entropy of hidden [tokens, hidden] against labels [tokens] (-100 ignored),
   // computed in token tiles through the LM head (never the whole chunk x vocab in fp32).
   torch::Tensor loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels);
@@ -122,16 +157,17 @@ class CausalLMImpl : public torch::nn::Module {
   torch::Tensor lm_head_weight();
 
   // Normal(0, initializer_range) for projections and embeddings, ones for norms, zero biases;
-  // deterministic under torch::manual_seed.
-  void initialize_parameters();
+  // parameter `name` draws from a generator seeded by (init_seed, name).
+  void initialize_parameters(uint64_t init_seed);
 
   const configs::ModelConfig& config() const { return config_; }
 
   Decoder model{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings
+  torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings or without the output head
 
  private:
   configs::ModelConfig config_;
+  ModelStage stage_;
 };
 TORCH_MODULE(CausalLM);
 

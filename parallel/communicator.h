@@ -13,6 +13,14 @@ namespace chunkflow::parallel {
 
 enum class ReduceOp { kSum, kMax, kMin };
 
+// A send in flight (Communicator::isend). It keeps its tensor alive; destroying it waits.
+class SendRequest {
+ public:
+  virtual ~SendRequest() = default;
+  virtual void wait() = 0;
+  virtual bool done() = 0;  // true once the data has left (then wait() returns at once)
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -33,6 +41,9 @@ class Communicator {
   // Point to point (not collective): blocking send / receive into a tensor of the right shape.
   virtual void send(const torch::Tensor& tensor, int peer, int tag) = 0;
   virtual void recv(torch::Tensor& tensor, int peer, int tag) = 0;
+  // Non-blocking send; messages between two ranks with the same tag arrive in the order sent.
+  // The pipeline runtime sends this way so that no stage blocks on a peer's receive.
+  virtual std::unique_ptr<SendRequest> isend(const torch::Tensor& tensor, int peer, int tag) = 0;
   virtual void barrier() = 0;
 
   // A sub-group: ranks passing the same `color` form one group, ordered by `key`.

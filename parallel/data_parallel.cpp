@@ -12,6 +12,16 @@ double GroupCostModel::cost(const data::ChunkGroup& group) const {
   return per_token * static_cast<double>(group.tokens) + per_attention_entry * static_cast<double>(group.attention_entries);
 }
 
+double GroupCostModel::chunk_cost(const data::ChunkPlan& plan, int32_t chunk) const {
+  const data::Chunk& planned = plan.chunks().at(static_cast<size_t>(chunk));
+  int64_t entries = 0;
+  for (int32_t s = 0; s < planned.segment_count; ++s) {
+    const data::Segment& segment = plan.segments()[static_cast<size_t>(planned.first_segment + s)];
+    entries += data::attention_entries(segment.length(), segment.prefix_len);
+  }
+  return per_token * static_cast<double>(planned.tokens) + per_attention_entry * static_cast<double>(entries);
+}
+
 double DpAssignment::max_cost() const {
   return cost_of_rank.empty() ? 0.0 : *std::max_element(cost_of_rank.begin(), cost_of_rank.end());
 }

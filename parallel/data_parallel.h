@@ -17,6 +17,8 @@ struct GroupCostModel {
   double per_token = 1.0;
   double per_attention_entry = 0.0;
   double cost(const data::ChunkGroup& group) const;
+  // The same for one chunk of a plan (its segments' tokens and causal entries, prefix included).
+  double chunk_cost(const data::ChunkPlan& plan, int32_t chunk) const;
 };
 
 struct DpAssignment {

@@ -63,6 +63,29 @@ int checked_count(const torch::Tensor& tensor, const char* operation) {
   return static_cast<int>(tensor.numel());
 }
 
+class MpiSendRequest final : public SendRequest {
+ public:
+  MpiSendRequest(torch::Tensor tensor, MPI_Request request, MPI_Comm communicator)
+      : tensor_(std::move(tensor)), request_(request), communicator_(communicator) {}
+  ~MpiSendRequest() override {
+    if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+  }
+  void wait() override {
+    if (request_ != MPI_REQUEST_NULL) CF_MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE), communicator_);
+  }
+  bool done() override {
+    if (request_ == MPI_REQUEST_NULL) return true;
+    int completed = 0;
+    CF_MPI_CHECK(MPI_Test(&request_, &completed, MPI_STATUS_IGNORE), communicator_);
+    return completed != 0;
+  }
+
+ private:
+  torch::Tensor tensor_;  // the buffer MPI reads until the send completes
+  MPI_Request request_;
+  MPI_Comm communicator_;
+};
+
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(MPI_Comm communicator, bool owned) : communicator_(communicator), owned_(owned) {
@@ -133,6 +156,14 @@ class MpiCommunicator final : public Communicator {
     MPI_Get_count(&status, mpi_type(tensor), &received);
     CF_CHECK(received == count, "MPI communicator recv on rank ", rank_, ": expected ", count,
              " elements from rank ", peer, " (tag ", tag, "), got ", received);
+  }
+
+  std::unique_ptr<SendRequest> isend(const torch::Tensor& tensor, int peer, int tag) override {
+    const int count = checked_count(tensor, "isend");
+    MPI_Request request = MPI_REQUEST_NULL;
+    CF_MPI_CHECK(MPI_Isend(tensor.data_ptr(), count, mpi_type(tensor), peer, tag, communicator_, &request),
+                 communicator_);
+    return std::make_unique<MpiSendRequest>(tensor, request, communicator_);
   }
 
   void barrier() override { CF_MPI_CHECK(MPI_Barrier(communicator_), communicator_); }

@@ -1,12 +1,235 @@
-// State-aware scheduling; see chunk_scheduler.h.
+// State-aware scheduling on one pipeline stage; see chunk_scheduler.h.
 #include "trainer/chunk_scheduler.h"
 
+#include <chrono>
+#include <deque>
 #include <map>
+#include <memory>
+#include <vector>
 
 #include "core/error.h"
+#include "parallel/pipeline_schedule.h"
 #include "trainer/kv_state_store.h"
 
 namespace chunkflow::trainer {
+namespace {
+
+// Activations flow to the next stage, their gradients back; one tag per direction keeps each
+// stream in send order (MPI never reorders messages of one tag between two ranks).
+constexpr int kActivationTag = 7101;
+constexpr int kActivationGradientTag = 7102;
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// One run_groups call on one stage: executes the stage's ops of the schedule.
+class StageRun {
+ public:
+  StageRun(models::CausalLM& model, const PipelineStage& pipeline, const data::ChunkPlan& plan,
+           const ChunkBatchSource& batches, double loss_scale)
+      : model_(model), pipeline_(pipeline), plan_(plan), batches_(batches), loss_scale_(loss_scale) {
+    first_stage_ = pipeline_.stage == 0;
+    last_stage_ = pipeline_.stage == pipeline_.stages - 1;
+    CF_ASSERT(pipeline_.stages == 1 || pipeline_.group != nullptr, "a pipeline of ", pipeline_.stages,
+              " stages needs its process group");
+  }
+
+  void run(const parallel::PipelineOp& op) {
+    const auto start = Clock::now();
+    waited_ = 0;
+    if (op.kind == parallel::PipelineOp::Kind::kForward) {
+      forward(op);
+    } else {
+      backward(op);
+    }
+    totals.busy_seconds += seconds_since(start) - waited_;
+    // Free the buffers of sends that have completed.
+    while (!sends_.empty() && sends_.front()->done()) sends_.pop_front();
+  }
+
+  void finish() {
+    const auto start = Clock::now();
+    for (auto& send : sends_) send->wait();
+    sends_.clear();
+    waited_ = seconds_since(start);
+    CF_ASSERT(live_.empty() && kept_inputs_.empty() && states_.empty(), "pipeline schedule left ", live_.size(),
+              " chunks without backward");
+  }
+
+  LossTotals totals;
+
+ private:
+  // What a chunk needs between its forward and its backward on this stage.
+  struct Live {
+    models::ChunkBatch batch;
+    torch::Tensor input;   // stage input (received activations); undefined on the first stage
+    torch::Tensor output;  // activations sent on (not the last stage)
+    torch::Tensor loss;    // summed cross-entropy (the last stage)
+    std::vector<models::LayerKV> own_kv;
+  };
+
+  struct ChunkPlace {
+    const data::ChunkGroup* group;
+    int64_t piece;
+    bool split() const { return group->split_sequence >= 0; }
+  };
+  ChunkPlace place(int32_t chunk) const {
+    const data::Chunk& planned = plan_.chunks().at(static_cast<size_t>(chunk));
+    const data::ChunkGroup& group = plan_.groups().at(static_cast<size_t>(planned.group));
+    return {&group, chunk - group.first_chunk};
+  }
+
+  std::vector<models::KVPrefix> state_for(int32_t chunk) {
+    const ChunkPlace where = place(chunk);
+    if (!where.split()) return {};
+    const int32_t group = plan_.chunks()[static_cast<size_t>(chunk)].group;
+    auto found = states_.find(group);
+    if (found == states_.end()) {
+      const configs::ModelConfig& config = model_->config();
+      found = states_
+                  .emplace(group, KVStateStore(model_->stage_layers(), where.group->chunk_count * plan_.chunk_size(),
+                                               config.num_key_value_heads, config.effective_head_dim(),
+                                               model_->parameters().front().options()))
+                  .first;
+      int64_t held = 0;
+      for (const auto& entry : states_) held += entry.second.bytes();
+      if (last_stage_) totals.peak_state_bytes = std::max(totals.peak_state_bytes, held);
+    }
+    return found->second.prefix(where.piece * plan_.chunk_size());
+  }
+
+  torch::Tensor receive(int64_t rows, int peer, int tag) {
+    const auto start = Clock::now();
+    const configs::ModelConfig& config = model_->config();
+    torch::Tensor tensor = torch::empty({rows, config.hidden_size}, model_->parameters().front().options());
+    pipeline_.group->recv(tensor, peer, tag);
+    waited_ += seconds_since(start);
+    return tensor;
+  }
+
+  void measure_far_loss(const models::ChunkBatch& batch, const torch::Tensor& hidden) {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor far = (batch.positions + 1 >= plan_.chunk_size()).logical_and(batch.labels != -100);
+    const int64_t count = far.sum().item<int64_t>();
+    if (count == 0) return;
+    const torch::Tensor rows = far.nonzero().squeeze(1);
+    totals.far_loss_sum +=
+        model_->loss_sum(hidden.detach().index_select(0, rows), batch.labels.index_select(0, rows)).item<double>();
+    totals.far_tokens += count;
+  }
+
+  // Forward of this stage's layers. input: the received activations (not the first stage).
+  Live forward_chunk(int32_t chunk, models::ChunkBatch batch, bool with_grad, const torch::Tensor& input,
+                     bool recompute) {
+    Live live;
+    live.batch = std::move(batch);
+    const ChunkPlace where = place(chunk);
+    CF_ASSERT(live.batch.prefix_len == (where.split() ? where.piece * plan_.chunk_size() : 0),
+              "chunk batch prefix does not match the plan");
+    torch::AutoGradMode grad_mode(with_grad);
+    torch::Tensor x;
+    if (first_stage_) {
+      x = model_->embed(live.batch);
+    } else {
+      live.input = with_grad ? input.detach().requires_grad_(true) : input;
+      x = live.input;
+    }
+    x = model_->forward_layers(x, live.batch, state_for(chunk), &live.own_kv);
+    if (!last_stage_) {
+      live.output = x;
+      return live;
+    }
+    const torch::Tensor hidden = model_->final_norm(x);
+    live.loss = model_->loss_sum(hidden, live.batch.labels);
+    ++totals.chunk_forwards;
+    if (recompute) {
+      ++totals.chunk_recomputes;
+    } else {
+      totals.loss_sum += live.loss.item<double>();
+      totals.loss_tokens += (live.batch.labels != -100).sum().item<int64_t>();
+      totals.real_tokens += live.batch.tokens();
+      measure_far_loss(live.batch, hidden);
+    }
+    return live;
+  }
+
+  void forward(const parallel::PipelineOp& op) {
+    models::ChunkBatch batch = batches_(op.chunk);
+    torch::Tensor input;
+    if (!first_stage_) input = receive(batch.tokens(), pipeline_.stage - 1, kActivationTag);
+    Live live = forward_chunk(op.chunk, batch, op.keep_activations, input, false);
+    if (!last_stage_) {
+      sends_.push_back(pipeline_.group->isend(live.output.detach().contiguous(), pipeline_.stage + 1, kActivationTag));
+    }
+    if (op.keep_activations) {
+      live_.emplace(op.chunk, std::move(live));
+    } else {
+      // What the recompute right before the backward needs, so that it communicates nothing.
+      kept_inputs_.emplace(op.chunk, Kept{std::move(live.batch), input});
+    }
+  }
+
+  void backward(const parallel::PipelineOp& op) {
+    Live live;
+    if (op.recompute) {
+      auto kept = kept_inputs_.find(op.chunk);
+      CF_ASSERT(kept != kept_inputs_.end(), "recompute of chunk ", op.chunk, " before its forward");
+      live = forward_chunk(op.chunk, std::move(kept->second.batch), true, kept->second.input, true);
+      kept_inputs_.erase(kept);
+    } else {
+      auto found = live_.find(op.chunk);
+      CF_ASSERT(found != live_.end(), "backward of chunk ", op.chunk, " before its forward");
+      live = std::move(found->second);
+      live_.erase(found);
+    }
+    std::vector<torch::Tensor> outputs, gradients;
+    if (last_stage_) {
+      outputs.push_back(live.loss * loss_scale_);
+      gradients.push_back(torch::ones_like(outputs.back()));
+    } else {
+      outputs.push_back(live.output);
+      gradients.push_back(receive(live.output.size(0), pipeline_.stage + 1, kActivationGradientTag));
+    }
+    // The last piece's K/V feeds no later chunk; the others receive what later chunks sent back.
+    const ChunkPlace where = place(op.chunk);
+    const int32_t group = plan_.chunks()[static_cast<size_t>(op.chunk)].group;
+    if (where.split() && where.piece + 1 < where.group->chunk_count) {
+      const auto accumulated = states_.at(group).gradients(where.piece * plan_.chunk_size(), plan_.chunk_size());
+      for (size_t layer = 0; layer < accumulated.size(); ++layer) {
+        outputs.push_back(live.own_kv[layer].k);
+        gradients.push_back(accumulated[layer].k);
+        outputs.push_back(live.own_kv[layer].v);
+        gradients.push_back(accumulated[layer].v);
+      }
+    }
+    // The prefix rows' gradient goes straight into the state's accumulators (attach_prefix).
+    torch::autograd::backward(outputs, gradients);
+    if (!first_stage_) {
+      torch::Tensor input_gradient = live.input.grad();
+      if (!input_gradient.defined()) input_gradient = torch::zeros_like(live.input);
+      sends_.push_back(pipeline_.group->isend(input_gradient.contiguous(), pipeline_.stage - 1, kActivationGradientTag));
+    }
+    if (where.split() && where.piece == 0) states_.erase(group);
+  }
+
+  models::CausalLM& model_;
+  const PipelineStage& pipeline_;
+  const data::ChunkPlan& plan_;
+  const ChunkBatchSource& batches_;
+  double loss_scale_;
+  bool first_stage_ = true, last_stage_ = true;
+  double waited_ = 0;
+  std::map<int32_t, KVStateStore> states_;  // by plan group: split sequences in flight
+  std::map<int32_t, Live> live_;            // by chunk: forwarded with activations
+  struct Kept {
+    models::ChunkBatch batch;
+    torch::Tensor input;  // undefined on the first stage
+  };
+  std::map<int32_t, Kept> kept_inputs_;     // by chunk: what the recompute of a chunk needs
+  std::deque<std::unique_ptr<parallel::SendRequest>> sends_;
+};
+
+}  // namespace
 
 void LossTotals::add(const LossTotals& other) {
   loss_sum += other.loss_sum;
@@ -17,125 +240,37 @@ void LossTotals::add(const LossTotals& other) {
   chunk_recomputes += other.chunk_recomputes;
   peak_state_bytes = std::max(peak_state_bytes, other.peak_state_bytes);
   real_tokens += other.real_tokens;
+  busy_seconds += other.busy_seconds;
+  pipeline_seconds += other.pipeline_seconds;
 }
 
-ChunkScheduler::ChunkScheduler(models::CausalLM model, int64_t resident_chunks)
-    : model_(std::move(model)), resident_chunks_(resident_chunks) {
+ChunkScheduler::ChunkScheduler(models::CausalLM model, int64_t resident_chunks, PipelineStage pipeline)
+    : model_(std::move(model)), resident_chunks_(resident_chunks), pipeline_(pipeline) {
   CF_CHECK(resident_chunks_ >= 1, "chunking.resident_chunks must be >= 1, got ", resident_chunks_);
+  CF_ASSERT(pipeline_.stage >= 0 && pipeline_.stage < pipeline_.stages, "pipeline stage ", pipeline_.stage, " of ",
+            pipeline_.stages);
 }
 
-void ChunkScheduler::measure_far_loss(const models::ChunkBatch& batch, const torch::Tensor& hidden,
-                                      int64_t chunk_size, LossTotals* totals) {
-  torch::NoGradGuard no_grad;
-  const torch::Tensor far = (batch.positions + 1 >= chunk_size).logical_and(batch.labels != -100);
-  const int64_t count = far.sum().item<int64_t>();
-  if (count == 0) return;
-  const torch::Tensor rows = far.nonzero().squeeze(1);
-  totals->far_loss_sum += model_->loss_sum(hidden.detach().index_select(0, rows), batch.labels.index_select(0, rows))
-                              .item<double>();
-  totals->far_tokens += count;
+LossTotals ChunkScheduler::run_groups(const data::ChunkPlan& plan, std::span<const int32_t> groups,
+                                      const ChunkBatchSource& batches, double loss_scale) {
+  const auto start = Clock::now();
+  const auto schedule = parallel::pipeline_schedule(plan, groups, resident_chunks_, pipeline_.stages);
+  StageRun run(model_, pipeline_, plan, batches, loss_scale);
+  for (const parallel::PipelineOp& op : schedule[static_cast<size_t>(pipeline_.stage)]) run.run(op);
+  run.finish();
+  run.totals.pipeline_seconds = seconds_since(start);
+  return run.totals;
 }
 
-LossTotals ChunkScheduler::run_standalone(const data::ChunkPlan& plan, int32_t chunk,
-                                          const ChunkBatchSource& batches, double loss_scale) {
-  LossTotals totals;
-  const models::ChunkBatch batch = batches(chunk);
-  const models::ChunkForward forward = model_->forward_chunk(batch);
-  const torch::Tensor loss = model_->loss_sum(forward.hidden, batch.labels);
-  (loss * loss_scale).backward();
-  totals.loss_sum = loss.item<double>();
-  totals.loss_tokens = (batch.labels != -100).sum().item<int64_t>();
-  totals.chunk_forwards = 1;
-  totals.real_tokens = batch.tokens();
-  measure_far_loss(batch, forward.hidden, plan.chunk_size(), &totals);
-  return totals;
+LossTotals ChunkScheduler::run_group(const data::ChunkPlan& plan, int32_t group, const ChunkBatchSource& batches,
+                                     double loss_scale) {
+  return run_groups(plan, std::span<const int32_t>(&group, 1), batches, loss_scale);
 }
 
-LossTotals ChunkScheduler::run_split_sequence(const data::ChunkPlan& plan, const data::ChunkGroup& group,
-                                              const ChunkBatchSource& batches, double loss_scale) {
-  LossTotals totals;
-  const int64_t pieces = group.chunk_count;
-  const int64_t first_kept = std::max<int64_t>(0, pieces - resident_chunks_);
-  const configs::ModelConfig& config = model_->config();
-  const int64_t chunk_size = plan.chunk_size();
-  KVStateStore state(config.num_hidden_layers, pieces * chunk_size, config.num_key_value_heads,
-                     config.effective_head_dim(), model_->parameters().front().options());
-  totals.peak_state_bytes = state.bytes();
-
-  // What a chunk needs between its forward and its backward.
-  struct Live {
-    models::ChunkBatch batch;
-    models::ChunkForward forward;
-    torch::Tensor loss;
-  };
-  auto forward_piece = [&](int64_t piece, bool with_grad) {
-    Live live;
-    live.batch = batches(group.first_chunk + static_cast<int32_t>(piece));
-    CF_ASSERT(live.batch.prefix_len == (piece == 0 ? 0 : plan.segments()[static_cast<size_t>(
-                                                              plan.chunks()[static_cast<size_t>(group.first_chunk + piece)].first_segment)].prefix_len),
-              "chunk batch prefix does not match the plan");
-    torch::AutoGradMode grad_mode(with_grad);
-    live.forward = model_->forward_chunk(live.batch, state.prefix(piece * chunk_size));
-    live.loss = model_->loss_sum(live.forward.hidden, live.batch.labels);
-    ++totals.chunk_forwards;
-    return live;
-  };
-  auto backward_piece = [&](int64_t piece, Live& live) {
-    std::vector<torch::Tensor> outputs = {live.loss * loss_scale};
-    std::vector<torch::Tensor> gradients = {torch::ones_like(outputs[0])};
-    // The last piece's K/V feeds no later chunk; the others receive what later chunks sent back.
-    if (piece + 1 < pieces) {
-      const auto accumulated = state.gradients(piece * chunk_size, chunk_size);
-      for (size_t layer = 0; layer < accumulated.size(); ++layer) {
-        outputs.push_back(live.forward.own_kv[layer].k);
-        gradients.push_back(accumulated[layer].k);
-        outputs.push_back(live.forward.own_kv[layer].v);
-        gradients.push_back(accumulated[layer].v);
-      }
-    }
-    // The prefix rows' gradient goes straight into the state's accumulators (attach_prefix).
-    torch::autograd::backward(outputs, gradients);
-  };
-
-  // Pass 1: forward in order; keep graphs only for the last `resident_chunks`.
-  std::map<int64_t, Live> kept;
-  for (int64_t piece = 0; piece < pieces; ++piece) {
-    const bool keep = piece >= first_kept;
-    Live live = forward_piece(piece, keep);
-    totals.loss_sum += live.loss.item<double>();
-    totals.loss_tokens += (live.batch.labels != -100).sum().item<int64_t>();
-    totals.real_tokens += live.batch.tokens();
-    measure_far_loss(live.batch, live.forward.hidden, plan.chunk_size(), &totals);
-    if (keep) kept.emplace(piece, std::move(live));
-  }
-  // Pass 2 (kept chunks) and pass 3 (recompute + backward), both from the latest chunk down.
-  for (int64_t piece = pieces - 1; piece >= 0; --piece) {
-    if (piece >= first_kept) {
-      backward_piece(piece, kept.at(piece));
-      kept.erase(piece);
-    } else {
-      Live live = forward_piece(piece, true);
-      ++totals.chunk_recomputes;
-      backward_piece(piece, live);
-    }
-  }
-  return totals;
-}
-
-LossTotals ChunkScheduler::run_group(const data::ChunkPlan& plan, int32_t group_index,
-                                     const ChunkBatchSource& batches, double loss_scale) {
-  const data::ChunkGroup& group = plan.groups().at(static_cast<size_t>(group_index));
-  if (group.split_sequence < 0) return run_standalone(plan, group.first_chunk, batches, loss_scale);
-  return run_split_sequence(plan, group, batches, loss_scale);
-}
-
-LossTotals ChunkScheduler::run_plan(const data::ChunkPlan& plan, const ChunkBatchSource& batches,
-                                    double loss_scale) {
-  LossTotals totals;
-  for (int32_t group = 0; group < static_cast<int32_t>(plan.groups().size()); ++group) {
-    totals.add(run_group(plan, group, batches, loss_scale));
-  }
-  return totals;
+LossTotals ChunkScheduler::run_plan(const data::ChunkPlan& plan, const ChunkBatchSource& batches, double loss_scale) {
+  std::vector<int32_t> groups(plan.groups().size());
+  for (size_t group = 0; group < groups.size(); ++group) groups[group] = static_cast<int32_t>(group);
+  return run_groups(plan, groups, batches, loss_scale);
 }
 
 }  // namespace chunkflow::trainer

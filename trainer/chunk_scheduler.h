@@ -1,6 +1,7 @@
-// The state-aware chunk scheduler (design brief section 4, the paper's Algorithm 2): runs the
-// forward and backward of one chunk group so that parameter gradients equal those of running
-// each sequence whole, while at most `resident_chunks` chunks keep activations.
+// The state-aware chunk scheduler (design brief section 4, the paper's Algorithm 2), on one
+// pipeline stage or many: runs the forward and backward of chunk groups so that parameter
+// gradients equal those of running each sequence whole, while at most `resident_chunks` chunks
+// of a split sequence keep activations.
 //
 // For a split sequence of N dependent chunks and K = resident_chunks:
 //   1. forward chunks 0..N-1 in order; each reads the K/V state of its earlier chunks and adds its
@@ -10,18 +11,27 @@
 // A chunk's backward injects the K/V gradients that later chunks accumulated for it, and routes
 // the gradients of its prefix into the accumulators of the earlier chunks. Descending order makes
 // every chunk's K/V gradient complete before it is used.
+//
+// With pipeline parallelism each stage runs its own layers in the order parallel::
+// pipeline_schedule gives (state-aware 1F1B), keeps the K/V state of its own layers, receives
+// activations from the previous stage and activation gradients from the next one, and keeps the
+// input of every chunk it forwarded without activations so that its recompute needs no
+// communication. With one stage the schedule is exactly steps 1-3 above, group after group.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <functional>
+#include <span>
 
 #include "data/chunk_plan.h"
 #include "models/transformer.h"
+#include "parallel/communicator.h"
 
 namespace chunkflow::trainer {
 
-// Loss figures of the chunks run so far (summed, not yet divided).
+// Loss figures of the chunks run so far (summed, not yet divided). Under pipeline parallelism
+// only the last stage counts chunks and losses (the other stages report zeros).
 struct LossTotals {
   double loss_sum = 0;       // summed token cross-entropy over labelled tokens
   int64_t loss_tokens = 0;
@@ -33,37 +43,45 @@ struct LossTotals {
   int64_t chunk_recomputes = 0;
   int64_t peak_state_bytes = 0;  // largest K/V state (+ gradient accumulators) held at once
   int64_t real_tokens = 0;
+  double busy_seconds = 0;       // computing (not waiting for other stages)
+  double pipeline_seconds = 0;   // wall time of the schedule, waits included
 
   void add(const LossTotals& other);
 };
 
-// Builds the ChunkBatch of plan chunk `chunk` (token ids, labels, positions, cu_seqlens).
+// Builds the ChunkBatch of plan chunk `chunk` (token ids, labels, positions, cu_seqlens; the
+// context-parallel shard of this rank when cp > 1).
 using ChunkBatchSource = std::function<models::ChunkBatch(int32_t chunk)>;
+
+// This rank's place in the pipeline. `group` is the pp process group (rank == stage); it may be
+// null with one stage.
+struct PipelineStage {
+  int stage = 0;
+  int stages = 1;
+  parallel::Communicator* group = nullptr;
+};
 
 class ChunkScheduler {
  public:
-  ChunkScheduler(models::CausalLM model, int64_t resident_chunks);
+  // `model` holds this stage's part (models::pipeline_stage).
+  ChunkScheduler(models::CausalLM model, int64_t resident_chunks, PipelineStage pipeline = {});
 
-  // Runs forward and backward of every chunk of plan group `group`, adding the gradient of
-  // loss_scale x (summed cross-entropy) into the parameters' .grad. With loss_scale = 1 / (loss
-  // tokens of the whole optimizer step) the gradient is independent of chunk_size,
-  // resident_chunks, packing and the parallel layout.
+  // Runs forward and backward of every chunk of the plan groups `groups` (in that order), adding
+  // the gradient of loss_scale x (summed cross-entropy) into the parameters' .grad. With
+  // loss_scale = 1 / (loss tokens of the whole optimizer step) the gradient is independent of
+  // chunk_size, resident_chunks, packing and the parallel layout. Every stage of a pipeline must
+  // call it with the same plan and groups.
+  LossTotals run_groups(const data::ChunkPlan& plan, std::span<const int32_t> groups, const ChunkBatchSource& batches,
+                        double loss_scale);
   LossTotals run_group(const data::ChunkPlan& plan, int32_t group, const ChunkBatchSource& batches,
                        double loss_scale);
-
   // All groups of the plan, in order.
   LossTotals run_plan(const data::ChunkPlan& plan, const ChunkBatchSource& batches, double loss_scale);
 
  private:
-  LossTotals run_standalone(const data::ChunkPlan& plan, int32_t chunk, const ChunkBatchSource& batches,
-                            double loss_scale);
-  LossTotals run_split_sequence(const data::ChunkPlan& plan, const data::ChunkGroup& group,
-                                const ChunkBatchSource& batches, double loss_scale);
-  void measure_far_loss(const models::ChunkBatch& batch, const torch::Tensor& hidden, int64_t chunk_size,
-                        LossTotals* totals);
-
   models::CausalLM model_;
   int64_t resident_chunks_;
+  PipelineStage pipeline_;
 };
 
 }  // namespace chunkflow::trainer

@@ -15,6 +15,8 @@
 #include "data/chunk_inputs.h"
 #include "data/chunk_plan.h"
 #include "models/chunk_batch.h"
+#include "parallel/context_parallel.h"
+#include "parallel/pipeline_schedule.h"
 #include "trainer/flops.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/memory_stats.h"
@@ -40,7 +42,9 @@ std::string StepMetrics::to_json() const {
                        ", \"far_tokens\": ", far_tokens, ", \"sequences\": ", sequences, ", \"chunks\": ", chunks,
                        ", \"recomputed_chunks\": ", recomputed_chunks, ", \"peak_rss_bytes\": ", peak_rss_bytes,
                        ", \"peak_kv_state_bytes\": ", peak_kv_state_bytes,
-                       ", \"dp_imbalance\": ", json_number(dp_imbalance), "}");
+                       ", \"dp_imbalance\": ", json_number(dp_imbalance),
+                       ", \"pipeline_bubble\": ", json_number(pipeline_bubble),
+                       ", \"pipeline_bubble_simulated\": ", json_number(pipeline_bubble_simulated), "}");
 }
 
 bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& parameter) {
@@ -62,14 +66,22 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, con
   return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(optim.lr));
 }
 
-double clip_gradients(models::CausalLM& model, double max_norm) {
+double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group) {
   std::vector<torch::Tensor> gradients;
-  for (const auto& parameter : model->parameters()) {
-    if (parameter.grad().defined()) gradients.push_back(parameter.grad());
-  }
-  if (gradients.empty()) return 0.0;
   double squares = 0;
-  for (const auto& gradient : gradients) squares += gradient.to(torch::kFloat64).square().sum().item<double>();
+  for (const auto& item : model->named_parameters()) {
+    const torch::Tensor& gradient = item.value().grad();
+    if (!gradient.defined()) continue;
+    gradients.push_back(gradient);
+    // The last stage's copy of a tied embedding is the first stage's parameter again.
+    const bool tied_copy = !model->stage().input_embedding && item.key() == "model.embed_tokens.weight";
+    if (!tied_copy) squares += gradient.to(torch::kFloat64).square().sum().item<double>();
+  }
+  if (pipeline_group != nullptr && pipeline_group->size() > 1) {
+    torch::Tensor total = torch::tensor({squares}, torch::kFloat64);
+    pipeline_group->all_reduce(total, parallel::ReduceOp::kSum);
+    squares = total.item<double>();
+  }
   const double norm = std::sqrt(squares);
   if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
     torch::NoGradGuard no_grad;
@@ -96,14 +108,14 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   CF_CHECK(config_.run.device != "cuda", "run.device = cuda: this build runs the CPU kernels only; use auto or cpu");
   CF_CHECK(config_.model.dtype == "float32", "model.dtype = ", config_.model.dtype,
            ": the CPU path trains in float32; bfloat16 needs the CUDA kernels");
-  CF_CHECK(config_.parallel.cp == 1 && config_.parallel.pp == 1, "parallel.cp = ", config_.parallel.cp,
-           ", parallel.pp = ", config_.parallel.pp, ": context and pipeline parallelism are not available in this "
-           "version; use data parallelism (parallel.dp)");
   if (world_ != nullptr && world_->size() > 1) {
     mesh_ = std::make_unique<parallel::DeviceMesh>(config_.parallel, *world_);
+    pipeline_stage_ = mesh_->coordinates().pp;
   } else {
     config_.parallel.check_world(1);
   }
+  const int stages = static_cast<int>(config_.parallel.pp);
+  const models::ModelStage stage = models::pipeline_stage(config_.model, pipeline_stage_, stages);
   // Balance DP ranks by model FLOPs: linear layers per token, attention per causal score entry.
   cost_model_.per_token = linear_flops_per_token(config_.model);
   cost_model_.per_attention_entry =
@@ -117,13 +129,36 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   }
   sampler_ = std::make_unique<data::GlobalBatchSampler>(dataset_->lengths(), config_.data,
                                                          static_cast<uint64_t>(config_.run.seed));
+  // Every stage draws the same initialization seed, so a pipeline holds the single-rank weights.
   torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
-  model_ = models::CausalLM(config_.model);
+  model_ = models::CausalLM(config_.model, stage);
   optimizer_ = make_optimizer(model_, config_.optim);
-  scheduler_ = std::make_unique<ChunkScheduler>(model_, config_.chunking.resident_chunks);
+  PipelineStage pipeline;
+  pipeline.stage = pipeline_stage_;
+  pipeline.stages = stages;
+  pipeline.group = mesh_ != nullptr ? &mesh_->pp_group() : nullptr;
+  scheduler_ = std::make_unique<ChunkScheduler>(model_, config_.chunking.resident_chunks, pipeline);
 }
 
 Trainer::~Trainer() = default;
+
+void Trainer::sync_tied_embedding() {
+  // The first stage's embedding and the last stage's LM head are one matrix: add the two
+  // gradients on both (the optimizers then keep the two copies equal).
+  const int stages = static_cast<int>(config_.parallel.pp);
+  if (pipeline_stage_ != 0 && pipeline_stage_ != stages - 1) return;
+  parallel::Communicator& pipeline = mesh_->pp_group();
+  torch::Tensor& weight = model_->model->embed_tokens->weight;
+  if (!weight.grad().defined()) weight.mutable_grad() = torch::zeros_like(weight);
+  const int peer = pipeline_stage_ == 0 ? stages - 1 : 0;
+  constexpr int kTiedEmbeddingTag = 7201;
+  const torch::Tensor mine = weight.grad().clone();
+  auto send = pipeline.isend(mine, peer, kTiedEmbeddingTag);
+  torch::Tensor theirs = torch::empty_like(mine);
+  pipeline.recv(theirs, peer, kTiedEmbeddingTag);
+  send->wait();
+  weight.mutable_grad().add_(theirs);
+}
 
 StepMetrics Trainer::train_step() {
   const auto start = std::chrono::steady_clock::now();
@@ -162,40 +197,75 @@ StepMetrics Trainer::train_step() {
   optimizer_->zero_grad();
   LossTotals totals;
   const double loss_scale = 1.0 / static_cast<double>(std::max<int64_t>(step_loss_tokens, 1));
+  const int stages = static_cast<int>(config_.parallel.pp);
+  double simulated_seconds = 0, simulated_busy = 0;
   for (auto& entry : planned) {
     const data::TokenReader reader = [&](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
       dataset_->read(entry.batch.sequences[static_cast<size_t>(sequence)], begin, count, out);
     };
     const ChunkBatchSource source = [&](int32_t chunk) {
-      return models::make_chunk_batch(data::gather_chunk_inputs(entry.plan, chunk, entry.sequences, reader), torch::kCPU);
+      models::ChunkBatch batch =
+          models::make_chunk_batch(data::gather_chunk_inputs(entry.plan, chunk, entry.sequences, reader), torch::kCPU);
+      if (mesh_ != nullptr && config_.parallel.cp > 1) batch = parallel::shard_chunk_batch(batch, mesh_->cp_group());
+      return batch;
     };
-    if (mesh_ == nullptr) {
-      totals.add(scheduler_->run_plan(entry.plan, source, loss_scale));
-      continue;
+    std::vector<int32_t> groups;
+    if (mesh_ == nullptr || config_.parallel.dp == 1) {
+      groups.resize(entry.plan.groups().size());
+      for (size_t group = 0; group < groups.size(); ++group) groups[group] = static_cast<int32_t>(group);
+    } else {
+      const parallel::DpAssignment assignment =
+          parallel::balance_chunk_groups(entry.plan, static_cast<int>(config_.parallel.dp), cost_model_);
+      metrics.dp_imbalance = std::max(metrics.dp_imbalance, assignment.imbalance());
+      groups = assignment.groups_of_rank[static_cast<size_t>(mesh_->coordinates().dp)];
     }
-    const parallel::DpAssignment assignment =
-        parallel::balance_chunk_groups(entry.plan, static_cast<int>(config_.parallel.dp), cost_model_);
-    metrics.dp_imbalance = std::max(metrics.dp_imbalance, assignment.imbalance());
-    for (const int32_t group : assignment.groups_of_rank[static_cast<size_t>(mesh_->coordinates().dp)]) {
-      totals.add(scheduler_->run_group(entry.plan, group, source, loss_scale));
+    totals.add(scheduler_->run_groups(entry.plan, groups, source, loss_scale));
+    if (stages > 1) {
+      // The simulator's prediction for the same schedule: each stage does an equal share of the
+      // chunk's cost model; a backward costs two forwards, a recomputing one three.
+      const auto schedule =
+          parallel::pipeline_schedule(entry.plan, groups, config_.chunking.resident_chunks, stages);
+      const parallel::PipelineSimulation simulation =
+          parallel::simulate_pipeline(schedule, [&](int, const parallel::PipelineOp& op) {
+            const double forward = cost_model_.chunk_cost(entry.plan, op.chunk) / stages;
+            if (op.kind == parallel::PipelineOp::Kind::kForward) return forward;
+            return (op.recompute ? 3.0 : 2.0) * forward;
+          });
+      simulated_seconds += simulation.step_seconds;
+      for (const double busy : simulation.busy_seconds) simulated_busy += busy;
     }
   }
   if (mesh_ != nullptr) {
-    parallel::Communicator& dp_group = mesh_->dp_group();
-    parallel::all_reduce_gradients(model_->parameters(), dp_group);
+    // dp ranks ran different groups and cp ranks different rows of the same chunks: both hold
+    // partial sums of every gradient of their stage.
+    if (config_.parallel.dp > 1) parallel::all_reduce_gradients(model_->parameters(), mesh_->dp_group());
+    if (config_.parallel.cp > 1) parallel::all_reduce_gradients(model_->parameters(), mesh_->cp_group());
+    if (stages > 1 && config_.model.tie_word_embeddings) sync_tied_embedding();
+    // Losses live on the last stages, spread over dp and cp ranks: sum over the world.
     torch::Tensor sums = torch::tensor({totals.loss_sum, static_cast<double>(totals.loss_tokens), totals.far_loss_sum,
                                         static_cast<double>(totals.far_tokens), static_cast<double>(totals.real_tokens),
-                                        static_cast<double>(totals.chunk_recomputes)},
+                                        static_cast<double>(totals.chunk_recomputes), totals.busy_seconds,
+                                        simulated_busy > 0 ? 1.0 - simulated_busy / (stages * simulated_seconds) : 0.0},
                                        torch::kFloat64);
-    dp_group.all_reduce(sums, parallel::ReduceOp::kSum);
+    world_->all_reduce(sums, parallel::ReduceOp::kSum);
     totals.loss_sum = sums[0].item<double>();
     totals.loss_tokens = static_cast<int64_t>(sums[1].item<double>());
     totals.far_loss_sum = sums[2].item<double>();
     totals.far_tokens = static_cast<int64_t>(sums[3].item<double>());
     totals.real_tokens = static_cast<int64_t>(sums[4].item<double>());
     totals.chunk_recomputes = static_cast<int64_t>(sums[5].item<double>());
+    torch::Tensor maxima = torch::tensor({static_cast<double>(totals.peak_state_bytes), totals.pipeline_seconds},
+                                         torch::kFloat64);
+    world_->all_reduce(maxima, parallel::ReduceOp::kMax);
+    totals.peak_state_bytes = static_cast<int64_t>(maxima[0].item<double>());
+    if (stages > 1) {
+      const double ranks = static_cast<double>(world_->size());
+      metrics.pipeline_bubble = 1.0 - sums[6].item<double>() / (ranks * maxima[1].item<double>());
+      metrics.pipeline_bubble_simulated = sums[7].item<double>() / ranks;
+    }
   }
-  metrics.grad_norm = clip_gradients(model_, config_.optim.max_grad_norm);
+  metrics.grad_norm =
+      clip_gradients(model_, config_.optim.max_grad_norm, mesh_ != nullptr ? &mesh_->pp_group() : nullptr);
   CF_CHECK(std::isfinite(metrics.grad_norm) && std::isfinite(totals.loss_sum), "step ", metrics.step,
            ": non-finite loss (", totals.loss_sum, ") or gradient norm (", metrics.grad_norm,
            "); lower optim.lr or check the data");
@@ -232,6 +302,10 @@ void Trainer::report(const StepMetrics& metrics) {
         {"memory/kv_state_mib", static_cast<double>(metrics.peak_kv_state_bytes) / (1024.0 * 1024)},
         {"parallel/dp_imbalance", metrics.dp_imbalance},
     };
+    if (std::isfinite(metrics.pipeline_bubble)) {
+      scalars.push_back({"parallel/pipeline_bubble", metrics.pipeline_bubble});
+      scalars.push_back({"parallel/pipeline_bubble_simulated", metrics.pipeline_bubble_simulated});
+    }
     if (std::isfinite(metrics.far_loss)) scalars.push_back({"loss/far_tokens", metrics.far_loss});
     out.tensorboard->add_scalars(scalars, metrics.step);
   }
@@ -244,7 +318,12 @@ void Trainer::report(const StepMetrics& metrics) {
       "e-3 gnorm ", core::format_fixed(metrics.grad_norm, 2), " | ", core::format_count(metrics.tokens_per_second),
       " tok/s ", core::format_fixed(metrics.tflops * 1e3, 2), " GFLOP/s | ", metrics.chunks, " chunks (",
       metrics.recomputed_chunks, " recomputed) | rss ", core::format_bytes(static_cast<double>(metrics.peak_rss_bytes)),
-      mesh_ != nullptr ? " | dp imbalance " + core::format_fixed(metrics.dp_imbalance, 2) : std::string(),
+      mesh_ != nullptr && config_.parallel.dp > 1 ? " | dp imbalance " + core::format_fixed(metrics.dp_imbalance, 2)
+                                                  : std::string(),
+      std::isfinite(metrics.pipeline_bubble)
+          ? " | bubble " + core::format_fixed(metrics.pipeline_bubble, 2) + " (sim " +
+                core::format_fixed(metrics.pipeline_bubble_simulated, 2) + ")"
+          : std::string(),
       " | ETA ", core::format_duration(eta));
   if (out.bar) {
     constexpr int kWidth = 20;

@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,10 @@ struct StepMetrics {
   int64_t peak_rss_bytes = 0;        // process peak resident memory so far
   int64_t peak_kv_state_bytes = 0;   // largest K/V state + accumulators held during the step
   double dp_imbalance = 1.0;         // max / mean chunk-group cost over DP ranks (worst batch)
+  // Pipeline parallelism: idle share of the stages' time, measured (1 - busy / (ranks x wall))
+  // and predicted by the schedule simulator from the cost model. NaN without a pipeline.
+  double pipeline_bubble = NAN;
+  double pipeline_bubble_simulated = NAN;
 
   std::string to_json() const;
 };
@@ -47,14 +52,17 @@ bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& 
 std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, const configs::OptimConfig& optim);
 
 // Global L2 norm of all gradients; clips them to max_norm when max_norm > 0. Returns the norm
-// before clipping.
-double clip_gradients(models::CausalLM& model, double max_norm);
+// before clipping. Under pipeline parallelism `pipeline_group` sums the squares over the stages
+// (a tied embedding held by the last stage too is counted once, on the first).
+double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group = nullptr);
 
 class Trainer {
  public:
   // Opens the dataset (and loss mask), builds the model from run.seed, the sampler and optimizer.
-  // With parallel.dp > 1, `world` (dp ranks) splits each plan's chunk groups over the DP ranks and
-  // all-reduces gradients; every rank computes the same plans. Outputs are written by rank 0.
+  // With a `world` of dp x cp x pp ranks (parallel.*): every rank computes the same plans; each
+  // DP rank runs its share of the chunk groups (balanced by cost), each CP rank its rows of every
+  // chunk, each pipeline stage its layers; gradients are all-reduced over dp and cp. Outputs are
+  // written by rank 0 (the last pipeline stage's losses reach it by all-reduce).
   // Throws core::Error for unusable config (naming the key) or data.
   explicit Trainer(configs::Config config, parallel::Communicator* world = nullptr);
   ~Trainer();
@@ -71,6 +79,7 @@ class Trainer {
 
  private:
   void report(const StepMetrics& metrics);
+  void sync_tied_embedding();
 
   configs::Config config_;
   std::unique_ptr<data::IndexedDataset> dataset_;
@@ -82,6 +91,7 @@ class Trainer {
   parallel::Communicator* world_ = nullptr;
   std::unique_ptr<parallel::DeviceMesh> mesh_;
   parallel::GroupCostModel cost_model_;
+  int pipeline_stage_ = 0;
   int64_t steps_done_ = 0;
   bool writes_outputs() const { return world_ == nullptr || world_->rank() == 0; }
 

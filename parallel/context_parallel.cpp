@@ -1,0 +1,159 @@
+// Context-parallel chunk sharding and the K/V gather; see context_parallel.h.
+#include "parallel/context_parallel.h"
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+
+#include <algorithm>
+#include <memory>
+
+#include "core/error.h"
+
+namespace chunkflow::parallel {
+namespace {
+
+// Backward of all_gather_rows. Every rank's gathered rows were read by every rank's attention,
+// so the gradient of this rank's rows is the sum over the group of each rank's gradient block.
+class GatherRowsBackward : public torch::autograd::Node {
+ public:
+  GatherRowsBackward(Communicator* group, int64_t offset, int64_t rows, std::vector<int64_t> gathered_shape,
+                     torch::TensorOptions options)
+      : group_(group), offset_(offset), rows_(rows), gathered_shape_(std::move(gathered_shape)), options_(options) {}
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& gradients) override {
+    // Every rank must enter the all-reduce, even one whose graph produced no gradient here.
+    torch::Tensor summed = gradients[0].defined() ? gradients[0].contiguous().clone()
+                                                  : torch::zeros(gathered_shape_, options_);
+    group_->all_reduce(summed, ReduceOp::kSum);
+    return {summed.narrow(0, offset_, rows_)};
+  }
+  std::string name() const override { return "chunkflow::GatherRowsBackward"; }
+
+ private:
+  Communicator* group_;  // owned by the device mesh, which outlives every step's graphs
+  int64_t offset_, rows_;
+  std::vector<int64_t> gathered_shape_;
+  torch::TensorOptions options_;
+};
+
+}  // namespace
+
+ContextLayout context_layout(std::span<const int32_t> chunk_cu_seqlens_q, int64_t prefix_len, int cp_size,
+                             int cp_rank) {
+  CF_ASSERT(cp_size >= 1 && cp_rank >= 0 && cp_rank < cp_size, "cp rank ", cp_rank, " of ", cp_size);
+  CF_ASSERT(!chunk_cu_seqlens_q.empty() && chunk_cu_seqlens_q.front() == 0, "cu_seqlens must start at 0");
+  ContextLayout layout;
+  layout.cu_seqlens_q.push_back(0);
+  layout.cu_seqlens_k.push_back(0);
+  const int64_t pieces_per_segment = 2 * int64_t{cp_size};
+  for (size_t segment = 0; segment + 1 < chunk_cu_seqlens_q.size(); ++segment) {
+    const int64_t start = chunk_cu_seqlens_q[segment];
+    const int64_t length = chunk_cu_seqlens_q[segment + 1] - start;
+    // Keys of the full chunk: the first segment's prefix rows come first, then the chunk's rows.
+    const int64_t segment_prefix = segment == 0 ? prefix_len : 0;
+    const int64_t key_start = segment == 0 ? 0 : prefix_len + start;
+    for (const int64_t piece : {int64_t{cp_rank}, pieces_per_segment - 1 - cp_rank}) {
+      const int64_t begin = length * piece / pieces_per_segment;
+      const int64_t end = length * (piece + 1) / pieces_per_segment;
+      if (begin == end) continue;
+      for (int64_t row = start + begin; row < start + end; ++row) layout.rows.push_back(row);
+      layout.cu_seqlens_q.push_back(static_cast<int32_t>(layout.rows.size()));
+      // Causal: the piece reads the segment's keys up to its own last token.
+      const int64_t key_count = segment_prefix + end;
+      for (int64_t row = key_start; row < key_start + key_count; ++row) layout.key_rows.push_back(row);
+      layout.cu_seqlens_k.push_back(static_cast<int32_t>(layout.key_rows.size()));
+      layout.max_seqlen_q = std::max(layout.max_seqlen_q, end - begin);
+      layout.max_seqlen_k = std::max(layout.max_seqlen_k, key_count);
+    }
+  }
+  return layout;
+}
+
+torch::Tensor all_gather_rows(const torch::Tensor& local, Communicator& group, const std::vector<int64_t>& rows_of_rank) {
+  CF_ASSERT(static_cast<int>(rows_of_rank.size()) == group.size(), "rows_of_rank has ", rows_of_rank.size(),
+            " entries for a group of ", group.size());
+  const int rank = group.rank();
+  CF_ASSERT(local.size(0) == rows_of_rank[static_cast<size_t>(rank)], "rank ", rank, " holds ", local.size(0),
+            " rows, layout says ", rows_of_rank[static_cast<size_t>(rank)]);
+  const int64_t most_rows = *std::max_element(rows_of_rank.begin(), rows_of_rank.end());
+  int64_t offset = 0, total = 0;
+  for (int r = 0; r < group.size(); ++r) {
+    if (r == rank) offset = total;
+    total += rows_of_rank[static_cast<size_t>(r)];
+  }
+  // Ranks hold different row counts: pad every block to the largest so one all-gather suffices.
+  std::vector<int64_t> padded_shape = local.sizes().vec();
+  padded_shape[0] = most_rows;
+  torch::Tensor gathered;
+  {
+    torch::NoGradGuard no_grad;
+    torch::Tensor padded = torch::zeros(padded_shape, local.options());
+    padded.narrow(0, 0, local.size(0)).copy_(local);
+    const torch::Tensor blocks = group.all_gather(padded);
+    std::vector<torch::Tensor> rows;
+    for (int r = 0; r < group.size(); ++r) rows.push_back(blocks.narrow(0, r * most_rows, rows_of_rank[static_cast<size_t>(r)]));
+    gathered = torch::cat(rows, 0);
+  }
+  if (torch::GradMode::is_enabled() && local.requires_grad()) {
+    std::vector<int64_t> gathered_shape = local.sizes().vec();
+    gathered_shape[0] = total;
+    auto node = std::shared_ptr<GatherRowsBackward>(
+        new GatherRowsBackward(&group, offset, local.size(0), gathered_shape, local.options()),
+        torch::autograd::deleteNode);
+    node->set_next_edges(torch::autograd::collect_next_edges(local));
+    torch::autograd::set_history(gathered, node);
+  }
+  return gathered;
+}
+
+models::ChunkBatch shard_chunk_batch(const models::ChunkBatch& chunk, Communicator& group) {
+  if (group.size() == 1) return chunk;
+  CF_ASSERT(chunk.context == nullptr, "chunk is already sharded");
+  const torch::Tensor cu_tensor = chunk.cu_seqlens_q.to(torch::kCPU, torch::kInt32).contiguous();
+  const std::span<const int32_t> cu(cu_tensor.data_ptr<int32_t>(), static_cast<size_t>(cu_tensor.numel()));
+
+  // Every rank computes every rank's layout: the gather needs all row counts and the order.
+  std::vector<int64_t> rows_of_rank;
+  std::vector<int64_t> rank_order_rows;  // chunk row of each gathered row, in rank order
+  ContextLayout mine;
+  for (int r = 0; r < group.size(); ++r) {
+    ContextLayout layout = context_layout(cu, chunk.prefix_len, group.size(), r);
+    rows_of_rank.push_back(static_cast<int64_t>(layout.rows.size()));
+    rank_order_rows.insert(rank_order_rows.end(), layout.rows.begin(), layout.rows.end());
+    if (r == group.rank()) mine = std::move(layout);
+  }
+  const int64_t chunk_tokens = chunk.tokens();
+  CF_ASSERT(static_cast<int64_t>(rank_order_rows.size()) == chunk_tokens, "cp layouts cover ",
+            rank_order_rows.size(), " of ", chunk_tokens, " rows");
+  std::vector<int64_t> chunk_order(static_cast<size_t>(chunk_tokens));
+  for (size_t position = 0; position < rank_order_rows.size(); ++position) {
+    chunk_order[static_cast<size_t>(rank_order_rows[position])] = static_cast<int64_t>(position);
+  }
+
+  const auto int64_tensor = [](const std::vector<int64_t>& values) {
+    return torch::tensor(values, torch::dtype(torch::kInt64));
+  };
+  const torch::Tensor rows = int64_tensor(mine.rows).to(chunk.input_ids.device());
+  models::ChunkBatch local;
+  local.input_ids = chunk.input_ids.index_select(0, rows);
+  local.positions = chunk.positions.index_select(0, rows);
+  local.labels = chunk.labels.index_select(0, rows);
+  local.cu_seqlens_q = torch::tensor(mine.cu_seqlens_q, torch::dtype(torch::kInt32));
+  local.cu_seqlens_k = torch::tensor(mine.cu_seqlens_k, torch::dtype(torch::kInt32));
+  local.max_seqlen_q = mine.max_seqlen_q;
+  local.max_seqlen_k = mine.max_seqlen_k;
+  local.prefix_len = chunk.prefix_len;
+
+  auto shard = std::make_shared<models::ContextShard>();
+  shard->key_rows = int64_tensor(mine.key_rows).to(chunk.input_ids.device());
+  shard->chunk_tokens = chunk_tokens;
+  const torch::Tensor order = int64_tensor(chunk_order).to(chunk.input_ids.device());
+  Communicator* group_pointer = &group;
+  shard->gather_chunk_rows = [group_pointer, rows_of_rank, order](const torch::Tensor& local_rows) {
+    return all_gather_rows(local_rows, *group_pointer, rows_of_rank).index_select(0, order);
+  };
+  local.context = std::move(shard);
+  return local;
+}
+
+}  // namespace chunkflow::parallel
