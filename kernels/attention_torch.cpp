@@ -129,6 +129,8 @@ std::tuple<torch::Tensor, torch::Tensor> run_forward(const Inputs& inputs) {
   torch::Tensor out = torch::empty_like(inputs.q);
   torch::Tensor lse = torch::empty({inputs.heads, inputs.q.size(0)},
                                    inputs.q.options().dtype(torch::kFloat));
+  // No queries (a context-parallel rank may hold no rows of a chunk): nothing to compute.
+  if (inputs.q.size(0) == 0) return {out, lse};
   VarlenAttentionParams params;
   fill_common(params, inputs);
   params.out = out.data_ptr();
@@ -171,6 +173,11 @@ class VarlenAttentionFunction : public torch::autograd::Function<VarlenAttention
              ", got ", shape_of(dout));
 
     torch::Tensor dq = torch::empty_like(inputs.q);
+    if (inputs.q.size(0) == 0) {
+      // No query read any key.
+      return {dq, torch::zeros_like(inputs.k), torch::zeros_like(inputs.v), torch::Tensor(), torch::Tensor(),
+              torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
     torch::Tensor dk = torch::empty_like(inputs.k);
     torch::Tensor dv = torch::empty_like(inputs.v);
     VarlenAttentionBackwardParams params;

@@ -188,14 +188,16 @@ CausalLMImpl::CausalLMImpl(const configs::ModelConfig& config, const ModelStage&
                            std::optional<uint64_t> init_seed)
     : config_(config), stage_(stage) {
   config_.validate();
+  if (!init_seed) {
+    // One draw from torch's default generator keeps construction deterministic under
+    // manual_seed. It comes first: building the modules below draws from the same generator (their
+    // default initialization, overwritten later), as often as this stage has modules.
+    init_seed = static_cast<uint64_t>(torch::randint(0, int64_t{1} << 62, {1}, torch::kInt64).item<int64_t>());
+  }
   if (stage_.end_layer < 0) stage_.end_layer = config_.num_hidden_layers;
   model = register_module("model", Decoder(config_, stage_));
   if (stage_.output_head && !config_.tie_word_embeddings) {
     lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size, false));
-  }
-  if (!init_seed) {
-    // One draw from torch's default generator keeps construction deterministic under manual_seed.
-    init_seed = static_cast<uint64_t>(torch::randint(0, int64_t{1} << 62, {1}, torch::kInt64).item<int64_t>());
   }
   initialize_parameters(*init_seed);
 }

@@ -91,6 +91,27 @@ double clip_gradients(models::CausalLM& model, double max_norm, parallel::Commun
   return norm;
 }
 
+void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh) {
+  const std::vector<torch::Tensor> parameters = model->parameters();
+  if (mesh.dp_group().size() > 1) parallel::all_reduce_gradients(parameters, mesh.dp_group());
+  if (mesh.cp_group().size() > 1) parallel::all_reduce_gradients(parameters, mesh.cp_group());
+  parallel::Communicator& pipeline = mesh.pp_group();
+  const int stages = pipeline.size(), stage = mesh.coordinates().pp;
+  if (stages == 1 || !model->config().tie_word_embeddings || (stage != 0 && stage != stages - 1)) return;
+  // The first stage's embedding and the last stage's LM head are one matrix: add the two
+  // gradients on both (the optimizers then keep the two copies equal).
+  torch::Tensor& weight = model->model->embed_tokens->weight;
+  if (!weight.grad().defined()) weight.mutable_grad() = torch::zeros_like(weight);
+  const int peer = stage == 0 ? stages - 1 : 0;
+  constexpr int kTiedEmbeddingTag = 7201;
+  const torch::Tensor mine = weight.grad().clone();
+  const auto send = pipeline.isend(mine, peer, kTiedEmbeddingTag);
+  torch::Tensor theirs = torch::empty_like(mine);
+  pipeline.recv(theirs, peer, kTiedEmbeddingTag);
+  send->wait();
+  weight.mutable_grad().add_(theirs);
+}
+
 struct Trainer::Outputs {
   std::unique_ptr<TensorBoardWriter> tensorboard;
   std::FILE* metrics = nullptr;
@@ -142,23 +163,6 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
 
 Trainer::~Trainer() = default;
 
-void Trainer::sync_tied_embedding() {
-  // The first stage's embedding and the last stage's LM head are one matrix: add the two
-  // gradients on both (the optimizers then keep the two copies equal).
-  const int stages = static_cast<int>(config_.parallel.pp);
-  if (pipeline_stage_ != 0 && pipeline_stage_ != stages - 1) return;
-  parallel::Communicator& pipeline = mesh_->pp_group();
-  torch::Tensor& weight = model_->model->embed_tokens->weight;
-  if (!weight.grad().defined()) weight.mutable_grad() = torch::zeros_like(weight);
-  const int peer = pipeline_stage_ == 0 ? stages - 1 : 0;
-  constexpr int kTiedEmbeddingTag = 7201;
-  const torch::Tensor mine = weight.grad().clone();
-  auto send = pipeline.isend(mine, peer, kTiedEmbeddingTag);
-  torch::Tensor theirs = torch::empty_like(mine);
-  pipeline.recv(theirs, peer, kTiedEmbeddingTag);
-  send->wait();
-  weight.mutable_grad().add_(theirs);
-}
 
 StepMetrics Trainer::train_step() {
   const auto start = std::chrono::steady_clock::now();
@@ -238,9 +242,7 @@ StepMetrics Trainer::train_step() {
   if (mesh_ != nullptr) {
     // dp ranks ran different groups and cp ranks different rows of the same chunks: both hold
     // partial sums of every gradient of their stage.
-    if (config_.parallel.dp > 1) parallel::all_reduce_gradients(model_->parameters(), mesh_->dp_group());
-    if (config_.parallel.cp > 1) parallel::all_reduce_gradients(model_->parameters(), mesh_->cp_group());
-    if (stages > 1 && config_.model.tie_word_embeddings) sync_tied_embedding();
+    reduce_gradients(model_, *mesh_);
     // Losses live on the last stages, spread over dp and cp ranks: sum over the world.
     torch::Tensor sums = torch::tensor({totals.loss_sum, static_cast<double>(totals.loss_tokens), totals.far_loss_sum,
                                         static_cast<double>(totals.far_tokens), static_cast<double>(totals.real_tokens),

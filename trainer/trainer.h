@@ -56,6 +56,12 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, con
 // (a tied embedding held by the last stage too is counted once, on the first).
 double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group = nullptr);
 
+// After every rank of `mesh` ran its share of a step's backward: sums the gradients of the
+// stage's parameters over the dp and cp groups (partial sums over different chunk groups and
+// different rows of the same chunks) and, for a tied embedding split over pipeline stages, adds
+// the first and last stages' gradients on both. Collective over the mesh.
+void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh);
+
 class Trainer {
  public:
   // Opens the dataset (and loss mask), builds the model from run.seed, the sampler and optimizer.
@@ -79,7 +85,6 @@ class Trainer {
 
  private:
   void report(const StepMetrics& metrics);
-  void sync_tied_embedding();
 
   configs::Config config_;
   std::unique_ptr<data::IndexedDataset> dataset_;

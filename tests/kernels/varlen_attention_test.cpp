@@ -532,6 +532,23 @@ TEST_F(VarlenAttentionTest, CpuPathAsksForFloat32WhenGivenHalfPrecision) {
               "the CPU path takes float32, got float16"));
 }
 
+TEST_F(VarlenAttentionTest, AdapterHandlesAChunkWithoutQueries) {
+  // A context-parallel rank can hold no rows of a small chunk: no segments, no queries, and the
+  // backward still runs (it must reach the K/V gather's collective) with zero K/V gradients.
+  const torch::Tensor q = torch::zeros({0, 4, 8}, torch::requires_grad());
+  const torch::Tensor k = torch::randn({3, 2, 8}, torch::requires_grad());
+  const torch::Tensor v = torch::randn({3, 2, 8}, torch::requires_grad());
+  const torch::Tensor cu = torch::zeros({1}, torch::kInt32);
+  const torch::Tensor no_rows = torch::zeros({0}, torch::kInt64);
+  const torch::Tensor out =
+      varlen_attention(q, k.index_select(0, no_rows), v.index_select(0, no_rows), cu, cu, 0, 0, 0.25);
+  EXPECT_EQ(out.sizes(), q.sizes());
+  out.sum().backward();
+  ASSERT_TRUE(k.grad().defined());
+  EXPECT_EQ(k.grad().abs().sum().item<double>(), 0.0);
+  EXPECT_EQ(v.grad().abs().sum().item<double>(), 0.0);
+}
+
 TEST_F(VarlenAttentionTest, AdapterRejectsTensorsThatDisagreeWithTheOffsets) {
   Layout layout;
   layout.sq = {5, 3};

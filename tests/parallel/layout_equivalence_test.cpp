@@ -1,0 +1,293 @@
+// Exactness across parallel layouts (design brief section 8): under `mpirun -np 4`, every layout
+// dp in {1,2} x cp in {1,2} x pp in {1,2,4} that fits in 4 ranks gives the loss and every
+// parameter gradient of plain unchunked single-rank training, to 1e-5 relative (fp32), on random
+// batches that mix packed, split and tiny sequences at odd chunk sizes; and whole training runs
+// reproduce the single-rank run's losses and weights.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstdio>
+#include <memory>
+#include <random>
+
+#include "core/random.h"
+#include "data/chunk_inputs.h"
+#include "data/chunk_plan.h"
+#include "models/chunk_batch.h"
+#include "parallel/context_parallel.h"
+#include "parallel/data_parallel.h"
+#include "parallel/device_mesh.h"
+#include "tests/support/mpi_test_main.h"
+#include "tests/support/reference_model.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/tiny_run.h"
+#include "trainer/chunk_scheduler.h"
+#include "trainer/trainer.h"
+
+namespace chunkflow::parallel {
+namespace {
+
+struct Layout {
+  int64_t dp, cp, pp;
+  std::string order = "dp,pp,cp";
+  int64_t ranks() const { return dp * cp * pp; }
+  std::string name() const {
+    return "dp" + std::to_string(dp) + " cp" + std::to_string(cp) + " pp" + std::to_string(pp) + " (" + order + ")";
+  }
+};
+
+std::vector<Layout> layouts_up_to(int ranks) {
+  std::vector<Layout> layouts;
+  for (const int64_t dp : {1, 2}) {
+    for (const int64_t cp : {1, 2}) {
+      for (const int64_t pp : {1, 2, 4}) {
+        if (dp * cp * pp <= ranks) layouts.push_back({dp, cp, pp});
+      }
+    }
+  }
+  // Another axis order, so that group construction is not tied to one layout of ranks.
+  if (ranks >= 4) layouts.push_back({2, 1, 2, "pp,dp,cp"});
+  if (ranks >= 4) layouts.push_back({1, 2, 2, "cp,pp,dp"});
+  return layouts;
+}
+
+// The ranks of `world` below `layout.ranks()` form the layout's world; the others get a group of
+// their own and sit the layout out. Collective over `world`.
+std::unique_ptr<Communicator> layout_world(Communicator& world, const Layout& layout) {
+  const bool member = world.rank() < layout.ranks();
+  return world.split(member ? 0 : 1 + world.rank(), world.rank());
+}
+
+configs::ParallelConfig parallel_config(const Layout& layout) {
+  configs::ParallelConfig config;
+  config.dp = layout.dp;
+  config.cp = layout.cp;
+  config.pp = layout.pp;
+  config.order = layout.order;
+  config.validate();
+  return config;
+}
+
+configs::ModelConfig random_model(core::Rng& rng) {
+  configs::ModelConfig config;
+  config.vocab_size = 30 + static_cast<int64_t>(rng.below(40));
+  config.hidden_size = 24;
+  config.intermediate_size = 36;
+  config.num_hidden_layers = 4 + static_cast<int64_t>(rng.below(2));  // 5 layers: uneven stages
+  config.num_attention_heads = 4;
+  config.num_key_value_heads = std::vector<int64_t>{1, 2, 4}[rng.below(3)];
+  config.tie_word_embeddings = rng.uniform() < 0.5;
+  config.family = rng.uniform() < 0.5 ? "llama" : "qwen2";
+  config.attention_bias = config.family == "qwen2";
+  config.initializer_range = 0.2;
+  config.validate();
+  return config;
+}
+
+std::vector<chunkflow::testing::ReferenceSequence> random_batch(core::Rng& rng, int64_t chunk_size, int64_t vocab) {
+  std::vector<chunkflow::testing::ReferenceSequence> batch;
+  const int64_t count = 3 + static_cast<int64_t>(rng.below(6));
+  for (int64_t i = 0; i < count; ++i) {
+    // Lengths 1..chunk_size (packed, including 1-3 token sequences shorter than 2 x cp) or up to
+    // five chunks (split).
+    const uint64_t limit = static_cast<uint64_t>(rng.uniform() < 0.35 ? 5 * chunk_size : chunk_size);
+    const int64_t length = i == 0 ? 1 + static_cast<int64_t>(rng.below(3)) : 1 + static_cast<int64_t>(rng.below(limit));
+    chunkflow::testing::ReferenceSequence sequence;
+    for (int64_t t = 0; t < length; ++t) sequence.tokens.push_back(static_cast<int64_t>(rng.below(static_cast<uint64_t>(vocab))));
+    if (rng.uniform() < 0.3) {
+      for (int64_t t = 0; t < length; ++t) sequence.loss_mask.push_back(rng.uniform() < 0.7 ? 1 : 0);
+    }
+    batch.push_back(std::move(sequence));
+  }
+  return batch;
+}
+
+// Relative error of one gradient tensor. The denominator is the tensor's own reference norm, but
+// at least a tenth of the norm it would have if the whole model's gradient were spread evenly over
+// all elements: a gradient that nearly cancels (k_proj.bias: softmax ignores a shift common to
+// all keys and only RoPE breaks the symmetry) is a small difference of large per-token terms,
+// and the fp32 rounding of those terms would otherwise dominate. The raw per-tensor error is
+// reported too.
+double gradient_error(const torch::Tensor& got, const torch::Tensor& want, double model_norm, int64_t model_numel) {
+  const double even_share = model_norm * std::sqrt(static_cast<double>(want.numel()) / static_cast<double>(model_numel));
+  const double scale = std::max(want.norm().item<double>(), 0.1 * even_share);
+  return (got - want).norm().item<double>() / scale;
+}
+
+// One random case on one layout: the worst relative error of the loss and of any gradient this
+// rank holds, against the float64 whole-sequence reference.
+struct CaseErrors {
+  double loss = 0, gradient = 0, raw_gradient = 0;
+  std::string worst_parameter;
+};
+
+CaseErrors run_layout_case(Communicator& layout_world, const Layout& layout, const configs::ModelConfig& config,
+                           const std::vector<chunkflow::testing::ReferenceSequence>& batch, int64_t chunk_size,
+                           int64_t resident_chunks, uint64_t init_seed) {
+  const configs::ParallelConfig parallel = parallel_config(layout);
+  DeviceMesh mesh(parallel, layout_world);
+  const MeshCoordinates& at = mesh.coordinates();
+  const models::ModelStage stage = models::pipeline_stage(config, at.pp, static_cast<int>(layout.pp));
+  models::CausalLM model(config, stage, init_seed);
+
+  std::vector<data::PlanSequence> plan_sequences;
+  for (const auto& sequence : batch) plan_sequences.push_back({static_cast<int64_t>(sequence.tokens.size()), sequence.loss_mask});
+  const data::ChunkPlan plan = data::build_chunk_plan(plan_sequences, chunk_size, true);
+  const data::TokenReader reader = [&](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
+    for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(batch[static_cast<size_t>(sequence)].tokens[static_cast<size_t>(begin + i)]);
+  };
+  const trainer::ChunkBatchSource source = [&](int32_t chunk) {
+    return shard_chunk_batch(models::make_chunk_batch(data::gather_chunk_inputs(plan, chunk, plan_sequences, reader), torch::kCPU),
+                             mesh.cp_group());
+  };
+  GroupCostModel cost_model;
+  cost_model.per_attention_entry = 0.05;
+  const DpAssignment assignment = balance_chunk_groups(plan, static_cast<int>(layout.dp), cost_model);
+  trainer::ChunkScheduler scheduler(model, resident_chunks,
+                                    trainer::PipelineStage{at.pp, static_cast<int>(layout.pp), &mesh.pp_group()});
+  const trainer::LossTotals totals = scheduler.run_groups(plan, assignment.groups_of_rank[static_cast<size_t>(at.dp)], source,
+                                                          1.0 / static_cast<double>(plan.loss_tokens()));
+  trainer::reduce_gradients(model, mesh);
+  torch::Tensor sums = torch::tensor({totals.loss_sum, static_cast<double>(totals.loss_tokens)}, torch::kFloat64);
+  layout_world.all_reduce(sums, ReduceOp::kSum);
+  EXPECT_EQ(static_cast<int64_t>(sums[1].item<double>()), plan.loss_tokens()) << layout.name();
+
+  // Reference: the whole model (same init seed) on whole sequences, in float64.
+  const models::CausalLM whole(config, models::ModelStage{}, init_seed);
+  torch::OrderedDict<std::string, torch::Tensor> exact;
+  for (const auto& item : whole->named_parameters()) {
+    exact.insert(item.key(), item.value().detach().to(torch::kFloat64).requires_grad_(true));
+  }
+  const torch::Tensor reference = chunkflow::testing::reference_mean_loss(exact, config, batch);
+  reference.backward();
+
+  CaseErrors errors;
+  const double loss = sums[0].item<double>() / static_cast<double>(plan.loss_tokens());
+  errors.loss = std::abs(loss - reference.item<double>()) / std::abs(reference.item<double>());
+  double model_squares = 0;
+  int64_t model_numel = 0;
+  for (const auto& item : exact) {
+    model_squares += item.value().grad().square().sum().item<double>();
+    model_numel += item.value().numel();
+  }
+  for (const auto& item : model->named_parameters()) {
+    EXPECT_TRUE(item.value().grad().defined()) << item.key() << " has no gradient on " << layout.name();
+    if (!item.value().grad().defined()) continue;
+    const torch::Tensor& want = exact[item.key()].grad();
+    const torch::Tensor got = item.value().grad().to(torch::kFloat64);
+    errors.raw_gradient = std::max(errors.raw_gradient, (got - want).norm().item<double>() / want.norm().item<double>());
+    const double error = gradient_error(got, want, std::sqrt(model_squares), model_numel);
+    if (std::getenv("CHUNKFLOW_TEST_VERBOSE") != nullptr && error > 5e-6) {
+      std::fprintf(stderr, "  %s: error %.3g, raw %.3g, norm / even share %.3g\n", item.key().c_str(), error,
+                   (got - want).norm().item<double>() / want.norm().item<double>(),
+                   want.norm().item<double>() / (std::sqrt(model_squares) * std::sqrt(static_cast<double>(want.numel()) / static_cast<double>(model_numel))));
+    }
+    if (error > errors.gradient) {
+      errors.gradient = error;
+      errors.worst_parameter = item.key();
+    }
+  }
+  return errors;
+}
+
+constexpr int kTrialsPerLayout = 8;
+
+TEST(LayoutEquivalenceTest, EveryLayoutGivesTheSingleRankLossAndGradients) {
+  Communicator& world = chunkflow::testing::test_world();
+  if (world.size() != 4) GTEST_SKIP() << "needs 4 ranks (run under mpirun -np 4)";
+  // One seed for all ranks, fresh each run (or CHUNKFLOW_TEST_SEED), printed for reproduction.
+  const char* fixed_seed = std::getenv("CHUNKFLOW_TEST_SEED");
+  const int64_t drawn = fixed_seed != nullptr ? std::atoll(fixed_seed) : static_cast<int64_t>(std::random_device{}() & 0x7fffffff);
+  torch::Tensor seed_tensor = torch::tensor({drawn}, torch::kInt64);
+  world.broadcast(seed_tensor, 0);
+  const auto seed = static_cast<uint64_t>(seed_tensor.item<int64_t>());
+  if (world.rank() == 0) std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  core::Rng rng(seed);
+  double worst_loss = 0, worst_gradient = 0, worst_raw = 0;
+  for (const Layout& layout : layouts_up_to(world.size())) {
+    const std::unique_ptr<Communicator> group = layout_world(world, layout);
+    for (int trial = 0; trial < kTrialsPerLayout; ++trial) {
+      // Every rank draws the same case (the rng is replicated), members or not.
+      const configs::ModelConfig config = random_model(rng);
+      const int64_t chunk_size = std::vector<int64_t>{5, 13, 24}[rng.below(3)];
+      const int64_t resident_chunks = 1 + static_cast<int64_t>(rng.below(2));
+      const auto batch = random_batch(rng, chunk_size, config.vocab_size);
+      const uint64_t init_seed = rng.next_u64();
+      if (world.rank() >= layout.ranks()) continue;
+      if (std::getenv("CHUNKFLOW_TEST_VERBOSE") != nullptr) {
+        std::fprintf(stderr, "[rank %d] %s trial %d: %zu sequences, chunk_size %lld, K %lld, %lld layers, tied %d\n",
+                     world.rank(), layout.name().c_str(), trial, batch.size(), static_cast<long long>(chunk_size),
+                     static_cast<long long>(resident_chunks), static_cast<long long>(config.num_hidden_layers),
+                     config.tie_word_embeddings ? 1 : 0);
+      }
+      const CaseErrors errors = run_layout_case(*group, layout, config, batch, chunk_size, resident_chunks, init_seed);
+      EXPECT_LE(errors.loss, 1e-5) << layout.name() << " seed " << seed << " trial " << trial;
+      EXPECT_LE(errors.gradient, 1e-5) << errors.worst_parameter << " on " << layout.name() << " seed " << seed
+                                       << " trial " << trial << " (chunk_size " << chunk_size << ", K "
+                                       << resident_chunks << ")";
+      worst_loss = std::max(worst_loss, errors.loss);
+      worst_gradient = std::max(worst_gradient, errors.gradient);
+      worst_raw = std::max(worst_raw, errors.raw_gradient);
+    }
+    world.barrier();
+  }
+  torch::Tensor worst = torch::tensor({worst_loss, worst_gradient, worst_raw}, torch::kFloat64);
+  world.all_reduce(worst, ReduceOp::kMax);
+  if (world.rank() == 0) {
+    std::printf("%zu layouts x %d random cases: worst relative error loss %.3g, gradients %.3g (raw per-tensor "
+                "%.3g)\n", layouts_up_to(world.size()).size(), worst[0].item<double>(), worst[1].item<double>(),
+                worst[2].item<double>());
+  }
+}
+
+TEST(LayoutEquivalenceTest, TrainingRunsReproduceTheSingleRankRunOnEveryLayout) {
+  Communicator& world = chunkflow::testing::test_world();
+  if (world.size() != 4) GTEST_SKIP() << "needs 4 ranks (run under mpirun -np 4)";
+  // Every rank writes the same (deterministic) synthetic dataset into its own folder.
+  chunkflow::testing::TempDir dir;
+  const configs::Config tiny = chunkflow::testing::tiny_run(dir);
+  const auto make_config = [&](const std::string& name) {
+    configs::Config config = tiny;
+    config.run.name = name;
+    config.run.steps = 3;
+    config.model.num_hidden_layers = 4;
+    config.model.tie_word_embeddings = true;
+    config.chunking.resident_chunks = 2;
+    config.logging.tensorboard = false;
+    return config;
+  };
+  configs::Config single = make_config("single");
+  trainer::Trainer reference(single);
+  const auto expected = reference.train();
+  for (const Layout& layout : layouts_up_to(world.size())) {
+    if (layout.ranks() == 1) continue;
+    const std::unique_ptr<Communicator> group = layout_world(world, layout);
+    if (world.rank() < layout.ranks()) {
+      configs::Config config = make_config("layout");
+      config.parallel = parallel_config(layout);
+      trainer::Trainer trainer(config, group.get());
+      const auto got = trainer.train();
+      ASSERT_EQ(got.size(), expected.size());
+      for (size_t step = 0; step < got.size(); ++step) {
+        EXPECT_NEAR(got[step].loss, expected[step].loss, 1e-5 * std::abs(expected[step].loss))
+            << layout.name() << " step " << step + 1;
+        EXPECT_NEAR(got[step].grad_norm, expected[step].grad_norm, 1e-5 * expected[step].grad_norm) << layout.name();
+        if (layout.pp > 1) {
+          EXPECT_TRUE(std::isfinite(got[step].pipeline_bubble_simulated)) << layout.name();
+        }
+      }
+      // The weights this rank holds after three optimizer steps equal the single-rank weights.
+      const auto reference_parameters = reference.model()->named_parameters();
+      for (const auto& item : trainer.model()->named_parameters()) {
+        const torch::Tensor& want = reference_parameters[item.key()];
+        EXPECT_LE((item.value() - want).norm().item<double>() / want.norm().item<double>(), 1e-5)
+            << item.key() << " on " << layout.name();
+      }
+    }
+    world.barrier();
+  }
+}
+
+}  // namespace
+}  // namespace chunkflow::parallel
