@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # launch/chunkflow-launch: argument mistakes are refused with the option and value named; the
-# mpirun command it prints and runs (binding, environment, overrides); a real 2-rank training run.
+# mpirun command it prints and runs (binding, environment, overrides); the SLURM batch scripts'
+# own argument checks; a real 2-rank training run.
 #   chunkflow_launch_test.sh <source dir> <chunkflow-train> <chunkflow-data>
 set -euo pipefail
 source_dir="$1"
@@ -13,14 +14,20 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 export CHUNKFLOW_TRAIN="$train"
 printf 'run:\n  name: launch\n' >"$work/run.yaml"
 
-# refused <expected message part> <arguments...>: exit status 2 and the message on stderr.
-refused() {
+# refused_by <expected message part> <command...>: exit status 2 and the message on stderr.
+refused_by() {
   local expected="$1"
   shift
   local status=0
-  "$launch" "$@" >"$work/stdout" 2>"$work/stderr" || status=$?
-  [ "$status" -eq 2 ] || fail "chunkflow-launch $* exited with $status, not 2"
-  grep -qF -- "$expected" "$work/stderr" || { cat "$work/stderr" >&2; fail "chunkflow-launch $*: no '$expected'"; }
+  "$@" >"$work/stdout" 2>"$work/stderr" || status=$?
+  [ "$status" -eq 2 ] || { cat "$work/stderr" >&2; fail "$* exited with $status, not 2"; }
+  grep -qF -- "$expected" "$work/stderr" || { cat "$work/stderr" >&2; fail "$*: no '$expected'"; }
+}
+# refused <expected message part> <chunkflow-launch arguments...>
+refused() {
+  local expected="$1"
+  shift
+  refused_by "$expected" "$launch" "$@"
 }
 refused "--ranks must be a positive integer, got 'two'" --ranks two --config "$work/run.yaml"
 refused "--ranks must be a positive integer, got '0'" --ranks 0 --config "$work/run.yaml"
@@ -63,6 +70,18 @@ for rank in 0 1; do
 done
 CHUNKFLOW_TRAIN="$work/fake-train" OMP_NUM_THREADS=3 "$launch" --ranks 2 --config "$work/run.yaml" >"$work/fake.out" 2>&1
 grep -q "rank 1 of 2 OMP_NUM_THREADS=3 " "$work/fake.out" || { cat "$work/fake.out" >&2; fail "OMP_NUM_THREADS=3 was not kept"; }
+
+# The SLURM batch scripts check their arguments before srun/mpirun (no SLURM needed for that).
+slurm="$source_dir/launch/slurm"
+for script in chunkflow.sbatch chunkflow-mpirun.sbatch; do
+  refused_by "$script: error: run me with sbatch" env -u SLURM_JOB_ID bash "$slurm/$script" "$work/run.yaml"
+  refused_by "$script: error: no config" env -u CHUNKFLOW_CONFIG SLURM_JOB_ID=1 SLURM_SUBMIT_DIR="$source_dir" \
+    bash "$slurm/$script" --set run.steps=1
+done
+refused_by "chunkflow.sbatch: error: config '$work/missing.yaml' does not exist" \
+  env SLURM_JOB_ID=1 bash "$slurm/chunkflow.sbatch" "$work/missing.yaml"
+refused_by "chunkflow-launch: error: --config '$work/missing.yaml' does not exist" \
+  env SLURM_JOB_ID=1 SLURM_NTASKS=2 SLURM_SUBMIT_DIR="$source_dir" bash "$slurm/chunkflow-mpirun.sbatch" "$work/missing.yaml"
 
 # A real run: 2 data-parallel ranks train 3 steps; mpirun's exit status comes back.
 "$data_tool" synth --output "$work/data/synth" --sequences 200 --scale 0.05 --max-length 300 \
