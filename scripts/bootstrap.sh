@@ -23,6 +23,9 @@ debian_packages=(
   libyaml-cpp-dev libprotobuf-dev protobuf-compiler nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-venv python3-pip
+  # SLURM on one machine for the launch test (daemons are started by the test, not by apt);
+  # srun --mpi=pmix loads libpmix.so from libpmix-dev.
+  slurm-wlm munge libpmix-dev
 )
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
