@@ -22,6 +22,48 @@ double GroupCostModel::chunk_cost(const data::ChunkPlan& plan, int32_t chunk) co
   return per_token * static_cast<double>(planned.tokens) + per_attention_entry * static_cast<double>(entries);
 }
 
+CostCalibration::CostCalibration(GroupCostModel prior, double forgetting) : prior_(prior), forgetting_(forgetting) {
+  CF_ASSERT(forgetting_ > 0 && forgetting_ <= 1, "forgetting factor ", forgetting_);
+}
+
+torch::Tensor CostCalibration::observation(double tokens, double attention_entries, double seconds) {
+  return torch::tensor({tokens * tokens, tokens * attention_entries, attention_entries * attention_entries,
+                        tokens * seconds, attention_entries * seconds, 1.0},
+                       torch::kFloat64);
+}
+
+void CostCalibration::add_step(const torch::Tensor& statistics) {
+  CF_ASSERT(statistics.numel() == 6, "cost statistics have ", statistics.numel(), " values");
+  const torch::Tensor values = statistics.to(torch::kFloat64).contiguous();
+  const double* v = values.data_ptr<double>();
+  double* sums[] = {&tt_, &te_, &ee_, &ty_, &ey_, &weight_};
+  for (int i = 0; i < 6; ++i) *sums[i] = *sums[i] * forgetting_ + v[i];
+}
+
+bool CostCalibration::calibrated() const {
+  // The 2x2 normal equations are well conditioned only if the observations mix tokens and
+  // attention entries in different proportions.
+  const double determinant = tt_ * ee_ - te_ * te_;
+  if (weight_ <= 0 || determinant <= 1e-6 * tt_ * ee_) return false;
+  const double per_token = (ty_ * ee_ - ey_ * te_) / determinant;
+  const double per_entry = (ey_ * tt_ - ty_ * te_) / determinant;
+  return per_token > 0 && per_entry > 0;
+}
+
+GroupCostModel CostCalibration::model() const {
+  if (weight_ <= 0) return prior_;
+  if (calibrated()) {
+    const double determinant = tt_ * ee_ - te_ * te_;
+    return {(ty_ * ee_ - ey_ * te_) / determinant, (ey_ * tt_ - ty_ * te_) / determinant};
+  }
+  // Scale only: y ~ s x (prior cost), s = sum(c y) / sum(c c).
+  const double a = prior_.per_token, b = prior_.per_attention_entry;
+  const double cy = a * ty_ + b * ey_;
+  const double cc = a * a * tt_ + 2 * a * b * te_ + b * b * ee_;
+  if (cc <= 0 || cy <= 0) return prior_;
+  return {a * cy / cc, b * cy / cc};
+}
+
 double DpAssignment::max_cost() const {
   return cost_of_rank.empty() ? 0.0 : *std::max_element(cost_of_rank.begin(), cost_of_rank.end());
 }

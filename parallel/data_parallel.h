@@ -21,6 +21,33 @@ struct GroupCostModel {
   double chunk_cost(const data::ChunkPlan& plan, int32_t chunk) const;
 };
 
+// Calibrates the cost model from measurement. Each observation is the work one rank did in a
+// step (tokens, causal score entries) and the seconds it computed; the coefficients are the least-
+// squares fit through the origin, older steps weighing less (exponential forgetting). While the
+// observations cannot separate the two terms (too few, or every rank doing the same mix), or the
+// fit gives a term that is not positive, the prior model's ratio is kept and only its scale fitted.
+class CostCalibration {
+ public:
+  explicit CostCalibration(GroupCostModel prior, double forgetting = 0.9);
+
+  // One observation as statistics (6 float64 values): summing them over ranks (all-reduce)
+  // pools every rank's observation of a step.
+  static torch::Tensor observation(double tokens, double attention_entries, double seconds);
+  // Multiplies every earlier observation's weight by the forgetting factor, then adds `statistics`
+  // (one step's observations, pooled).
+  void add_step(const torch::Tensor& statistics);
+
+  // Seconds per token and per score entry; the prior until there is an observation.
+  GroupCostModel model() const;
+  bool calibrated() const;  // both terms fitted from measurement
+
+ private:
+  GroupCostModel prior_;
+  double forgetting_;
+  // Weighted sums of t*t, t*e, e*e, t*y, e*y and the observation weight.
+  double tt_ = 0, te_ = 0, ee_ = 0, ty_ = 0, ey_ = 0, weight_ = 0;
+};
+
 struct DpAssignment {
   std::vector<std::vector<int32_t>> groups_of_rank;  // [dp][groups], each in plan order
   std::vector<double> cost_of_rank;                  // [dp]

@@ -44,7 +44,9 @@ std::string StepMetrics::to_json() const {
                        ", \"peak_kv_state_bytes\": ", peak_kv_state_bytes,
                        ", \"dp_imbalance\": ", json_number(dp_imbalance),
                        ", \"pipeline_bubble\": ", json_number(pipeline_bubble),
-                       ", \"pipeline_bubble_simulated\": ", json_number(pipeline_bubble_simulated), "}");
+                       ", \"pipeline_bubble_simulated\": ", json_number(pipeline_bubble_simulated),
+                       ", \"cost_per_token\": ", json_number(cost_per_token),
+                       ", \"cost_per_attention_entry\": ", json_number(cost_per_attention_entry), "}");
 }
 
 bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& parameter) {
@@ -142,6 +144,8 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   cost_model_.per_attention_entry =
       4.0 * static_cast<double>(config_.model.num_hidden_layers * config_.model.num_attention_heads *
                                 config_.model.effective_head_dim());
+  // Measured compute times refine it step by step (the FLOP ratio is the prior).
+  calibration_ = std::make_unique<parallel::CostCalibration>(cost_model_);
   core::set_log_level(core::parse_log_level(config_.logging.level, "logging.level"));
 
   dataset_ = std::make_unique<data::IndexedDataset>(config_.data.path);
@@ -203,6 +207,13 @@ StepMetrics Trainer::train_step() {
   const double loss_scale = 1.0 / static_cast<double>(std::max<int64_t>(step_loss_tokens, 1));
   const int stages = static_cast<int>(config_.parallel.pp);
   double simulated_seconds = 0, simulated_busy = 0;
+  const bool balancing = mesh_ != nullptr && config_.parallel.dp > 1;
+  double my_tokens = 0, my_entries = 0;  // this DP rank's work, for the cost calibration
+  if (balancing) {
+    cost_model_ = calibration_->model();
+    metrics.cost_per_token = cost_model_.per_token;
+    metrics.cost_per_attention_entry = cost_model_.per_attention_entry;
+  }
   for (auto& entry : planned) {
     const data::TokenReader reader = [&](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
       dataset_->read(entry.batch.sequences[static_cast<size_t>(sequence)], begin, count, out);
@@ -222,6 +233,10 @@ StepMetrics Trainer::train_step() {
           parallel::balance_chunk_groups(entry.plan, static_cast<int>(config_.parallel.dp), cost_model_);
       metrics.dp_imbalance = std::max(metrics.dp_imbalance, assignment.imbalance());
       groups = assignment.groups_of_rank[static_cast<size_t>(mesh_->coordinates().dp)];
+      for (const int32_t group : groups) {
+        my_tokens += static_cast<double>(entry.plan.groups()[static_cast<size_t>(group)].tokens);
+        my_entries += static_cast<double>(entry.plan.groups()[static_cast<size_t>(group)].attention_entries);
+      }
     }
     totals.add(scheduler_->run_groups(entry.plan, groups, source, loss_scale));
     if (stages > 1) {
@@ -243,6 +258,14 @@ StepMetrics Trainer::train_step() {
     // dp ranks ran different groups and cp ranks different rows of the same chunks: both hold
     // partial sums of every gradient of their stage.
     reduce_gradients(model_, *mesh_);
+    if (balancing) {
+      // Pool every rank's (work, compute seconds) of this step; rank 0's sums are broadcast so
+      // that every rank fits bit-identical coefficients and computes the same assignment.
+      torch::Tensor observed = parallel::CostCalibration::observation(my_tokens, my_entries, totals.busy_seconds);
+      world_->all_reduce(observed, parallel::ReduceOp::kSum);
+      world_->broadcast(observed, 0);
+      calibration_->add_step(observed);
+    }
     // Losses live on the last stages, spread over dp and cp ranks: sum over the world.
     torch::Tensor sums = torch::tensor({totals.loss_sum, static_cast<double>(totals.loss_tokens), totals.far_loss_sum,
                                         static_cast<double>(totals.far_tokens), static_cast<double>(totals.real_tokens),

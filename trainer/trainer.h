@@ -41,6 +41,9 @@ struct StepMetrics {
   // and predicted by the schedule simulator from the cost model. NaN without a pipeline.
   double pipeline_bubble = NAN;
   double pipeline_bubble_simulated = NAN;
+  // The DP cost model used for this step's balancing: seconds per token and per causal score
+  // entry, calibrated from earlier steps' measured compute times (parallel::CostCalibration).
+  double cost_per_token = NAN, cost_per_attention_entry = NAN;
 
   std::string to_json() const;
 };
@@ -96,6 +99,7 @@ class Trainer {
   parallel::Communicator* world_ = nullptr;
   std::unique_ptr<parallel::DeviceMesh> mesh_;
   parallel::GroupCostModel cost_model_;
+  std::unique_ptr<parallel::CostCalibration> calibration_;
   int pipeline_stage_ = 0;
   int64_t steps_done_ = 0;
   bool writes_outputs() const { return world_ == nullptr || world_->rank() == 0; }
