@@ -15,6 +15,10 @@ struct ParallelConfig {
   int64_t pp = 1;
   std::string order = "dp,cp,pp";
   std::string backend = "auto";
+  // Gradient all-reduce over the dp x cp ranks of a stage: flattened buckets of this many MiB,
+  // started during the step's last backward as their gradients become final (overlap) or after it.
+  double gradient_bucket_mb = 25.0;
+  bool overlap_gradient_reduce = true;
 
   template <typename Visitor>
   void visit_fields(Visitor&& visit) { fields(*this, visit); }
@@ -45,6 +49,9 @@ struct ParallelConfig {
     visit("pp", self.pp, "pipeline-parallel degree (stages of contiguous layers)");
     visit("order", self.order, "rank layout, outermost axis first: a permutation of dp,cp,pp");
     visit("backend", self.backend, "auto | mpi | nccl");
+    visit("gradient_bucket_mb", self.gradient_bucket_mb, "gradient all-reduce bucket size in MiB");
+    visit("overlap_gradient_reduce", self.overlap_gradient_reduce,
+          "start bucket all-reduces during the step's last backward");
   }
 };
 

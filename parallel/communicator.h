@@ -13,12 +13,13 @@ namespace chunkflow::parallel {
 
 enum class ReduceOp { kSum, kMax, kMin };
 
-// A send in flight (Communicator::isend). It keeps its tensor alive; destroying it waits.
-class SendRequest {
+// A non-blocking operation in flight (isend, iall_reduce). It keeps its tensor alive;
+// destroying it waits.
+class Request {
  public:
-  virtual ~SendRequest() = default;
+  virtual ~Request() = default;
   virtual void wait() = 0;
-  virtual bool done() = 0;  // true once the data has left (then wait() returns at once)
+  virtual bool done() = 0;  // true once complete (then wait() returns at once); drives progress
 };
 
 class Communicator {
@@ -32,6 +33,9 @@ class Communicator {
 
   // In place: every rank ends with the elementwise reduction over the group. Contiguous tensor.
   virtual void all_reduce(torch::Tensor& tensor, ReduceOp op) = 0;
+  // The same, non-blocking: `tensor` holds the result once the request completes. Every rank must
+  // start the group's non-blocking collectives in the same order.
+  virtual std::unique_ptr<Request> iall_reduce(torch::Tensor& tensor, ReduceOp op) = 0;
   // [n, ...] on every rank -> [size x n, ...], rank r's block at rows [r n, (r + 1) n).
   virtual torch::Tensor all_gather(const torch::Tensor& tensor) = 0;
   // [size x n, ...] on every rank -> [n, ...]: rank r gets the reduction of everyone's block r.
@@ -43,7 +47,7 @@ class Communicator {
   virtual void recv(torch::Tensor& tensor, int peer, int tag) = 0;
   // Non-blocking send; messages between two ranks with the same tag arrive in the order sent.
   // The pipeline runtime sends this way so that no stage blocks on a peer's receive.
-  virtual std::unique_ptr<SendRequest> isend(const torch::Tensor& tensor, int peer, int tag) = 0;
+  virtual std::unique_ptr<Request> isend(const torch::Tensor& tensor, int peer, int tag) = 0;
   virtual void barrier() = 0;
 
   // A sub-group: ranks passing the same `color` form one group, ordered by `key`.

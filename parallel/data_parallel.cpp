@@ -103,33 +103,106 @@ DpAssignment balance_chunk_groups(const data::ChunkPlan& plan, int dp, const Gro
 
 void all_reduce_gradients(const std::vector<torch::Tensor>& parameters, Communicator& group, int64_t bucket_bytes) {
   if (group.size() == 1) return;
+  GradientReducer(parameters, group, bucket_bytes).finish();
+}
+
+GradientReducer::GradientReducer(std::vector<torch::Tensor> parameters, Communicator& group, int64_t bucket_bytes)
+    : parameters_(std::move(parameters)), group_(group) {
+  CF_ASSERT(bucket_bytes > 0, "bucket_bytes ", bucket_bytes);
+  place_.resize(parameters_.size());
+  // Reverse order: the backward reaches the last layers first.
+  int64_t bucket_filled_bytes = 0, bucket_numel = 0;
+  for (size_t i = parameters_.size(); i-- > 0;) {
+    const int64_t bytes = static_cast<int64_t>(parameters_[i].nbytes());
+    if (buckets_.empty() || (bucket_filled_bytes > 0 && bucket_filled_bytes + bytes > bucket_bytes)) {
+      buckets_.emplace_back();
+      bucket_filled_bytes = 0;
+      bucket_numel = 0;
+    }
+    Bucket& bucket = buckets_.back();
+    place_[i] = {buckets_.size() - 1, bucket.parameters.size()};
+    bucket.parameters.push_back(i);
+    bucket.offsets.push_back(bucket_numel);
+    bucket_filled_bytes += bytes;
+    bucket_numel += parameters_[i].numel();
+  }
+  for (Bucket& bucket : buckets_) {
+    const int64_t numel = bucket.offsets.back() + parameters_[bucket.parameters.back()].numel();
+    bucket.flat = torch::zeros({numel}, parameters_[bucket.parameters.front()].options().requires_grad(false));
+  }
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    hooks_.push_back(parameters_[i].register_hook([this, i](const torch::Tensor& gradient) { on_gradient(i, gradient); }));
+  }
+}
+
+GradientReducer::~GradientReducer() {
+  for (size_t i = 0; i < parameters_.size(); ++i) parameters_[i].remove_hook(hooks_[i]);
+}
+
+void GradientReducer::arm() {
+  armed_ = true;
+  overlapped_buckets_ = 0;
+}
+
+void GradientReducer::on_gradient(size_t parameter, const torch::Tensor& gradient) {
+  if (!armed_) return;
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> gradients;
-  for (const auto& parameter : parameters) {
-    torch::Tensor& gradient = const_cast<torch::Tensor&>(parameter).mutable_grad();
-    if (!gradient.defined()) gradient = torch::zeros_like(parameter);
-    gradients.push_back(gradient);
+  const auto [bucket_index, slot] = place_[parameter];
+  Bucket& bucket = buckets_[bucket_index];
+  if (bucket.request) return;  // already started (a parameter reached twice): cannot happen for leaves
+  // The hook runs before autograd adds `gradient` into .grad: the final value is the sum.
+  torch::Tensor destination = bucket.flat.narrow(0, bucket.offsets[slot], parameters_[parameter].numel());
+  const torch::Tensor& accumulated = parameters_[parameter].grad();
+  if (accumulated.defined()) {
+    torch::add_out(destination, accumulated.reshape({-1}), gradient.reshape({-1}));
+  } else {
+    destination.copy_(gradient.reshape({-1}));
   }
-  size_t first = 0;
-  while (first < gradients.size()) {
-    size_t last = first;
-    int64_t bytes = 0;
-    while (last < gradients.size() && (last == first || bytes + static_cast<int64_t>(gradients[last].nbytes()) <= bucket_bytes)) {
-      bytes += static_cast<int64_t>(gradients[last].nbytes());
-      ++last;
-    }
-    std::vector<torch::Tensor> flat;
-    for (size_t i = first; i < last; ++i) flat.push_back(gradients[i].reshape({-1}));
-    torch::Tensor bucket = torch::cat(flat);
-    group.all_reduce(bucket, ReduceOp::kSum);
-    int64_t offset = 0;
-    for (size_t i = first; i < last; ++i) {
-      const int64_t count = gradients[i].numel();
-      gradients[i].copy_(bucket.narrow(0, offset, count).view_as(gradients[i]));
-      offset += count;
-    }
-    first = last;
+  ++bucket.final_gradients;
+  start_ready_buckets();
+  // Non-blocking collectives progress only inside MPI calls: poke the ones in flight.
+  for (size_t b = 0; b < next_bucket_; ++b) buckets_[b].request->done();
+}
+
+void GradientReducer::start(Bucket& bucket) {
+  bucket.request = group_.iall_reduce(bucket.flat, ReduceOp::kSum);
+}
+
+void GradientReducer::start_ready_buckets() {
+  while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].final_gradients == buckets_[next_bucket_].parameters.size()) {
+    start(buckets_[next_bucket_++]);
+    ++overlapped_buckets_;
   }
+}
+
+void GradientReducer::finish() {
+  torch::NoGradGuard no_grad;
+  armed_ = false;
+  for (; next_bucket_ < buckets_.size(); ++next_bucket_) {
+    Bucket& bucket = buckets_[next_bucket_];
+    // Gradients not seen by an armed backward: take .grad as it is now (zeros if none).
+    for (size_t slot = 0; slot < bucket.parameters.size(); ++slot) {
+      const torch::Tensor& parameter = parameters_[bucket.parameters[slot]];
+      torch::Tensor destination = bucket.flat.narrow(0, bucket.offsets[slot], parameter.numel());
+      if (parameter.grad().defined()) {
+        destination.copy_(parameter.grad().reshape({-1}));
+      } else {
+        destination.zero_();
+      }
+    }
+    start(bucket);
+  }
+  for (Bucket& bucket : buckets_) {
+    bucket.request->wait();
+    bucket.request.reset();
+    bucket.final_gradients = 0;
+    for (size_t slot = 0; slot < bucket.parameters.size(); ++slot) {
+      torch::Tensor& parameter = parameters_[bucket.parameters[slot]];
+      if (!parameter.grad().defined()) parameter.mutable_grad() = torch::zeros_like(parameter);
+      parameter.mutable_grad().copy_(bucket.flat.narrow(0, bucket.offsets[slot], parameter.numel()).view_as(parameter));
+    }
+  }
+  next_bucket_ = 0;
 }
 
 }  // namespace chunkflow::parallel

@@ -68,4 +68,48 @@ DpAssignment balance_chunk_groups(const data::ChunkPlan& plan, int dp, const Gro
 void all_reduce_gradients(const std::vector<torch::Tensor>& parameters, Communicator& group,
                           int64_t bucket_bytes = int64_t{25} << 20);
 
+// The same all-reduce, overlapped with the step's last backward. Buckets follow the reverse
+// parameter order (the order the backward finishes gradients in). After arm(), a hook on every
+// parameter copies its final gradient (what earlier backwards accumulated plus this backward's
+// part) into its bucket; a bucket whose gradients are all final starts a non-blocking all-reduce
+// while the backward goes on. finish() starts the remaining buckets, waits, and writes the sums
+// into .grad. Buckets always start in index order, so every rank issues the same sequence of
+// collectives whatever its own backward did (a rank with no work arms nothing).
+class GradientReducer {
+ public:
+  GradientReducer(std::vector<torch::Tensor> parameters, Communicator& group, int64_t bucket_bytes);
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+
+  // The next backward on this rank is the step's last: its gradients are final.
+  void arm();
+  // Collective over the group: completes the sums (and disarms).
+  void finish();
+  // Buckets started during the last finish()'s backward, before finish() was called.
+  int64_t overlapped_buckets() const { return overlapped_buckets_; }
+  size_t bucket_count() const { return buckets_.size(); }
+
+ private:
+  struct Bucket {
+    std::vector<size_t> parameters;  // indices into parameters_
+    std::vector<int64_t> offsets;    // of each parameter in `flat`
+    torch::Tensor flat;
+    size_t final_gradients = 0;
+    std::unique_ptr<Request> request;
+  };
+  void on_gradient(size_t parameter, const torch::Tensor& gradient);
+  void start_ready_buckets();
+  void start(Bucket& bucket);
+
+  std::vector<torch::Tensor> parameters_;
+  Communicator& group_;
+  std::vector<Bucket> buckets_;
+  std::vector<std::pair<size_t, size_t>> place_;  // parameter -> (bucket, slot)
+  std::vector<unsigned> hooks_;
+  size_t next_bucket_ = 0;  // buckets start in order
+  bool armed_ = false;
+  int64_t overlapped_buckets_ = 0;
+};
+
 }  // namespace chunkflow::parallel

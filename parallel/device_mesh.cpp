@@ -57,6 +57,7 @@ DeviceMesh::DeviceMesh(const configs::ParallelConfig& config, Communicator& worl
   dp_group_ = axis_group(world, config, coordinates_, "dp");
   cp_group_ = axis_group(world, config, coordinates_, "cp");
   pp_group_ = axis_group(world, config, coordinates_, "pp");
+  stage_group_ = world.split(coordinates_.pp, world.rank());
 }
 
 }  // namespace chunkflow::parallel

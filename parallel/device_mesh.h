@@ -30,10 +30,13 @@ class DeviceMesh {
   Communicator& dp_group() { return *dp_group_; }
   Communicator& cp_group() { return *cp_group_; }
   Communicator& pp_group() { return *pp_group_; }
+  // Ranks that hold the same pipeline stage (every dp and cp coordinate): the group whose
+  // gradients are summed.
+  Communicator& stage_group() { return *stage_group_; }
 
  private:
   MeshCoordinates coordinates_;
-  std::unique_ptr<Communicator> dp_group_, cp_group_, pp_group_;
+  std::unique_ptr<Communicator> dp_group_, cp_group_, pp_group_, stage_group_;
 };
 
 }  // namespace chunkflow::parallel

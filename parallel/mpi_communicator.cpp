@@ -63,11 +63,11 @@ int checked_count(const torch::Tensor& tensor, const char* operation) {
   return static_cast<int>(tensor.numel());
 }
 
-class MpiSendRequest final : public SendRequest {
+class MpiRequest final : public Request {
  public:
-  MpiSendRequest(torch::Tensor tensor, MPI_Request request, MPI_Comm communicator)
+  MpiRequest(torch::Tensor tensor, MPI_Request request, MPI_Comm communicator)
       : tensor_(std::move(tensor)), request_(request), communicator_(communicator) {}
-  ~MpiSendRequest() override {
+  ~MpiRequest() override {
     if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
   }
   void wait() override {
@@ -81,7 +81,7 @@ class MpiSendRequest final : public SendRequest {
   }
 
  private:
-  torch::Tensor tensor_;  // the buffer MPI reads until the send completes
+  torch::Tensor tensor_;  // the buffer MPI uses until the operation completes
   MPI_Request request_;
   MPI_Comm communicator_;
 };
@@ -110,6 +110,15 @@ class MpiCommunicator final : public Communicator {
     const int count = checked_count(tensor, "all_reduce");
     CF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), count, mpi_type(tensor), mpi_op(op), communicator_),
                  communicator_);
+  }
+
+  std::unique_ptr<Request> iall_reduce(torch::Tensor& tensor, ReduceOp op) override {
+    const int count = checked_count(tensor, "iall_reduce");
+    MPI_Request request = MPI_REQUEST_NULL;
+    CF_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, tensor.data_ptr(), count, mpi_type(tensor), mpi_op(op), communicator_,
+                                &request),
+                 communicator_);
+    return std::make_unique<MpiRequest>(tensor, request, communicator_);
   }
 
   torch::Tensor all_gather(const torch::Tensor& tensor) override {
@@ -158,12 +167,12 @@ class MpiCommunicator final : public Communicator {
              " elements from rank ", peer, " (tag ", tag, "), got ", received);
   }
 
-  std::unique_ptr<SendRequest> isend(const torch::Tensor& tensor, int peer, int tag) override {
+  std::unique_ptr<Request> isend(const torch::Tensor& tensor, int peer, int tag) override {
     const int count = checked_count(tensor, "isend");
     MPI_Request request = MPI_REQUEST_NULL;
     CF_MPI_CHECK(MPI_Isend(tensor.data_ptr(), count, mpi_type(tensor), peer, tag, communicator_, &request),
                  communicator_);
-    return std::make_unique<MpiSendRequest>(tensor, request, communicator_);
+    return std::make_unique<MpiRequest>(tensor, request, communicator_);
   }
 
   void barrier() override { CF_MPI_CHECK(MPI_Barrier(communicator_), communicator_); }

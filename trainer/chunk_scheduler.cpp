@@ -226,7 +226,7 @@ class StageRun {
     torch::Tensor input;  // undefined on the first stage
   };
   std::map<int32_t, Kept> kept_inputs_;     // by chunk: what the recompute of a chunk needs
-  std::deque<std::unique_ptr<parallel::SendRequest>> sends_;
+  std::deque<std::unique_ptr<parallel::Request>> sends_;
 };
 
 }  // namespace
@@ -252,11 +252,17 @@ ChunkScheduler::ChunkScheduler(models::CausalLM model, int64_t resident_chunks, 
 }
 
 LossTotals ChunkScheduler::run_groups(const data::ChunkPlan& plan, std::span<const int32_t> groups,
-                                      const ChunkBatchSource& batches, double loss_scale) {
+                                      const ChunkBatchSource& batches, double loss_scale,
+                                      const std::function<void()>& before_last_backward) {
   const auto start = Clock::now();
   const auto schedule = parallel::pipeline_schedule(plan, groups, resident_chunks_, pipeline_.stages);
   StageRun run(model_, pipeline_, plan, batches, loss_scale);
-  for (const parallel::PipelineOp& op : schedule[static_cast<size_t>(pipeline_.stage)]) run.run(op);
+  const std::vector<parallel::PipelineOp>& ops = schedule[static_cast<size_t>(pipeline_.stage)];
+  for (size_t i = 0; i < ops.size(); ++i) {
+    // The schedule ends with a backward: the one that leaves every gradient final.
+    if (i + 1 == ops.size() && before_last_backward) before_last_backward();
+    run.run(ops[i]);
+  }
   run.finish();
   run.totals.pipeline_seconds = seconds_since(start);
   return run.totals;

@@ -71,8 +71,10 @@ class ChunkScheduler {
   // loss_scale = 1 / (loss tokens of the whole optimizer step) the gradient is independent of
   // chunk_size, resident_chunks, packing and the parallel layout. Every stage of a pipeline must
   // call it with the same plan and groups.
+  // before_last_backward, if set, runs right before this stage's last backward of the call
+  // (the gradient reducer arms its hooks there to overlap the all-reduce with that backward).
   LossTotals run_groups(const data::ChunkPlan& plan, std::span<const int32_t> groups, const ChunkBatchSource& batches,
-                        double loss_scale);
+                        double loss_scale, const std::function<void()>& before_last_backward = {});
   LossTotals run_group(const data::ChunkPlan& plan, int32_t group, const ChunkBatchSource& batches,
                        double loss_scale);
   // All groups of the plan, in order.

@@ -42,6 +42,7 @@ std::string StepMetrics::to_json() const {
                        ", \"far_tokens\": ", far_tokens, ", \"sequences\": ", sequences, ", \"chunks\": ", chunks,
                        ", \"recomputed_chunks\": ", recomputed_chunks, ", \"peak_rss_bytes\": ", peak_rss_bytes,
                        ", \"peak_kv_state_bytes\": ", peak_kv_state_bytes,
+                       ", \"overlapped_buckets\": ", overlapped_buckets,
                        ", \"dp_imbalance\": ", json_number(dp_imbalance),
                        ", \"pipeline_bubble\": ", json_number(pipeline_bubble),
                        ", \"pipeline_bubble_simulated\": ", json_number(pipeline_bubble_simulated),
@@ -93,10 +94,14 @@ double clip_gradients(models::CausalLM& model, double max_norm, parallel::Commun
   return norm;
 }
 
-void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh) {
-  const std::vector<torch::Tensor> parameters = model->parameters();
-  if (mesh.dp_group().size() > 1) parallel::all_reduce_gradients(parameters, mesh.dp_group());
-  if (mesh.cp_group().size() > 1) parallel::all_reduce_gradients(parameters, mesh.cp_group());
+void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh, parallel::GradientReducer* reducer) {
+  // dp ranks ran different groups and cp ranks different rows of the same chunks: both hold
+  // partial sums of every gradient of their stage.
+  if (reducer != nullptr) {
+    reducer->finish();
+  } else if (mesh.stage_group().size() > 1) {
+    parallel::all_reduce_gradients(model->parameters(), mesh.stage_group());
+  }
   parallel::Communicator& pipeline = mesh.pp_group();
   const int stages = pipeline.size(), stage = mesh.coordinates().pp;
   if (stages == 1 || !model->config().tie_word_embeddings || (stage != 0 && stage != stages - 1)) return;
@@ -163,6 +168,11 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   pipeline.stages = stages;
   pipeline.group = mesh_ != nullptr ? &mesh_->pp_group() : nullptr;
   scheduler_ = std::make_unique<ChunkScheduler>(model_, config_.chunking.resident_chunks, pipeline);
+  if (mesh_ != nullptr && mesh_->stage_group().size() > 1) {
+    reducer_ = std::make_unique<parallel::GradientReducer>(
+        model_->parameters(), mesh_->stage_group(),
+        static_cast<int64_t>(config_.parallel.gradient_bucket_mb * 1024 * 1024));
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -238,7 +248,13 @@ StepMetrics Trainer::train_step() {
         my_entries += static_cast<double>(entry.plan.groups()[static_cast<size_t>(group)].attention_entries);
       }
     }
-    totals.add(scheduler_->run_groups(entry.plan, groups, source, loss_scale));
+    // The step's last backward on this rank can overlap the gradient all-reduce.
+    const bool last_batch = &entry == &planned.back();
+    const std::function<void()> arm = [&] { reducer_->arm(); };
+    totals.add(scheduler_->run_groups(entry.plan, groups, source, loss_scale,
+                                      last_batch && reducer_ && config_.parallel.overlap_gradient_reduce
+                                          ? arm
+                                          : std::function<void()>()));
     if (stages > 1) {
       // The simulator's prediction for the same schedule: each stage does an equal share of the
       // chunk's cost model; a backward costs two forwards, a recomputing one three.
@@ -255,9 +271,8 @@ StepMetrics Trainer::train_step() {
     }
   }
   if (mesh_ != nullptr) {
-    // dp ranks ran different groups and cp ranks different rows of the same chunks: both hold
-    // partial sums of every gradient of their stage.
-    reduce_gradients(model_, *mesh_);
+    reduce_gradients(model_, *mesh_, reducer_.get());
+    if (reducer_) metrics.overlapped_buckets = reducer_->overlapped_buckets();
     if (balancing) {
       // Pool every rank's (work, compute seconds) of this step; rank 0's sums are broadcast so
       // that every rank fits bit-identical coefficients and computes the same assignment.

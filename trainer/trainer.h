@@ -36,6 +36,7 @@ struct StepMetrics {
   int64_t sequences = 0, chunks = 0, recomputed_chunks = 0;
   int64_t peak_rss_bytes = 0;        // process peak resident memory so far
   int64_t peak_kv_state_bytes = 0;   // largest K/V state + accumulators held during the step
+  int64_t overlapped_buckets = 0;    // gradient buckets whose all-reduce started during the backward
   double dp_imbalance = 1.0;         // max / mean chunk-group cost over DP ranks (worst batch)
   // Pipeline parallelism: idle share of the stages' time, measured (1 - busy / (ranks x wall))
   // and predicted by the schedule simulator from the cost model. NaN without a pipeline.
@@ -63,7 +64,9 @@ double clip_gradients(models::CausalLM& model, double max_norm, parallel::Commun
 // stage's parameters over the dp and cp groups (partial sums over different chunk groups and
 // different rows of the same chunks) and, for a tied embedding split over pipeline stages, adds
 // the first and last stages' gradients on both. Collective over the mesh.
-void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh);
+// `reducer` (over mesh.stage_group(), possibly armed during the last backward) finishes the dp x
+// cp sum when given; otherwise it is a blocking bucketed all-reduce.
+void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh, parallel::GradientReducer* reducer = nullptr);
 
 class Trainer {
  public:
@@ -100,6 +103,7 @@ class Trainer {
   std::unique_ptr<parallel::DeviceMesh> mesh_;
   parallel::GroupCostModel cost_model_;
   std::unique_ptr<parallel::CostCalibration> calibration_;
+  std::unique_ptr<parallel::GradientReducer> reducer_;
   int pipeline_stage_ = 0;
   int64_t steps_done_ = 0;
   bool writes_outputs() const { return world_ == nullptr || world_->rank() == 0; }

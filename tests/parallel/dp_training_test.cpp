@@ -23,7 +23,10 @@ configs::Config small_run(const chunkflow::testing::TempDir& dir) {
   return config;
 }
 
-TEST(DataParallelTest, TwoRanksReproduceTheSingleRankRun) {
+class DataParallelTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(DataParallelTest, TwoRanksReproduceTheSingleRankRun) {
+  const bool overlap = GetParam();
   Communicator& world = chunkflow::testing::test_world();
   if (world.size() != 2) GTEST_SKIP() << "needs 2 ranks (run under mpirun -np 2)";
   chunkflow::testing::TempDir dir;
@@ -35,6 +38,9 @@ TEST(DataParallelTest, TwoRanksReproduceTheSingleRankRun) {
   configs::Config parallel_config = small_run(dir);
   parallel_config.run.name = "dp2";
   parallel_config.parallel.dp = 2;
+  // Buckets of 4 KiB: the tiny model's gradients span many, started during the backward.
+  parallel_config.parallel.gradient_bucket_mb = 0.004;
+  parallel_config.parallel.overlap_gradient_reduce = overlap;
   trainer::Trainer trainer(parallel_config, &world);
   const auto got = trainer.train();
   ASSERT_EQ(got.size(), expected.size());
@@ -43,6 +49,11 @@ TEST(DataParallelTest, TwoRanksReproduceTheSingleRankRun) {
     EXPECT_NEAR(got[step].loss, expected[step].loss, 1e-5 * std::abs(expected[step].loss)) << "step " << step + 1;
     EXPECT_EQ(got[step].loss_tokens, expected[step].loss_tokens);
     imbalance = std::max(imbalance, got[step].dp_imbalance);
+    if (overlap) {
+      EXPECT_GT(got[step].overlapped_buckets, 0) << "no bucket started during the backward, step " << step + 1;
+    } else {
+      EXPECT_EQ(got[step].overlapped_buckets, 0);
+    }
   }
   auto reference_parameters = reference.model()->parameters();
   auto parameters = trainer.model()->parameters();
@@ -51,10 +62,17 @@ TEST(DataParallelTest, TwoRanksReproduceTheSingleRankRun) {
                          reference_parameters[i].norm().item<double>();
     EXPECT_LE(error, 1e-5) << "parameter " << i;
   }
-  if (world.rank() == 0) std::printf("dp=2 vs single rank over 8 steps: worst DP imbalance %.3f\n", imbalance);
+  if (world.rank() == 0) {
+    std::printf("dp=2 vs single rank over 8 steps (overlap %d): worst DP imbalance %.3f\n", overlap ? 1 : 0, imbalance);
+  }
 }
 
-TEST(DataParallelTest, GreedyBalancingKeepsSplitSequencesWholeAndEvensTheLoad) {
+INSTANTIATE_TEST_SUITE_P(GradientReduce, DataParallelTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& param) {
+                           return param.param ? "Overlapped" : "AfterBackward";
+                         });
+
+TEST(DataParallelBalanceTest, GreedyBalancingKeepsSplitSequencesWholeAndEvensTheLoad) {
   std::vector<data::PlanSequence> sequences;
   for (const int64_t length : {900, 30, 40, 50, 60, 700, 20, 10, 500, 80}) sequences.push_back({length, {}});
   const data::ChunkPlan plan = data::build_chunk_plan(sequences, 100);

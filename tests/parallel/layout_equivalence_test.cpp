@@ -278,6 +278,8 @@ TEST(LayoutEquivalenceTest, TrainingRunsReproduceTheSingleRankRunOnEveryLayout) 
     if (world.rank() < layout.ranks()) {
       configs::Config config = make_config("layout");
       config.parallel = parallel_config(layout);
+      // Small buckets: the gradient sum starts bucket by bucket during the last backward.
+      config.parallel.gradient_bucket_mb = 0.004;
       trainer::Trainer trainer(config, group.get());
       const auto got = trainer.train();
       ASSERT_EQ(got.size(), expected.size());
@@ -287,6 +289,9 @@ TEST(LayoutEquivalenceTest, TrainingRunsReproduceTheSingleRankRunOnEveryLayout) 
         EXPECT_NEAR(got[step].grad_norm, expected[step].grad_norm, 1e-5 * expected[step].grad_norm) << layout.name();
         if (layout.pp > 1) {
           EXPECT_TRUE(std::isfinite(got[step].pipeline_bubble_simulated)) << layout.name();
+        }
+        if (layout.dp * layout.cp > 1) {
+          EXPECT_GT(got[step].overlapped_buckets, 0) << layout.name();
         }
       }
       // The weights this rank holds after three optimizer steps equal the single-rank weights.
