@@ -19,6 +19,10 @@ struct ParallelConfig {
   // started during the step's last backward as their gradients become final (overlap) or after it.
   double gradient_bucket_mb = 25.0;
   bool overlap_gradient_reduce = true;
+  // Balance DP ranks with the cost model fitted to measured compute times (true), or with the
+  // fixed FLOP model (false: the assignment, hence fp32 summation order, is then reproducible
+  // bit for bit from run to run).
+  bool calibrate_costs = true;
 
   template <typename Visitor>
   void visit_fields(Visitor&& visit) { fields(*this, visit); }
@@ -52,6 +56,7 @@ struct ParallelConfig {
     visit("gradient_bucket_mb", self.gradient_bucket_mb, "gradient all-reduce bucket size in MiB");
     visit("overlap_gradient_reduce", self.overlap_gradient_reduce,
           "start bucket all-reduces during the step's last backward");
+    visit("calibrate_costs", self.calibrate_costs, "balance DP ranks by measured compute times (else by FLOPs)");
   }
 };
 

@@ -220,7 +220,7 @@ StepMetrics Trainer::train_step() {
   const bool balancing = mesh_ != nullptr && config_.parallel.dp > 1;
   double my_tokens = 0, my_entries = 0;  // this DP rank's work, for the cost calibration
   if (balancing) {
-    cost_model_ = calibration_->model();
+    if (config_.parallel.calibrate_costs) cost_model_ = calibration_->model();
     metrics.cost_per_token = cost_model_.per_token;
     metrics.cost_per_attention_entry = cost_model_.per_attention_entry;
   }
@@ -273,7 +273,7 @@ StepMetrics Trainer::train_step() {
   if (mesh_ != nullptr) {
     reduce_gradients(model_, *mesh_, reducer_.get());
     if (reducer_) metrics.overlapped_buckets = reducer_->overlapped_buckets();
-    if (balancing) {
+    if (balancing && config_.parallel.calibrate_costs) {
       // Pool every rank's (work, compute seconds) of this step; rank 0's sums are broadcast so
       // that every rank fits bit-identical coefficients and computes the same assignment.
       torch::Tensor observed = parallel::CostCalibration::observation(my_tokens, my_entries, totals.busy_seconds);
@@ -284,7 +284,9 @@ StepMetrics Trainer::train_step() {
     // Losses live on the last stages, spread over dp and cp ranks: sum over the world.
     torch::Tensor sums = torch::tensor({totals.loss_sum, static_cast<double>(totals.loss_tokens), totals.far_loss_sum,
                                         static_cast<double>(totals.far_tokens), static_cast<double>(totals.real_tokens),
-                                        static_cast<double>(totals.chunk_recomputes), totals.busy_seconds,
+                                        // Every cp rank recomputes the same chunks: count them once.
+                                        static_cast<double>(mesh_->coordinates().cp == 0 ? totals.chunk_recomputes : 0),
+                                        totals.busy_seconds,
                                         simulated_busy > 0 ? 1.0 - simulated_busy / (stages * simulated_seconds) : 0.0},
                                        torch::kFloat64);
     world_->all_reduce(sums, parallel::ReduceOp::kSum);

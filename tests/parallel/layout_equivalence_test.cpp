@@ -287,6 +287,11 @@ TEST(LayoutEquivalenceTest, TrainingRunsReproduceTheSingleRankRunOnEveryLayout) 
         EXPECT_NEAR(got[step].loss, expected[step].loss, 1e-5 * std::abs(expected[step].loss))
             << layout.name() << " step " << step + 1;
         EXPECT_NEAR(got[step].grad_norm, expected[step].grad_norm, 1e-5 * expected[step].grad_norm) << layout.name();
+        // Counters are the job's, not multiplied by the ranks that share a chunk.
+        EXPECT_EQ(got[step].tokens, expected[step].tokens) << layout.name();
+        EXPECT_EQ(got[step].loss_tokens, expected[step].loss_tokens) << layout.name();
+        EXPECT_EQ(got[step].far_tokens, expected[step].far_tokens) << layout.name();
+        EXPECT_EQ(got[step].recomputed_chunks, expected[step].recomputed_chunks) << layout.name();
         if (layout.pp > 1) {
           EXPECT_TRUE(std::isfinite(got[step].pipeline_bubble_simulated)) << layout.name();
         }
