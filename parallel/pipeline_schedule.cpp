@@ -2,6 +2,8 @@
 #include "parallel/pipeline_schedule.h"
 
 #include <algorithm>
+#include <iomanip>
+#include <sstream>
 #include <map>
 #include <utility>
 
@@ -64,6 +66,7 @@ PipelineSimulation simulate_pipeline(const std::vector<std::vector<PipelineOp>>&
   const int stages = static_cast<int>(schedule.size());
   PipelineSimulation result;
   result.busy_seconds.assign(static_cast<size_t>(stages), 0.0);
+  result.op_times.resize(static_cast<size_t>(stages));
   std::vector<size_t> next(static_cast<size_t>(stages), 0);
   std::vector<double> free_at(static_cast<size_t>(stages), 0.0);
   // Finish time of (stage, kind, chunk).
@@ -90,6 +93,7 @@ PipelineSimulation simulate_pipeline(const std::vector<std::vector<PipelineOp>>&
         free_at[static_cast<size_t>(stage)] = ready + seconds;
         result.busy_seconds[static_cast<size_t>(stage)] += seconds;
         finished[{stage, op.kind, op.chunk}] = ready + seconds;
+        result.op_times[static_cast<size_t>(stage)].push_back({ready, ready + seconds});
         ++position;
         --remaining;
         progressed = true;
@@ -112,6 +116,52 @@ PipelineSimulation simulate_pipeline(const std::vector<std::vector<PipelineOp>>&
   for (const double seconds : result.busy_seconds) busy += seconds;
   result.bubble_ratio = result.step_seconds > 0 ? 1.0 - busy / (stages * result.step_seconds) : 0.0;
   return result;
+}
+
+std::string pipeline_timeline_svg(const std::vector<std::vector<PipelineOp>>& schedule,
+                                  const PipelineSimulation& simulation, const std::string& title) {
+  CF_ASSERT(simulation.op_times.size() == schedule.size(), "simulation of another schedule");
+  constexpr double kWidth = 960, kLeft = 70, kRight = 20, kTop = 40, kRow = 34, kBar = 26;
+  const double height = kTop + kRow * static_cast<double>(schedule.size()) + 46;
+  const double scale = simulation.step_seconds > 0 ? (kWidth - kLeft - kRight) / simulation.step_seconds : 0.0;
+  std::ostringstream svg;
+  svg << std::fixed << std::setprecision(1);
+  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << kWidth << "\" height=\"" << height
+      << "\" font-family=\"sans-serif\" font-size=\"11\">\n"
+      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      << "<text x=\"" << kLeft << "\" y=\"22\" font-size=\"14\">" << title << " (bubble "
+      << std::setprecision(3) << simulation.bubble_ratio << std::setprecision(1) << ")</text>\n";
+  for (size_t stage = 0; stage < schedule.size(); ++stage) {
+    const double y = kTop + kRow * static_cast<double>(stage);
+    svg << "<text x=\"8\" y=\"" << y + kBar * 0.7 << "\">stage " << stage << "</text>\n";
+    for (size_t i = 0; i < schedule[stage].size(); ++i) {
+      const PipelineOp& op = schedule[stage][i];
+      const auto [start, end] = simulation.op_times[stage][i];
+      const bool forward = op.kind == PipelineOp::Kind::kForward;
+      const char* color = forward ? "#9ecae1" : (op.recompute ? "#fd8d3c" : "#3182bd");
+      const double x = kLeft + start * scale, width = std::max(0.5, (end - start) * scale);
+      svg << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << width << "\" height=\"" << kBar
+          << "\" fill=\"" << color << "\" stroke=\"white\" stroke-width=\"0.5\"><title>"
+          << (forward ? "forward" : op.recompute ? "recompute + backward" : "backward") << " of chunk " << op.chunk
+          << " (group " << op.group << ")</title></rect>\n";
+      if (width > 16) {
+        svg << "<text x=\"" << x + width / 2 << "\" y=\"" << y + kBar * 0.65 << "\" text-anchor=\"middle\" fill=\""
+            << (forward ? "black" : "white") << "\">" << op.chunk << "</text>\n";
+      }
+    }
+  }
+  const double legend_y = kTop + kRow * static_cast<double>(schedule.size()) + 18;
+  const std::vector<std::pair<const char*, const char*>> legend = {
+      {"#9ecae1", "forward"}, {"#3182bd", "backward"}, {"#fd8d3c", "recompute + backward"}};
+  double legend_x = kLeft;
+  for (const auto& [color, label] : legend) {
+    svg << "<rect x=\"" << legend_x << "\" y=\"" << legend_y - 10 << "\" width=\"12\" height=\"12\" fill=\"" << color
+        << "\"/><text x=\"" << legend_x + 16 << "\" y=\"" << legend_y << "\">" << label << "</text>\n";
+    legend_x += 170;
+  }
+  svg << "<text x=\"" << kWidth - kRight << "\" y=\"" << legend_y << "\" text-anchor=\"end\">time -&gt; (chunk numbers in the bars)</text>\n";
+  svg << "</svg>\n";
+  return svg.str();
 }
 
 }  // namespace chunkflow::parallel

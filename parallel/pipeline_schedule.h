@@ -22,6 +22,8 @@
 
 #include <functional>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "data/chunk_plan.h"
@@ -47,6 +49,8 @@ struct PipelineSimulation {
   double step_seconds = 0;             // when the last stage finishes its last op
   std::vector<double> busy_seconds;    // [stages]: time spent computing
   double bubble_ratio = 0;             // 1 - total busy / (stages x step time)
+  // [stages][ops]: when each op of the schedule starts and ends.
+  std::vector<std::vector<std::pair<double, double>>> op_times;
 };
 
 // Simulates `schedule`: a forward on stage s starts when stage s is free and stage s-1 has
@@ -56,5 +60,11 @@ struct PipelineSimulation {
 // deadlocks (no stage can run its next op).
 PipelineSimulation simulate_pipeline(const std::vector<std::vector<PipelineOp>>& schedule,
                                      const std::function<double(int, const PipelineOp&)>& op_seconds);
+
+// A Gantt chart of a simulated schedule as a standalone SVG document: one row per stage,
+// forwards light, backwards dark, recomputing backwards orange, each labelled with its chunk;
+// idle time stays blank.
+std::string pipeline_timeline_svg(const std::vector<std::vector<PipelineOp>>& schedule,
+                                  const PipelineSimulation& simulation, const std::string& title);
 
 }  // namespace chunkflow::parallel

@@ -145,10 +145,7 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   const int stages = static_cast<int>(config_.parallel.pp);
   const models::ModelStage stage = models::pipeline_stage(config_.model, pipeline_stage_, stages);
   // Balance DP ranks by model FLOPs: linear layers per token, attention per causal score entry.
-  cost_model_.per_token = linear_flops_per_token(config_.model);
-  cost_model_.per_attention_entry =
-      4.0 * static_cast<double>(config_.model.num_hidden_layers * config_.model.num_attention_heads *
-                                config_.model.effective_head_dim());
+  cost_model_ = flop_cost_model(config_.model);
   // Measured compute times refine it step by step (the FLOP ratio is the prior).
   calibration_ = std::make_unique<parallel::CostCalibration>(cost_model_);
   core::set_log_level(core::parse_log_level(config_.logging.level, "logging.level"));
@@ -256,30 +253,11 @@ StepMetrics Trainer::train_step() {
                                           ? arm
                                           : std::function<void()>()));
     if (stages > 1) {
-      // The simulator's prediction for the same schedule. A stage's share of a chunk: its layers'
-      // share of the per-layer work, plus the LM head (its FLOP share of the per-token term) on
-      // the last stage; a backward costs two forwards, a recomputing one three.
+      // The simulator's prediction for the same schedule.
       const auto schedule =
           parallel::pipeline_schedule(entry.plan, groups, config_.chunking.resident_chunks, stages);
-      const double layers = static_cast<double>(config_.model.num_hidden_layers);
-      const double head_share = 2.0 * static_cast<double>(config_.model.hidden_size * config_.model.vocab_size) /
-                                linear_flops_per_token(config_.model);
-      std::vector<double> layer_share(static_cast<size_t>(stages));
-      for (int s = 0; s < stages; ++s) {
-        const models::ModelStage part = models::pipeline_stage(config_.model, s, stages);
-        layer_share[static_cast<size_t>(s)] = static_cast<double>(part.end_layer - part.first_layer) / layers;
-      }
       const parallel::PipelineSimulation simulation =
-          parallel::simulate_pipeline(schedule, [&](int stage, const parallel::PipelineOp& op) {
-            const data::Chunk& chunk = entry.plan.chunks()[static_cast<size_t>(op.chunk)];
-            const double token_part = cost_model_.per_token * static_cast<double>(chunk.tokens);
-            const double attention_part = cost_model_.chunk_cost(entry.plan, op.chunk) - token_part;
-            const double share = layer_share[static_cast<size_t>(stage)];
-            const double forward = token_part * ((1.0 - head_share) * share + (stage == stages - 1 ? head_share : 0.0)) +
-                                   attention_part * share;
-            if (op.kind == parallel::PipelineOp::Kind::kForward) return forward;
-            return (op.recompute ? 3.0 : 2.0) * forward;
-          });
+          parallel::simulate_pipeline(schedule, pipeline_op_cost(config_.model, cost_model_, entry.plan, stages));
       simulated_seconds += simulation.step_seconds;
       for (const double busy : simulation.busy_seconds) simulated_busy += busy;
     }
