@@ -36,7 +36,8 @@ struct ChunkBatch {
   // first segment may have a prefix: the plan puts a split sequence's piece first.
   int64_t prefix_len = 0;
   // Set when the chunk is split over context-parallel ranks: the tensors above then hold this
-  // rank's rows only, cu_seqlens_q its query pieces and cu_seqlens_k their key ranges.
+  // rank's rows only; cu_seqlens_q is [pieces + 1] over those rows (the non-empty query pieces),
+  // cu_seqlens_k [pieces + 1] over ContextShard::key_rows, and max_seqlen_q/k are per piece.
   std::shared_ptr<const ContextShard> context;
   int64_t tokens() const { return input_ids.size(0); }
 };

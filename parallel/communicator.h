@@ -14,7 +14,8 @@ namespace chunkflow::parallel {
 enum class ReduceOp { kSum, kMax, kMin };
 
 // A non-blocking operation in flight (isend, iall_reduce). It keeps its tensor alive;
-// destroying it waits.
+// destroying it waits for completion, except while an exception unwinds (then it neither waits
+// nor frees the buffer: the job is about to be aborted).
 class Request {
  public:
   virtual ~Request() = default;
@@ -34,7 +35,7 @@ class Communicator {
   // In place: every rank ends with the elementwise reduction over the group. Contiguous tensor.
   virtual void all_reduce(torch::Tensor& tensor, ReduceOp op) = 0;
   // The same, non-blocking: `tensor` holds the result once the request completes. Every rank must
-  // start the group's non-blocking collectives in the same order.
+  // issue the group's collectives, blocking and non-blocking, in the same order.
   virtual std::unique_ptr<Request> iall_reduce(torch::Tensor& tensor, ReduceOp op) = 0;
   // [n, ...] on every rank -> [size x n, ...], rank r's block at rows [r n, (r + 1) n).
   virtual torch::Tensor all_gather(const torch::Tensor& tensor) = 0;

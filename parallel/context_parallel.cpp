@@ -13,26 +13,37 @@ namespace chunkflow::parallel {
 namespace {
 
 // Backward of all_gather_rows. Every rank's gathered rows were read by every rank's attention,
-// so the gradient of this rank's rows is the sum over the group of each rank's gradient block.
+// so the gradient of this rank's rows is the sum over the group of each rank's gradient block:
+// one reduce-scatter over blocks padded to the largest row count.
 class GatherRowsBackward : public torch::autograd::Node {
  public:
-  GatherRowsBackward(Communicator* group, int64_t offset, int64_t rows, std::vector<int64_t> gathered_shape,
+  GatherRowsBackward(Communicator* group, std::vector<int64_t> rows_of_rank, std::vector<int64_t> row_shape,
                      torch::TensorOptions options)
-      : group_(group), offset_(offset), rows_(rows), gathered_shape_(std::move(gathered_shape)), options_(options) {}
+      : group_(group), rows_of_rank_(std::move(rows_of_rank)), row_shape_(std::move(row_shape)), options_(options) {}
 
   torch::autograd::variable_list apply(torch::autograd::variable_list&& gradients) override {
-    // Every rank must enter the all-reduce, even one whose graph produced no gradient here.
-    torch::Tensor summed = gradients[0].defined() ? gradients[0].contiguous().clone()
-                                                  : torch::zeros(gathered_shape_, options_);
-    group_->all_reduce(summed, ReduceOp::kSum);
-    return {summed.narrow(0, offset_, rows_)};
+    const int64_t most_rows = *std::max_element(rows_of_rank_.begin(), rows_of_rank_.end());
+    std::vector<int64_t> padded_shape = row_shape_;
+    padded_shape.insert(padded_shape.begin(), most_rows * static_cast<int64_t>(rows_of_rank_.size()));
+    // Every rank must enter the reduce-scatter, even one whose graph produced no gradient here.
+    torch::Tensor padded = torch::zeros(padded_shape, options_);
+    if (gradients[0].defined()) {
+      int64_t offset = 0;
+      for (size_t r = 0; r < rows_of_rank_.size(); ++r) {
+        padded.narrow(0, static_cast<int64_t>(r) * most_rows, rows_of_rank_[r])
+            .copy_(gradients[0].narrow(0, offset, rows_of_rank_[r]));
+        offset += rows_of_rank_[r];
+      }
+    }
+    const torch::Tensor mine = group_->reduce_scatter(padded, ReduceOp::kSum);
+    return {mine.narrow(0, 0, rows_of_rank_[static_cast<size_t>(group_->rank())])};
   }
   std::string name() const override { return "chunkflow::GatherRowsBackward"; }
 
  private:
   Communicator* group_;  // owned by the device mesh, which outlives every step's graphs
-  int64_t offset_, rows_;
-  std::vector<int64_t> gathered_shape_;
+  std::vector<int64_t> rows_of_rank_;
+  std::vector<int64_t> row_shape_;  // the shape of one row
   torch::TensorOptions options_;
 };
 
@@ -76,11 +87,6 @@ torch::Tensor all_gather_rows(const torch::Tensor& local, Communicator& group, c
   CF_ASSERT(local.size(0) == rows_of_rank[static_cast<size_t>(rank)], "rank ", rank, " holds ", local.size(0),
             " rows, layout says ", rows_of_rank[static_cast<size_t>(rank)]);
   const int64_t most_rows = *std::max_element(rows_of_rank.begin(), rows_of_rank.end());
-  int64_t offset = 0, total = 0;
-  for (int r = 0; r < group.size(); ++r) {
-    if (r == rank) offset = total;
-    total += rows_of_rank[static_cast<size_t>(r)];
-  }
   // Ranks hold different row counts: pad every block to the largest so one all-gather suffices.
   std::vector<int64_t> padded_shape = local.sizes().vec();
   padded_shape[0] = most_rows;
@@ -95,11 +101,9 @@ torch::Tensor all_gather_rows(const torch::Tensor& local, Communicator& group, c
     gathered = torch::cat(rows, 0);
   }
   if (torch::GradMode::is_enabled() && local.requires_grad()) {
-    std::vector<int64_t> gathered_shape = local.sizes().vec();
-    gathered_shape[0] = total;
+    const std::vector<int64_t> row_shape(local.sizes().begin() + 1, local.sizes().end());
     auto node = std::shared_ptr<GatherRowsBackward>(
-        new GatherRowsBackward(&group, offset, local.size(0), gathered_shape, local.options()),
-        torch::autograd::deleteNode);
+        new GatherRowsBackward(&group, rows_of_rank, row_shape, local.options()), torch::autograd::deleteNode);
     node->set_next_edges(torch::autograd::collect_next_edges(local));
     torch::autograd::set_history(gathered, node);
   }

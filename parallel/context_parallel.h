@@ -36,8 +36,9 @@ ContextLayout context_layout(std::span<const int32_t> chunk_cu_seqlens_q, int64_
 
 // Differentiable all-gather of rows over `group`: `local` [rows of this rank, ...] -> [sum of
 // rows_of_rank, ...] with rank r's rows in block r (rank order). rows_of_rank[r] is every rank's
-// row count (ranks may hold different counts). Backward: the gradient is summed over the group
-// and this rank keeps its block. Collective in forward and in backward.
+// row count (ranks may hold different counts). Backward: each rank's block of the gradient is
+// summed over the group and lands on its owner (one reduce-scatter). Collective in forward and in
+// backward.
 torch::Tensor all_gather_rows(const torch::Tensor& local, Communicator& group, const std::vector<int64_t>& rows_of_rank);
 
 // This cp rank's part of a whole chunk's batch: its rows of input_ids/positions/labels, its query

@@ -103,10 +103,11 @@ DpAssignment balance_chunk_groups(const data::ChunkPlan& plan, int dp, const Gro
 
 void all_reduce_gradients(const std::vector<torch::Tensor>& parameters, Communicator& group, int64_t bucket_bytes) {
   if (group.size() == 1) return;
-  GradientReducer(parameters, group, bucket_bytes).finish();
+  GradientReducer(parameters, group, bucket_bytes, /*with_hooks=*/false).finish();
 }
 
-GradientReducer::GradientReducer(std::vector<torch::Tensor> parameters, Communicator& group, int64_t bucket_bytes)
+GradientReducer::GradientReducer(std::vector<torch::Tensor> parameters, Communicator& group, int64_t bucket_bytes,
+                                 bool with_hooks)
     : parameters_(std::move(parameters)), group_(group) {
   CF_ASSERT(bucket_bytes > 0, "bucket_bytes ", bucket_bytes);
   place_.resize(parameters_.size());
@@ -130,22 +131,25 @@ GradientReducer::GradientReducer(std::vector<torch::Tensor> parameters, Communic
     const int64_t numel = bucket.offsets.back() + parameters_[bucket.parameters.back()].numel();
     bucket.flat = torch::zeros({numel}, parameters_[bucket.parameters.front()].options().requires_grad(false));
   }
+  if (!with_hooks) return;
   for (size_t i = 0; i < parameters_.size(); ++i) {
     hooks_.push_back(parameters_[i].register_hook([this, i](const torch::Tensor& gradient) { on_gradient(i, gradient); }));
   }
 }
 
 GradientReducer::~GradientReducer() {
-  for (size_t i = 0; i < parameters_.size(); ++i) parameters_[i].remove_hook(hooks_[i]);
+  for (size_t i = 0; i < hooks_.size(); ++i) parameters_[i].remove_hook(hooks_[i]);
 }
 
 void GradientReducer::arm() {
+  CF_ASSERT(!hooks_.empty() || parameters_.empty(), "GradientReducer built without hooks cannot be armed");
   armed_ = true;
   overlapped_buckets_ = 0;
 }
 
 void GradientReducer::on_gradient(size_t parameter, const torch::Tensor& gradient) {
-  if (!armed_) return;
+  // An undefined gradient adds nothing: .grad stays as it is and finish() reads it then.
+  if (!armed_ || !gradient.defined()) return;
   torch::NoGradGuard no_grad;
   const auto [bucket_index, slot] = place_[parameter];
   Bucket& bucket = buckets_[bucket_index];
@@ -203,6 +207,8 @@ void GradientReducer::finish() {
     }
   }
   next_bucket_ = 0;
+  overlapped_in_last_finish_ = overlapped_buckets_;
+  overlapped_buckets_ = 0;
 }
 
 }  // namespace chunkflow::parallel

@@ -77,7 +77,10 @@ void all_reduce_gradients(const std::vector<torch::Tensor>& parameters, Communic
 // collectives whatever its own backward did (a rank with no work arms nothing).
 class GradientReducer {
  public:
-  GradientReducer(std::vector<torch::Tensor> parameters, Communicator& group, int64_t bucket_bytes);
+  // with_hooks = false: no hooks are registered and arm() must not be called (a plain bucketed
+  // all-reduce, what all_reduce_gradients does).
+  GradientReducer(std::vector<torch::Tensor> parameters, Communicator& group, int64_t bucket_bytes,
+                  bool with_hooks = true);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
@@ -86,8 +89,8 @@ class GradientReducer {
   void arm();
   // Collective over the group: completes the sums (and disarms).
   void finish();
-  // Buckets started during the last finish()'s backward, before finish() was called.
-  int64_t overlapped_buckets() const { return overlapped_buckets_; }
+  // Buckets that started during the backward before the last finish() (0 if it was not armed).
+  int64_t overlapped_buckets() const { return overlapped_in_last_finish_; }
   size_t bucket_count() const { return buckets_.size(); }
 
  private:
@@ -109,7 +112,7 @@ class GradientReducer {
   std::vector<unsigned> hooks_;
   size_t next_bucket_ = 0;  // buckets start in order
   bool armed_ = false;
-  int64_t overlapped_buckets_ = 0;
+  int64_t overlapped_buckets_ = 0, overlapped_in_last_finish_ = 0;
 };
 
 }  // namespace chunkflow::parallel

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <exception>
 
 #include "core/error.h"
 
@@ -68,7 +69,14 @@ class MpiRequest final : public Request {
   MpiRequest(torch::Tensor tensor, MPI_Request request, MPI_Comm communicator)
       : tensor_(std::move(tensor)), request_(request), communicator_(communicator) {}
   ~MpiRequest() override {
-    if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+    if (request_ == MPI_REQUEST_NULL) return;
+    if (std::uncaught_exceptions() > 0) {
+      // Unwinding after an error: the peer this operation needs may be the one that failed, and
+      // main() is about to abort the job. Do not wait; keep the buffer alive for MPI instead.
+      new torch::Tensor(tensor_);  // deliberately leaked
+      return;
+    }
+    MPI_Wait(&request_, MPI_STATUS_IGNORE);
   }
   void wait() override {
     if (request_ != MPI_REQUEST_NULL) CF_MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE), communicator_);

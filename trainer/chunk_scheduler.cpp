@@ -93,7 +93,8 @@ class StageRun {
                   .first;
       int64_t held = 0;
       for (const auto& entry : states_) held += entry.second.bytes();
-      if (last_stage_) totals.peak_state_bytes = std::max(totals.peak_state_bytes, held);
+      // Every stage reports its own (earlier stages may hold more layers); the trainer takes the max.
+      totals.peak_state_bytes = std::max(totals.peak_state_bytes, held);
     }
     return found->second.prefix(where.piece * plan_.chunk_size());
   }

@@ -31,7 +31,8 @@
 namespace chunkflow::trainer {
 
 // Loss figures of the chunks run so far (summed, not yet divided). Under pipeline parallelism
-// only the last stage counts chunks and losses (the other stages report zeros).
+// only the last stage counts chunks, tokens and losses (the other stages report zeros); every
+// stage reports its own peak K/V state and times.
 struct LossTotals {
   double loss_sum = 0;       // summed token cross-entropy over labelled tokens
   int64_t loss_tokens = 0;
@@ -43,7 +44,7 @@ struct LossTotals {
   int64_t chunk_recomputes = 0;
   int64_t peak_state_bytes = 0;  // largest K/V state (+ gradient accumulators) held at once
   int64_t real_tokens = 0;
-  double busy_seconds = 0;       // computing (not waiting for other stages)
+  double busy_seconds = 0;       // computing, not waiting for other stages (cp collectives count as busy)
   double pipeline_seconds = 0;   // wall time of the schedule, waits included
 
   void add(const LossTotals& other);
@@ -72,7 +73,8 @@ class ChunkScheduler {
   // chunk_size, resident_chunks, packing and the parallel layout. Every stage of a pipeline must
   // call it with the same plan and groups.
   // before_last_backward, if set, runs right before this stage's last backward of the call
-  // (the gradient reducer arms its hooks there to overlap the all-reduce with that backward).
+  // (the gradient reducer arms its hooks there to overlap the all-reduce with that backward); it
+  // never runs when `groups` is empty.
   LossTotals run_groups(const data::ChunkPlan& plan, std::span<const int32_t> groups, const ChunkBatchSource& batches,
                         double loss_scale, const std::function<void()>& before_last_backward = {});
   LossTotals run_group(const data::ChunkPlan& plan, int32_t group, const ChunkBatchSource& batches,
