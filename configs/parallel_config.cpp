@@ -55,6 +55,7 @@ void ParallelConfig::validate() const {
   check_field(pp >= 1, "parallel.pp", ">= 1", pp);
   axis_order();
   check_one_of("parallel.backend", backend, {"auto", "mpi", "nccl"});
+  check_field(pipeline_extra_in_flight >= 0, "parallel.pipeline_extra_in_flight", ">= 0", pipeline_extra_in_flight);
   check_field(gradient_bucket_mb > 0 && gradient_bucket_mb <= 4096, "parallel.gradient_bucket_mb", "in (0, 4096]",
               gradient_bucket_mb);
 }

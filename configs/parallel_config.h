@@ -23,6 +23,9 @@ struct ParallelConfig {
   // fixed FLOP model (false: the assignment, hence fp32 summation order, is then reproducible
   // bit for bit from run to run).
   bool calibrate_costs = true;
+  // Pipeline: chunks a stage may keep in flight beyond 1F1B's `pp - stage` (parallel/
+  // pipeline_schedule.h); fills the waits around split sequences at the cost of activations.
+  int64_t pipeline_extra_in_flight = 0;
 
   template <typename Visitor>
   void visit_fields(Visitor&& visit) { fields(*this, visit); }
@@ -57,6 +60,8 @@ struct ParallelConfig {
     visit("overlap_gradient_reduce", self.overlap_gradient_reduce,
           "start bucket all-reduces during the step's last backward");
     visit("calibrate_costs", self.calibrate_costs, "balance DP ranks by measured compute times (else by FLOPs)");
+    visit("pipeline_extra_in_flight", self.pipeline_extra_in_flight,
+          "chunks a pipeline stage may keep in flight beyond 1F1B's pp - stage");
   }
 };
 

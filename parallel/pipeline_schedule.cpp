@@ -12,8 +12,9 @@
 namespace chunkflow::parallel {
 
 std::vector<std::vector<PipelineOp>> pipeline_schedule(const data::ChunkPlan& plan, std::span<const int32_t> groups,
-                                                       int64_t resident_chunks, int stages) {
-  CF_ASSERT(stages >= 1 && resident_chunks >= 1, "stages ", stages, ", resident_chunks ", resident_chunks);
+                                                       int64_t resident_chunks, int stages, int64_t extra_in_flight) {
+  CF_ASSERT(stages >= 1 && resident_chunks >= 1 && extra_in_flight >= 0, "stages ", stages, ", resident_chunks ",
+            resident_chunks, ", extra_in_flight ", extra_in_flight);
   // The forward order and the backward order, shared by every stage.
   std::vector<PipelineOp> forwards, backwards;
   // needed_forwards[b]: forwards that must have run before backward b can (monotone).
@@ -44,7 +45,7 @@ std::vector<std::vector<PipelineOp>> pipeline_schedule(const data::ChunkPlan& pl
 
   std::vector<std::vector<PipelineOp>> schedule(static_cast<size_t>(stages));
   for (int stage = 0; stage < stages; ++stage) {
-    const size_t in_flight_limit = static_cast<size_t>(stages - stage);
+    const size_t in_flight_limit = static_cast<size_t>(stages - stage + extra_in_flight);
     std::vector<PipelineOp>& ops = schedule[static_cast<size_t>(stage)];
     size_t forwarded = 0, backwarded = 0;
     while (backwarded < backwards.size()) {

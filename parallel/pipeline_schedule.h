@@ -10,12 +10,15 @@
 //   - backwards run group by group, a split sequence's chunks in reverse; a chunk forwarded
 //     without activations is recomputed right before its backward, from the stage input the
 //     stage kept;
-//   - stage s keeps at most `stages - s` chunks in flight (forwarded, not yet backwarded) while
-//     the next backward can run; it forwards further only while the next backward still waits
-//     for its chunk's forward (a split sequence's first backward needs all its forwards).
+//   - stage s keeps at most `stages - s + extra_in_flight` chunks in flight (forwarded, not yet
+//     backwarded) while the next backward can run; it forwards further only while the next
+//     backward still waits for its chunk's forward (a split sequence's first backward needs all its
+//     forwards). extra_in_flight = 0 is 1F1B's memory bound; more lets stages forward later chunks
+//     while a split sequence's backwards are still on their way, at the cost of their activations.
 //
 // Deadlock freedom: every stage runs the same forward order and the same backward order, and a
-// later stage never runs more forwards before a given backward than an earlier stage does.
+// later stage never runs more forwards before a given backward than an earlier stage does (the
+// in-flight limits do not grow with the stage index).
 // With non-blocking sends, every receive then has its matching send issued or issuable; the
 // simulator checks this on any schedule it runs (tests run it on adversarial plans).
 #pragma once
@@ -43,7 +46,8 @@ struct PipelineOp {
 // ops[stage]: what stage `stage` runs, in order, for the chunk groups `groups` of `plan` (in the
 // given order). Every stage runs every chunk's forward and backward exactly once.
 std::vector<std::vector<PipelineOp>> pipeline_schedule(const data::ChunkPlan& plan, std::span<const int32_t> groups,
-                                                       int64_t resident_chunks, int stages);
+                                                       int64_t resident_chunks, int stages,
+                                                       int64_t extra_in_flight = 0);
 
 struct PipelineSimulation {
   double step_seconds = 0;             // when the last stage finishes its last op

@@ -70,7 +70,8 @@ int main(int argc, char** argv) {
       double slowest = -1, bubble = 0;
       for (int rank = 0; rank < dp; ++rank) {
         const auto schedule = parallel::pipeline_schedule(plan, assignment.groups_of_rank[static_cast<size_t>(rank)],
-                                                          config.chunking.resident_chunks, stages);
+                                                          config.chunking.resident_chunks, stages,
+                                                          config.parallel.pipeline_extra_in_flight);
         const parallel::PipelineSimulation simulation =
             parallel::simulate_pipeline(schedule, trainer::pipeline_op_cost(config.model, cost_model, plan, stages));
         if (simulation.step_seconds > slowest) {

@@ -256,7 +256,8 @@ LossTotals ChunkScheduler::run_groups(const data::ChunkPlan& plan, std::span<con
                                       const ChunkBatchSource& batches, double loss_scale,
                                       const std::function<void()>& before_last_backward) {
   const auto start = Clock::now();
-  const auto schedule = parallel::pipeline_schedule(plan, groups, resident_chunks_, pipeline_.stages);
+  const auto schedule =
+      parallel::pipeline_schedule(plan, groups, resident_chunks_, pipeline_.stages, pipeline_.extra_in_flight);
   StageRun run(model_, pipeline_, plan, batches, loss_scale);
   const std::vector<parallel::PipelineOp>& ops = schedule[static_cast<size_t>(pipeline_.stage)];
   for (size_t i = 0; i < ops.size(); ++i) {

@@ -60,6 +60,7 @@ struct PipelineStage {
   int stage = 0;
   int stages = 1;
   parallel::Communicator* group = nullptr;
+  int64_t extra_in_flight = 0;  // parallel.pipeline_extra_in_flight
 };
 
 class ChunkScheduler {

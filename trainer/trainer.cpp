@@ -164,6 +164,7 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   pipeline.stage = pipeline_stage_;
   pipeline.stages = stages;
   pipeline.group = mesh_ != nullptr ? &mesh_->pp_group() : nullptr;
+  pipeline.extra_in_flight = config_.parallel.pipeline_extra_in_flight;
   scheduler_ = std::make_unique<ChunkScheduler>(model_, config_.chunking.resident_chunks, pipeline);
   if (mesh_ != nullptr && mesh_->stage_group().size() > 1) {
     reducer_ = std::make_unique<parallel::GradientReducer>(
@@ -255,7 +256,8 @@ StepMetrics Trainer::train_step() {
     if (stages > 1) {
       // The simulator's prediction for the same schedule.
       const auto schedule =
-          parallel::pipeline_schedule(entry.plan, groups, config_.chunking.resident_chunks, stages);
+          parallel::pipeline_schedule(entry.plan, groups, config_.chunking.resident_chunks, stages,
+                                      config_.parallel.pipeline_extra_in_flight);
       const parallel::PipelineSimulation simulation =
           parallel::simulate_pipeline(schedule, pipeline_op_cost(config_.model, cost_model_, entry.plan, stages));
       simulated_seconds += simulation.step_seconds;
