@@ -3,12 +3,23 @@
 
 #include <torch/torch.h>
 
+#include <array>
 #include <functional>
 #include <memory>
 
 #include "data/chunk_inputs.h"
 
 namespace chunkflow::models {
+
+// One varlen attention call over a chunk's full keys (K/V prefix, then chunk rows), read in place:
+// segment b reads keys [cu_seqlens_k[b], cu_seqlens_k[b+1]); segments without queries cover key
+// rows that no query of the call reads (parallel::ContextPass).
+struct AttentionPass {
+  torch::Tensor query_rows;    // int64 [queries]: this rank's rows that are this call's queries
+  torch::Tensor cu_seqlens_q;  // [segments + 1] int32, CPU
+  torch::Tensor cu_seqlens_k;  // [segments + 1] int32, CPU; ends at prefix + chunk tokens
+  int64_t max_seqlen_q = 0, max_seqlen_k = 0;
+};
 
 // Context parallelism (parallel/context_parallel.h): this rank holds only some rows of a chunk —
 // two pieces of every segment — and attention gathers every rank's K/V before it reads them.
@@ -17,10 +28,10 @@ struct ContextShard {
   // every rank's rows in chunk order [chunk tokens, ...]. Its backward sums the gradient over the
   // group and keeps this rank's rows.
   std::function<torch::Tensor(const torch::Tensor&)> gather_chunk_rows;
-  // int64 [local key rows]: rows of the full keys (K/V prefix followed by the chunk's tokens)
-  // that the local query pieces attend to, piece after piece; ChunkBatch::cu_seqlens_k and
-  // max_seqlen_k describe this local layout.
-  torch::Tensor key_rows;
+  // Two attention calls (early pieces, late pieces: within one call no two pieces share a key
+  // row), and int64 [local tokens]: where local row i sits in the two calls' outputs, concatenated.
+  std::array<AttentionPass, 2> passes;
+  torch::Tensor output_order;
   int64_t chunk_tokens = 0;  // tokens of the whole chunk over all cp ranks
 };
 
@@ -35,9 +46,9 @@ struct ChunkBatch {
   // K/V rows of the first segment that come from earlier chunks (0 = no prefix). Only a chunk's
   // first segment may have a prefix: the plan puts a split sequence's piece first.
   int64_t prefix_len = 0;
-  // Set when the chunk is split over context-parallel ranks: the tensors above then hold this
-  // rank's rows only; cu_seqlens_q is [pieces + 1] over those rows (the non-empty query pieces),
-  // cu_seqlens_k [pieces + 1] over ContextShard::key_rows, and max_seqlen_q/k are per piece.
+  // Set when the chunk is split over context-parallel ranks: input_ids, positions and labels then
+  // hold this rank's rows only, cu_seqlens_q is [pieces + 1] over them, cu_seqlens_k and
+  // max_seqlen_k stay the whole chunk's, and attention runs ContextShard::passes instead.
   std::shared_ptr<const ContextShard> context;
   int64_t tokens() const { return input_ids.size(0); }
 };

@@ -119,14 +119,22 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& b
   } else {
     CF_ASSERT(batch.prefix_len == 0, "a chunk with a K/V prefix needs the sequence's state");
   }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  torch::Tensor attended;
   if (context != nullptr) {
-    // Each local query piece gets the keys up to its own end (causal), laid out piece by piece.
-    keys = keys.index_select(0, context->key_rows);
-    values = values.index_select(0, context->key_rows);
+    // Early pieces, then late pieces, each reading the keys in place. Both calls run even without
+    // queries, so that every cp rank's graph reaches the K/V gather's backward (a collective).
+    std::vector<torch::Tensor> outputs;
+    for (const AttentionPass& pass : context->passes) {
+      outputs.push_back(kernels::varlen_attention(q.index_select(0, pass.query_rows), keys, values, pass.cu_seqlens_q,
+                                                  pass.cu_seqlens_k, pass.max_seqlen_q, pass.max_seqlen_k, scale,
+                                                  true));
+    }
+    attended = torch::cat(outputs, 0).index_select(0, context->output_order);
+  } else {
+    attended = kernels::varlen_attention(q, keys, values, batch.cu_seqlens_q, batch.cu_seqlens_k, batch.max_seqlen_q,
+                                         batch.max_seqlen_k, scale, true);
   }
-  const torch::Tensor attended =
-      kernels::varlen_attention(q, keys, values, batch.cu_seqlens_q, batch.cu_seqlens_k, batch.max_seqlen_q,
-                                batch.max_seqlen_k, 1.0 / std::sqrt(static_cast<double>(head_dim_)), true);
   return o_proj(attended.reshape({tokens, heads_ * head_dim_}));
 }
 

@@ -55,26 +55,42 @@ ContextLayout context_layout(std::span<const int32_t> chunk_cu_seqlens_q, int64_
   CF_ASSERT(!chunk_cu_seqlens_q.empty() && chunk_cu_seqlens_q.front() == 0, "cu_seqlens must start at 0");
   ContextLayout layout;
   layout.cu_seqlens_q.push_back(0);
-  layout.cu_seqlens_k.push_back(0);
+  for (ContextPass& pass : layout.passes) {
+    pass.cu_seqlens_q.push_back(0);
+    pass.cu_seqlens_k.push_back(0);
+  }
   const int64_t pieces_per_segment = 2 * int64_t{cp_size};
   for (size_t segment = 0; segment + 1 < chunk_cu_seqlens_q.size(); ++segment) {
     const int64_t start = chunk_cu_seqlens_q[segment];
     const int64_t length = chunk_cu_seqlens_q[segment + 1] - start;
     // Keys of the full chunk: the first segment's prefix rows come first, then the chunk's rows.
     const int64_t segment_prefix = segment == 0 ? prefix_len : 0;
-    const int64_t key_start = segment == 0 ? 0 : prefix_len + start;
-    for (const int64_t piece : {int64_t{cp_rank}, pieces_per_segment - 1 - cp_rank}) {
-      const int64_t begin = length * piece / pieces_per_segment;
-      const int64_t end = length * (piece + 1) / pieces_per_segment;
-      if (begin == end) continue;
-      for (int64_t row = start + begin; row < start + end; ++row) layout.rows.push_back(row);
-      layout.cu_seqlens_q.push_back(static_cast<int32_t>(layout.rows.size()));
+    const int64_t key_end = prefix_len + start + length;
+    const std::array<int64_t, 2> pieces = {int64_t{cp_rank}, pieces_per_segment - 1 - cp_rank};
+    for (size_t which = 0; which < 2; ++which) {
+      ContextPass& pass = layout.passes[which];
+      const int64_t begin = length * pieces[which] / pieces_per_segment;
+      const int64_t end = length * (pieces[which] + 1) / pieces_per_segment;
+      const int64_t key_start = pass.cu_seqlens_k.back();
       // Causal: the piece reads the segment's keys up to its own last token.
-      const int64_t key_count = segment_prefix + end;
-      for (int64_t row = key_start; row < key_start + key_count; ++row) layout.key_rows.push_back(row);
-      layout.cu_seqlens_k.push_back(static_cast<int32_t>(layout.key_rows.size()));
-      layout.max_seqlen_q = std::max(layout.max_seqlen_q, end - begin);
-      layout.max_seqlen_k = std::max(layout.max_seqlen_k, key_count);
+      const int64_t key_stop = begin == end ? key_start : key_start + segment_prefix + end;
+      if (begin < end) {
+        for (int64_t row = start + begin; row < start + end; ++row) {
+          pass.query_rows.push_back(static_cast<int64_t>(layout.rows.size()));
+          layout.rows.push_back(row);
+        }
+        layout.cu_seqlens_q.push_back(static_cast<int32_t>(layout.rows.size()));
+        pass.cu_seqlens_q.push_back(static_cast<int32_t>(pass.query_rows.size()));
+        pass.cu_seqlens_k.push_back(static_cast<int32_t>(key_stop));
+        pass.max_seqlen_q = std::max(pass.max_seqlen_q, end - begin);
+        pass.max_seqlen_k = std::max(pass.max_seqlen_k, key_stop - key_start);
+      }
+      // The segment's remaining keys, read by no query of this pass.
+      if (key_stop < key_end) {
+        pass.cu_seqlens_q.push_back(pass.cu_seqlens_q.back());
+        pass.cu_seqlens_k.push_back(static_cast<int32_t>(key_end));
+        pass.max_seqlen_k = std::max(pass.max_seqlen_k, key_end - key_stop);
+      }
     }
   }
   return layout;
@@ -137,21 +153,38 @@ models::ChunkBatch shard_chunk_batch(const models::ChunkBatch& chunk, Communicat
   const auto int64_tensor = [](const std::vector<int64_t>& values) {
     return torch::tensor(values, torch::dtype(torch::kInt64));
   };
-  const torch::Tensor rows = int64_tensor(mine.rows).to(chunk.input_ids.device());
+  const torch::Device device = chunk.input_ids.device();
+  const torch::Tensor rows = int64_tensor(mine.rows).to(device);
   models::ChunkBatch local;
   local.input_ids = chunk.input_ids.index_select(0, rows);
   local.positions = chunk.positions.index_select(0, rows);
   local.labels = chunk.labels.index_select(0, rows);
-  local.cu_seqlens_q = torch::tensor(mine.cu_seqlens_q, torch::dtype(torch::kInt32));
-  local.cu_seqlens_k = torch::tensor(mine.cu_seqlens_k, torch::dtype(torch::kInt32));
-  local.max_seqlen_q = mine.max_seqlen_q;
-  local.max_seqlen_k = mine.max_seqlen_k;
   local.prefix_len = chunk.prefix_len;
 
   auto shard = std::make_shared<models::ContextShard>();
-  shard->key_rows = int64_tensor(mine.key_rows).to(chunk.input_ids.device());
   shard->chunk_tokens = chunk_tokens;
-  const torch::Tensor order = int64_tensor(chunk_order).to(chunk.input_ids.device());
+  std::vector<int64_t> pass_order;  // local row of each attention output row, pass after pass
+  for (size_t which = 0; which < 2; ++which) {
+    const ContextPass& pass = mine.passes[which];
+    models::AttentionPass& out = shard->passes[which];
+    out.query_rows = int64_tensor(pass.query_rows).to(device);
+    out.cu_seqlens_q = torch::tensor(pass.cu_seqlens_q, torch::dtype(torch::kInt32));
+    out.cu_seqlens_k = torch::tensor(pass.cu_seqlens_k, torch::dtype(torch::kInt32));
+    out.max_seqlen_q = pass.max_seqlen_q;
+    out.max_seqlen_k = pass.max_seqlen_k;
+    pass_order.insert(pass_order.end(), pass.query_rows.begin(), pass.query_rows.end());
+  }
+  std::vector<int64_t> output_order(pass_order.size());
+  for (size_t position = 0; position < pass_order.size(); ++position) {
+    output_order[static_cast<size_t>(pass_order[position])] = static_cast<int64_t>(position);
+  }
+  shard->output_order = int64_tensor(output_order).to(device);
+  // The whole-chunk offsets stay for reference; attention uses the passes.
+  local.cu_seqlens_q = torch::tensor(mine.cu_seqlens_q, torch::dtype(torch::kInt32));
+  local.cu_seqlens_k = chunk.cu_seqlens_k;
+  local.max_seqlen_q = std::max(mine.passes[0].max_seqlen_q, mine.passes[1].max_seqlen_q);
+  local.max_seqlen_k = chunk.max_seqlen_k;
+  const torch::Tensor order = int64_tensor(chunk_order).to(device);
   Communicator* group_pointer = &group;
   shard->gather_chunk_rows = [group_pointer, rows_of_rank, order](const torch::Tensor& local_rows) {
     return all_gather_rows(local_rows, *group_pointer, rows_of_rank).index_select(0, order);

@@ -12,6 +12,7 @@
 //                                     r0    r1      r1    r0
 #pragma once
 
+#include <array>
 #include <span>
 #include <vector>
 
@@ -20,13 +21,24 @@
 
 namespace chunkflow::parallel {
 
+// One varlen attention call of a cp rank over the full keys of the chunk (the K/V prefix rows, then
+// the chunk's rows) read in place, never copied: segment b reads keys [cu_seqlens_k[b],
+// cu_seqlens_k[b+1]). A query piece reads its segment's keys up to its own last token; segments
+// without queries cover the key rows no query of the pass reads, so the segments tile the keys
+// from the first row to the last. Pass 0 holds every segment's early piece, pass 1 the late one:
+// within a pass no two pieces share a key row.
+struct ContextPass {
+  std::vector<int64_t> query_rows;    // positions in ContextLayout::rows of this pass's queries
+  std::vector<int32_t> cu_seqlens_q;  // [segments + 1] over query_rows
+  std::vector<int32_t> cu_seqlens_k;  // [segments + 1] over the full keys; ends at prefix + chunk tokens
+  int64_t max_seqlen_q = 0, max_seqlen_k = 0;
+};
+
 // What one cp rank holds of a chunk. Pure layout arithmetic.
 struct ContextLayout {
   std::vector<int64_t> rows;          // chunk rows (tokens) this rank holds, ascending
   std::vector<int32_t> cu_seqlens_q;  // [pieces + 1] over `rows`: the non-empty query pieces
-  std::vector<int64_t> key_rows;      // rows of the full keys (prefix, then chunk rows) each piece reads
-  std::vector<int32_t> cu_seqlens_k;  // [pieces + 1] over `key_rows`
-  int64_t max_seqlen_q = 0, max_seqlen_k = 0;
+  std::array<ContextPass, 2> passes;  // early pieces, late pieces
 };
 
 // chunk_cu_seqlens_q: the chunk's segment offsets; prefix_len: K/V prefix rows of the first
