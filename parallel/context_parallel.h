@@ -6,7 +6,8 @@
 // every rank holds one early (cheap) and one late (expensive) piece of every segment. Pieces may
 // be empty, so no sequence is ever padded to a multiple of 2 x cp. A rank's query pieces then
 // attend, each as its own varlen segment, to the segment's keys up to the piece's end (the K/V
-// prefix of a split sequence included): exact causal attention with no masks.
+// prefix of a split sequence included), in two calls that read the keys in place (ContextPass):
+// exact causal attention with no masks and no copies of the keys.
 //
 //   segment of 10 tokens, cp = 2:   | 0 1 | 2 3 4 | 5 6 | 7 8 9 |
 //                                     r0    r1      r1    r0
