@@ -48,10 +48,8 @@ class StageRun {
   }
 
   void finish() {
-    const auto start = Clock::now();
     for (auto& send : sends_) send->wait();
     sends_.clear();
-    waited_ = seconds_since(start);
     CF_ASSERT(live_.empty() && kept_inputs_.empty() && states_.empty(), "pipeline schedule left ", live_.size(),
               " chunks without backward");
   }
@@ -69,6 +67,7 @@ class StageRun {
   };
 
   struct ChunkPlace {
+    int32_t group_index;  // into plan.groups(); keys the K/V state of a split sequence
     const data::ChunkGroup* group;
     int64_t piece;
     bool split() const { return group->split_sequence >= 0; }
@@ -76,18 +75,17 @@ class StageRun {
   ChunkPlace place(int32_t chunk) const {
     const data::Chunk& planned = plan_.chunks().at(static_cast<size_t>(chunk));
     const data::ChunkGroup& group = plan_.groups().at(static_cast<size_t>(planned.group));
-    return {&group, chunk - group.first_chunk};
+    return {planned.group, &group, chunk - group.first_chunk};
   }
 
   std::vector<models::KVPrefix> state_for(int32_t chunk) {
     const ChunkPlace where = place(chunk);
     if (!where.split()) return {};
-    const int32_t group = plan_.chunks()[static_cast<size_t>(chunk)].group;
-    auto found = states_.find(group);
+    auto found = states_.find(where.group_index);
     if (found == states_.end()) {
       const configs::ModelConfig& config = model_->config();
       found = states_
-                  .emplace(group, KVStateStore(model_->stage_layers(), where.group->chunk_count * plan_.chunk_size(),
+                  .emplace(where.group_index, KVStateStore(model_->stage_layers(), where.group->chunk_count * plan_.chunk_size(),
                                                config.num_key_value_heads, config.effective_head_dim(),
                                                model_->parameters().front().options()))
                   .first;
@@ -193,9 +191,8 @@ class StageRun {
     }
     // The last piece's K/V feeds no later chunk; the others receive what later chunks sent back.
     const ChunkPlace where = place(op.chunk);
-    const int32_t group = plan_.chunks()[static_cast<size_t>(op.chunk)].group;
     if (where.split() && where.piece + 1 < where.group->chunk_count) {
-      const auto accumulated = states_.at(group).gradients(where.piece * plan_.chunk_size(), plan_.chunk_size());
+      const auto accumulated = states_.at(where.group_index).gradients(where.piece * plan_.chunk_size(), plan_.chunk_size());
       for (size_t layer = 0; layer < accumulated.size(); ++layer) {
         outputs.push_back(live.own_kv[layer].k);
         gradients.push_back(accumulated[layer].k);
@@ -210,7 +207,7 @@ class StageRun {
       if (!input_gradient.defined()) input_gradient = torch::zeros_like(live.input);
       sends_.push_back(pipeline_.group->isend(input_gradient.contiguous(), pipeline_.stage - 1, kActivationGradientTag));
     }
-    if (where.split() && where.piece == 0) states_.erase(group);
+    if (where.split() && where.piece == 0) states_.erase(where.group_index);
   }
 
   models::CausalLM& model_;
