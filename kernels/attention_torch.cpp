@@ -11,6 +11,11 @@
 #include "core/error.h"
 #include "kernels/varlen_attention.h"
 
+#ifdef CHUNKFLOW_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace chunkflow::kernels {
 namespace {
 
@@ -68,12 +73,20 @@ Inputs check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch:
                     bool causal) {
   CF_CHECK(q.defined() && k.defined() && v.defined(), kOp, ": q, k and v must be defined");
   for (const auto* tensor : {&q, &k, &v}) {
-    CF_CHECK(!tensor->is_cuda(), kOp, ": CUDA kernel not available yet (got tensors on ",
-             tensor->device(), "); the CUDA path lands in a later issue, move the tensors to the "
-             "CPU to use the float32 CPU path");
+#ifdef CHUNKFLOW_WITH_CUDA
+    CF_CHECK(tensor->device().is_cpu() || tensor->is_cuda(), kOp,
+             ": tensors must be on the CPU or a CUDA device, got ", tensor->device());
+#else
+    CF_CHECK(!tensor->is_cuda(), kOp, ": this build has no CUDA kernels (nvcc was not found at "
+             "configure time), got tensors on ", tensor->device(),
+             "; move them to the CPU (float32) or rebuild with CUDA");
     CF_CHECK(tensor->device().is_cpu(), kOp, ": tensors must be on the CPU, got ",
              tensor->device());
+#endif
   }
+  CF_CHECK(k.device() == q.device() && v.device() == q.device(), kOp,
+           ": q, k and v must be on one device, got ", q.device(), ", ", k.device(), ", ",
+           v.device());
   CF_CHECK(q.dim() == 3, kOp, ": q must be [total_q, heads, head_dim], got ", shape_of(q));
   CF_CHECK(k.dim() == 3, kOp, ": k must be [total_k, kv_heads, head_dim], got ", shape_of(k));
   CF_CHECK(v.sizes() == k.sizes(), kOp, ": v must have the shape of k ", shape_of(k), ", got ",
@@ -125,6 +138,30 @@ void fill_common(Params& params, const Inputs& inputs) {
   params.dtype = inputs.dtype;
 }
 
+#ifdef CHUNKFLOW_WITH_CUDA
+// The CUDA launchers read offsets in device memory: check the host copies (check_params reads
+// them), then point the params at device copies that live as long as the returned tensors are
+// in use (the caller holds them until the launch is enqueued; the caching allocator keeps the
+// memory valid for work already on the stream).
+struct DeviceOffsets {
+  torch::Tensor cu_seqlens_q, cu_seqlens_k;
+};
+
+template <typename Params>
+DeviceOffsets to_device_offsets(Params& params, const Inputs& inputs) {
+  check_params(params, OffsetsIn::kHostMemory);
+  DeviceOffsets offsets{inputs.cu_seqlens_q.to(inputs.q.device(), /*non_blocking=*/false),
+                        inputs.cu_seqlens_k.to(inputs.q.device(), /*non_blocking=*/false)};
+  params.cu_seqlens_q = offsets.cu_seqlens_q.template data_ptr<int32_t>();
+  params.cu_seqlens_k = offsets.cu_seqlens_k.template data_ptr<int32_t>();
+  return offsets;
+}
+
+void* current_stream(const torch::Tensor& tensor) {
+  return c10::cuda::getCurrentCUDAStream(tensor.device().index()).stream();
+}
+#endif
+
 std::tuple<torch::Tensor, torch::Tensor> run_forward(const Inputs& inputs) {
   torch::Tensor out = torch::empty_like(inputs.q);
   torch::Tensor lse = torch::empty({inputs.heads, inputs.q.size(0)},
@@ -135,6 +172,14 @@ std::tuple<torch::Tensor, torch::Tensor> run_forward(const Inputs& inputs) {
   fill_common(params, inputs);
   params.out = out.data_ptr();
   params.lse = lse.data_ptr<float>();
+#ifdef CHUNKFLOW_WITH_CUDA
+  if (inputs.q.is_cuda()) {
+    const c10::cuda::CUDAGuard device_guard(inputs.q.device());
+    const DeviceOffsets offsets = to_device_offsets(params, inputs);
+    varlen_attention_forward_cuda(params, current_stream(inputs.q));
+    return {out, lse};
+  }
+#endif
   varlen_attention_forward_cpu(params);
   return {out, lse};
 }
@@ -188,6 +233,20 @@ class VarlenAttentionFunction : public torch::autograd::Function<VarlenAttention
     params.dq = dq.data_ptr();
     params.dk = dk.data_ptr();
     params.dv = dv.data_ptr();
+#ifdef CHUNKFLOW_WITH_CUDA
+    if (inputs.q.is_cuda()) {
+      const c10::cuda::CUDAGuard device_guard(inputs.q.device());
+      const torch::Tensor dq_accum =
+          torch::empty(inputs.q.sizes(), inputs.q.options().dtype(torch::kFloat));
+      const torch::Tensor softmax_d = torch::empty_like(lse);
+      params.dq_accum = dq_accum.data_ptr<float>();
+      params.softmax_d = softmax_d.data_ptr<float>();
+      const DeviceOffsets offsets = to_device_offsets(params, inputs);
+      varlen_attention_backward_cuda(params, current_stream(inputs.q));
+      return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+              torch::Tensor(), torch::Tensor()};
+    }
+#endif
     varlen_attention_backward_cpu(params);
     return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
             torch::Tensor(), torch::Tensor()};

@@ -53,17 +53,37 @@ struct VarlenAttentionBackwardParams {
   float softmax_scale = 1.0f;
   bool causal = true;
   ScalarType dtype = ScalarType::kFloat32;
+  // CUDA workspace, allocated by the caller (the CPU path ignores both):
+  float* dq_accum = nullptr;   // [total_q, heads, head_dim] fp32; zeroed and filled by the launcher
+  float* softmax_d = nullptr;  // [heads, total_q] fp32; rowsum(dout * out), filled by the launcher
 };
+
+// Where cu_seqlens_q/k live: the CPU path reads them on the host; the CUDA kernels read device
+// copies, which check_params cannot inspect (the adapter checks the host copy first).
+enum class OffsetsIn { kHostMemory, kDeviceMemory };
 
 // Throws core::Error quoting the broken rule when params are inconsistent (null pointers, heads
 // not a multiple of kv_heads, cu_seqlens not non-decreasing from 0, a segment longer than
 // max_seqlen_*, ...). Called by every launcher.
-void check_params(const VarlenAttentionParams& params);
-void check_params(const VarlenAttentionBackwardParams& params);
+void check_params(const VarlenAttentionParams& params, OffsetsIn offsets = OffsetsIn::kHostMemory);
+void check_params(const VarlenAttentionBackwardParams& params,
+                  OffsetsIn offsets = OffsetsIn::kHostMemory);
 
 // CPU path: fp32 accumulation; computes only the key range each query tile can see (masked tiles
 // are skipped), multi-threaded over (segment, kv head).
 void varlen_attention_forward_cpu(const VarlenAttentionParams& params);
 void varlen_attention_backward_cpu(const VarlenAttentionBackwardParams& params);
+
+// CUDA path (defined only in builds with CHUNKFLOW_WITH_CUDA), FlashAttention-2 style: tiles of
+// 64 queries x 64 keys on tensor cores (mma.sync m16n8k16), online softmax in registers, no score
+// matrix in memory; masked key tiles are skipped. Every pointer, cu_seqlens included, is device
+// memory on the device of `stream` (a cudaStream_t); q/k/v/out/dout 16-byte aligned.
+// dtype bfloat16 or float16 (fp32 accumulation), head_dim 64 or 128; other combinations throw.
+// The forward writes out and lse. The backward computes softmax_d, accumulates dq in dq_accum
+// with fp32 atomics (the only order-dependent sum: dq is not bitwise repeatable), then writes
+// dq, and dk/dv per key tile without atomics (a block owns a key tile and loops over the GQA
+// group's query heads). Asynchronous on `stream`; launch errors throw.
+void varlen_attention_forward_cuda(const VarlenAttentionParams& params, void* stream);
+void varlen_attention_backward_cuda(const VarlenAttentionBackwardParams& params, void* stream);
 
 }  // namespace chunkflow::kernels

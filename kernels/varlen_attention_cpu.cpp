@@ -50,7 +50,7 @@ void check_cu_seqlens(const char* op, const char* name, const int32_t* cu_seqlen
 }
 
 template <typename Params>
-void check_shape_params(const Params& params, const char* op) {
+void check_shape_params(const Params& params, const char* op, OffsetsIn offsets) {
   CF_CHECK(params.segments >= 0, op, ": segments must be >= 0, got ", params.segments);
   CF_CHECK(params.heads > 0, op, ": heads must be > 0, got ", params.heads);
   CF_CHECK(params.kv_heads > 0, op, ": kv_heads must be > 0, got ", params.kv_heads);
@@ -67,6 +67,8 @@ void check_shape_params(const Params& params, const char* op) {
            ": dtype must be kFloat32, kBFloat16 or kFloat16, got ScalarType(", dtype, ")");
   check_not_null(params.cu_seqlens_q, op, "cu_seqlens_q");
   check_not_null(params.cu_seqlens_k, op, "cu_seqlens_k");
+  // Device offsets cannot be read here; the adapter checks its host copy before copying.
+  if (offsets == OffsetsIn::kDeviceMemory) return;
   check_cu_seqlens(op, "cu_seqlens_q", params.cu_seqlens_q, params.segments, "max_seqlen_q",
                    params.max_seqlen_q);
   check_cu_seqlens(op, "cu_seqlens_k", params.cu_seqlens_k, params.segments, "max_seqlen_k",
@@ -298,17 +300,17 @@ void backward_segment_kv_head(const VarlenAttentionBackwardParams& params, const
 
 }  // namespace
 
-void check_params(const VarlenAttentionParams& params) {
+void check_params(const VarlenAttentionParams& params, OffsetsIn offsets) {
   const char* op = "varlen_attention_forward";
   check_not_null(params.q, op, "q");
   check_not_null(params.k, op, "k");
   check_not_null(params.v, op, "v");
   check_not_null(params.out, op, "out");
   check_not_null(params.lse, op, "lse");
-  check_shape_params(params, op);
+  check_shape_params(params, op, offsets);
 }
 
-void check_params(const VarlenAttentionBackwardParams& params) {
+void check_params(const VarlenAttentionBackwardParams& params, OffsetsIn offsets) {
   const char* op = "varlen_attention_backward";
   check_not_null(params.q, op, "q");
   check_not_null(params.k, op, "k");
@@ -319,7 +321,7 @@ void check_params(const VarlenAttentionBackwardParams& params) {
   check_not_null(params.dq, op, "dq");
   check_not_null(params.dk, op, "dk");
   check_not_null(params.dv, op, "dv");
-  check_shape_params(params, op);
+  check_shape_params(params, op, offsets);
 }
 
 void varlen_attention_forward_cpu(const VarlenAttentionParams& params) {
