@@ -3,6 +3,8 @@
 # `cmake -S . -B build` finds it. Override with -DTorch_DIR=... or CHUNKFLOW_VENV.
 
 find_package(Threads REQUIRED)
+# The kernels-only build (GPU machines: CUDA + PyTorch, nothing else) needs none of these.
+if(NOT CHUNKFLOW_KERNELS_ONLY)
 find_package(yaml-cpp REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(Protobuf REQUIRED)
@@ -17,6 +19,7 @@ if(NOT EXISTS ${CHUNKFLOW_PROTOBUF_FIRST}/google)
   list(GET Protobuf_INCLUDE_DIRS 0 _protobuf_include)
   file(CREATE_LINK ${_protobuf_include}/google ${CHUNKFLOW_PROTOBUF_FIRST}/google SYMBOLIC)
 endif()
+endif()  # NOT CHUNKFLOW_KERNELS_ONLY
 
 # --- CUDA --------------------------------------------------------------------------------------
 set(CHUNKFLOW_CUDA_ENABLED OFF)
