@@ -1,12 +1,13 @@
 // CPU path of the fused element-wise ops (kernels/fused_ops.h) and their check_params: fp32,
-// multi-threaded with at::parallel_for over rows (element blocks for SwiGLU). Every row is
-// computed by the same code wherever it falls in a thread's range, so a row's result does not
-// depend on the thread count or on the other rows of the call.
+// multi-threaded with at::parallel_for over rows (element blocks for SwiGLU), each hot loop a
+// SIMD loop. Every row is computed by the same code wherever it falls in a thread's range, so a
+// row's result does not depend on the thread count or on the other rows of the call.
 #include "kernels/fused_ops.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <vector>
 
@@ -18,11 +19,10 @@ namespace {
 // Elements one parallel_for task should cover at least: below this, waking a thread costs more
 // than the work.
 constexpr int64_t kGrainElements = 32768;
-// Row sums add 512-element blocks in order, each summed in SIMD lanes: the rounding error of a
-// long row stays near a blocked sum's, not that of one running fp32 sum.
-constexpr int64_t kSumBlock = 512;
 // Upper bound on RMSNorm's weight-gradient partials (rms_norm_weight_partials).
 constexpr int64_t kMaxWeightPartials = 256;
+// Row sums run in this many fixed lanes (see lane_sum).
+constexpr int kLanes = 16;
 
 const char* scalar_type_name(ScalarType dtype) {
   switch (dtype) {
@@ -55,30 +55,163 @@ int64_t grain_rows(int64_t row_elements) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, row_elements));
 }
 
-float sum_of_squares(const float* x, int64_t n) {
-  float total = 0.0f;
-  for (int64_t begin = 0; begin < n; begin += kSumBlock) {
-    const int64_t end = std::min(n, begin + kSumBlock);
-    float block = 0.0f;
-#pragma omp simd reduction(+ : block)
-    for (int64_t j = begin; j < end; ++j) block += x[j] * x[j];
-    total += block;
+// The hot loops below are `#pragma omp simd` loops; on x86-64 with GCC each is compiled for
+// AVX-512, AVX2 and the baseline, and the loader picks the one the CPU runs (an ifunc). Per-element
+// arithmetic is the same in every clone, and the row sums keep a fixed lane order, so results do
+// not depend on which clone runs.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CF_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CF_SIMD_CLONES
+#endif
+
+// sum_j term(j) for j in [0, n): lane l adds terms l, l + kLanes, ... in order, then the lanes add
+// in order. Vectorises to 1, 2 or 4 registers with the same rounding everywhere; each lane sums
+// n / 16 terms, so a long row's error stays near a blocked sum's.
+template <typename Term>
+[[gnu::always_inline]] inline float lane_sum(int64_t n, const Term& term) {
+  float lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+#pragma omp simd
+    for (int lane = 0; lane < kLanes; ++lane) lanes[lane] += term(j + lane);
   }
+  for (int lane = 0; j + lane < n; ++lane) lanes[lane] += term(j + lane);
+  float total = 0.0f;
+  for (int lane = 0; lane < kLanes; ++lane) total += lanes[lane];
   return total;
 }
 
-// sum_j dout[j] * weight[j] * x[j], blocked like sum_of_squares.
-float sum_of_gradient_times_input(const float* dout, const float* weight, const float* x,
-                                  int64_t n) {
-  float total = 0.0f;
-  for (int64_t begin = 0; begin < n; begin += kSumBlock) {
-    const int64_t end = std::min(n, begin + kSumBlock);
-    float block = 0.0f;
-#pragma omp simd reduction(+ : block)
-    for (int64_t j = begin; j < end; ++j) block += dout[j] * weight[j] * x[j];
-    total += block;
+// Floats as integers that order like the floats' values (sign-magnitude -> two's complement), so
+// clamps and range tests are integer min/max and compares: float compares may trap on NaN, which
+// keeps GCC from vectorising a loop that branches on them.
+constexpr int32_t ordered_bits(float value) {
+  const auto bits = std::bit_cast<int32_t>(value);
+  return bits ^ ((bits >> 31) & 0x7fffffff);
+}
+constexpr float from_ordered_bits(int32_t key) {
+  return std::bit_cast<float>(key ^ ((key >> 31) & 0x7fffffff));
+}
+
+// exp(x) in arithmetic that vectorises (std::exp does not without -ffast-math), within 1 ulp of
+// the correctly rounded value: x = n ln2 + r with n = round(x / ln2) and ln2 in two parts
+// (Cody-Waite), |r| <= ln2 / 2, e^r by Cephes' expf polynomial, 2^n as two exponent-bit factors
+// so that 2^128 does not overflow early. Special values as std::exp: overflow gives inf, NaN stays
+// NaN, -inf gives 0; results below FLT_MIN (x < -87.34) are flushed to 0.
+[[gnu::always_inline]] inline float exp_simd(float x) {
+  constexpr float kMax = 88.7228317f;   // ln(FLT_MAX): above, exp overflows
+  constexpr float kMin = -87.3365479f;  // ln(FLT_MIN): below, exp is subnormal
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2High = 0.693359375f;  // 9 significant bits: n * kLn2High is exact
+  constexpr float kLn2Low = -2.12194440e-4f;
+  constexpr float kRound = 12582912.0f;     // 1.5 * 2^23: adding it rounds to an integer
+  const int32_t key = ordered_bits(x);
+  const float clamped = from_ordered_bits(std::clamp(key, ordered_bits(kMin), ordered_bits(kMax)));
+  const float n = (clamped * kLog2e + kRound) - kRound;  // in [-126, 128]
+  const float r = (clamped - n * kLn2High) - n * kLn2Low;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const auto exponent = static_cast<int32_t>(n);
+  const int32_t low_half = exponent >> 1;
+  const float result = p * std::bit_cast<float>((low_half + 127) << 23) *
+                       std::bit_cast<float>((exponent - low_half + 127) << 23);
+  // All-ones masks select inf above kMax, 0 below kMin and x itself for NaN.
+  const int32_t is_nan = -static_cast<int32_t>((std::bit_cast<int32_t>(x) & 0x7fffffff) > 0x7f800000);
+  const int32_t overflows = -static_cast<int32_t>(key > ordered_bits(kMax));
+  const int32_t underflows = -static_cast<int32_t>(key < ordered_bits(kMin));
+  const int32_t finite = (std::bit_cast<int32_t>(result) & ~overflows & ~underflows) | (0x7f800000 & overflows);
+  return std::bit_cast<float>((finite & ~is_nan) | (std::bit_cast<int32_t>(x) & is_nan));
+}
+
+CF_SIMD_CLONES void rms_norm_forward_rows(const float* x, const float* weight, float* out,
+                                          float* rstd, int64_t begin, int64_t end, int64_t hidden,
+                                          float eps) {
+  for (int64_t row = begin; row < end; ++row) {
+    const float* x_row = x + row * hidden;
+    float* out_row = out + row * hidden;
+    const float squares = lane_sum(hidden, [&](int64_t j) { return x_row[j] * x_row[j]; });
+    const float row_rstd = 1.0f / std::sqrt(squares / static_cast<float>(hidden) + eps);
+    rstd[row] = row_rstd;
+#pragma omp simd
+    for (int64_t j = 0; j < hidden; ++j) out_row[j] = weight[j] * (x_row[j] * row_rstd);
   }
-  return total;
+}
+
+// Rows [begin, end) of the backward; their weight-gradient contributions go to `partial` [hidden]
+// (overwritten).
+CF_SIMD_CLONES void rms_norm_backward_rows(const float* x, const float* weight, const float* rstd,
+                                           const float* dout, float* dx, float* partial,
+                                           int64_t begin, int64_t end, int64_t hidden) {
+  std::fill(partial, partial + hidden, 0.0f);
+  for (int64_t row = begin; row < end; ++row) {
+    const float* x_row = x + row * hidden;
+    const float* dout_row = dout + row * hidden;
+    float* dx_row = dx + row * hidden;
+    const float row_rstd = rstd[row];
+    const float dot =
+        lane_sum(hidden, [&](int64_t j) { return dout_row[j] * weight[j] * x_row[j]; });
+    const float correction = row_rstd * row_rstd * row_rstd * dot / static_cast<float>(hidden);
+#pragma omp simd
+    for (int64_t j = 0; j < hidden; ++j) {
+      dx_row[j] = row_rstd * (dout_row[j] * weight[j]) - x_row[j] * correction;
+      partial[j] += dout_row[j] * (x_row[j] * row_rstd);
+    }
+  }
+}
+
+// Tokens [begin, end): cos/sin of the token's angles once, then every head. sin is pre-negated
+// for the inverse rotation.
+CF_SIMD_CLONES void rotate_tokens(const float* in, const int64_t* positions, float* out,
+                                  const float* inv_freq, float direction, int64_t begin,
+                                  int64_t end, int64_t heads, int64_t head_dim) {
+  const int64_t half = head_dim / 2;
+  std::vector<float> cos_table(static_cast<size_t>(half)), sin_table(static_cast<size_t>(half));
+  float* c = cos_table.data();
+  float* s = sin_table.data();
+  for (int64_t token = begin; token < end; ++token) {
+    const float position = static_cast<float>(positions[token]);
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = position * inv_freq[i];
+      c[i] = std::cos(angle);
+      s[i] = direction * std::sin(angle);
+    }
+    for (int64_t head = 0; head < heads; ++head) {
+      const float* in_row = in + (token * heads + head) * head_dim;
+      float* out_row = out + (token * heads + head) * head_dim;
+      // Pairs (i, i + half) are read before either is written, so out may alias in.
+#pragma omp simd
+      for (int64_t i = 0; i < half; ++i) {
+        const float first = in_row[i], second = in_row[i + half];
+        out_row[i] = first * c[i] - second * s[i];
+        out_row[i + half] = second * c[i] + first * s[i];
+      }
+    }
+  }
+}
+
+CF_SIMD_CLONES void swiglu_forward_range(const float* gate, const float* up, float* out,
+                                         int64_t begin, int64_t end) {
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) out[i] = gate[i] / (1.0f + exp_simd(-gate[i])) * up[i];
+}
+
+CF_SIMD_CLONES void swiglu_backward_range(const float* gate, const float* up, const float* dout,
+                                          float* dgate, float* dup, int64_t begin, int64_t end) {
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) {
+    // The composite's order of operations: silu(g) = g / (1 + exp(-g)), and the gradient
+    // reaching silu (dout * up) times sigmoid times (1 + g (1 - sigmoid)).
+    const float g = gate[i];
+    const float e = exp_simd(-g);
+    const float s = 1.0f / (1.0f + e);
+    dup[i] = dout[i] * (g / (1.0f + e));
+    dgate[i] = dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
+  }
 }
 
 }  // namespace
@@ -157,20 +290,9 @@ void check_params(const SwigluBackwardParams& params) {
 void rms_norm_forward_cpu(const RmsNormParams& params) {
   check_params(params);
   check_cpu_dtype(params.dtype, "rms_norm_forward_cpu");
-  const int64_t hidden = params.hidden;
-  const auto* x = static_cast<const float*>(params.x);
-  const auto* weight = static_cast<const float*>(params.weight);
-  auto* out = static_cast<float*>(params.out);
-  at::parallel_for(0, params.rows, grain_rows(hidden), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const float* x_row = x + row * hidden;
-      float* out_row = out + row * hidden;
-      const float mean_square = sum_of_squares(x_row, hidden) / static_cast<float>(hidden);
-      const float rstd = 1.0f / std::sqrt(mean_square + params.eps);
-      params.rstd[row] = rstd;
-#pragma omp simd
-      for (int64_t j = 0; j < hidden; ++j) out_row[j] = weight[j] * (x_row[j] * rstd);
-    }
+  at::parallel_for(0, params.rows, grain_rows(params.hidden), [&](int64_t begin, int64_t end) {
+    rms_norm_forward_rows(static_cast<const float*>(params.x), static_cast<const float*>(params.weight),
+                          static_cast<float*>(params.out), params.rstd, begin, end, params.hidden, params.eps);
   });
 }
 
@@ -192,22 +314,8 @@ void rms_norm_backward_cpu(const RmsNormBackwardParams& params) {
   const int64_t grain = std::max<int64_t>(1, grain_rows(hidden) * partials / rows);
   at::parallel_for(0, partials, grain, [&](int64_t block_begin, int64_t block_end) {
     for (int64_t block = block_begin; block < block_end; ++block) {
-      float* partial = params.dweight_workspace + block * hidden;
-      std::fill(partial, partial + hidden, 0.0f);
-      const int64_t row_end = (block + 1) * rows / partials;
-      for (int64_t row = block * rows / partials; row < row_end; ++row) {
-        const float* x_row = x + row * hidden;
-        const float* dout_row = dout + row * hidden;
-        float* dx_row = dx + row * hidden;
-        const float rstd = params.rstd[row];
-        const float dot = sum_of_gradient_times_input(dout_row, weight, x_row, hidden);
-        const float correction = rstd * rstd * rstd * dot / static_cast<float>(hidden);
-#pragma omp simd
-        for (int64_t j = 0; j < hidden; ++j) {
-          dx_row[j] = rstd * (dout_row[j] * weight[j]) - x_row[j] * correction;
-          partial[j] += dout_row[j] * (x_row[j] * rstd);
-        }
-      }
+      rms_norm_backward_rows(x, weight, params.rstd, dout, dx, params.dweight_workspace + block * hidden,
+                             block * rows / partials, (block + 1) * rows / partials, hidden);
     }
   });
   at::parallel_for(0, hidden, kGrainElements / partials + 1, [&](int64_t begin, int64_t end) {
@@ -224,72 +332,35 @@ void rms_norm_backward_cpu(const RmsNormBackwardParams& params) {
 void rotary_cpu(const RotaryParams& params) {
   check_params(params);
   check_cpu_dtype(params.dtype, "rotary_cpu");
-  const int64_t heads = params.heads, head_dim = params.head_dim, half = head_dim / 2;
+  const int64_t head_dim = params.head_dim, half = head_dim / 2;
   // Hugging Face's fp32 inv_freq: the exponent 2i / head_dim in fp32, then theta^-exponent.
   std::vector<float> inv_freq(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
     const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
     inv_freq[static_cast<size_t>(i)] = 1.0f / std::pow(params.theta, exponent);
   }
-  const float direction = params.inverse ? -1.0f : 1.0f;
-  const auto* in = static_cast<const float*>(params.in);
-  auto* out = static_cast<float*>(params.out);
-  at::parallel_for(0, params.tokens, grain_rows(heads * head_dim), [&](int64_t begin, int64_t end) {
-    // A token's cos/sin serve all its heads.
-    std::vector<float> cos_table(static_cast<size_t>(half)), sin_table(static_cast<size_t>(half));
-    for (int64_t token = begin; token < end; ++token) {
-      const float position = static_cast<float>(params.positions[token]);
-      for (int64_t i = 0; i < half; ++i) {
-        const float angle = position * inv_freq[static_cast<size_t>(i)];
-        cos_table[static_cast<size_t>(i)] = std::cos(angle);
-        sin_table[static_cast<size_t>(i)] = direction * std::sin(angle);
-      }
-      for (int64_t head = 0; head < heads; ++head) {
-        const float* in_row = in + (token * heads + head) * head_dim;
-        float* out_row = out + (token * heads + head) * head_dim;
-        const float* c = cos_table.data();
-        const float* s = sin_table.data();
-        // Pairs (i, i + half) are read before either is written, so out may alias in.
-#pragma omp simd
-        for (int64_t i = 0; i < half; ++i) {
-          const float first = in_row[i], second = in_row[i + half];
-          out_row[i] = first * c[i] - second * s[i];
-          out_row[i + half] = second * c[i] + first * s[i];
-        }
-      }
-    }
+  at::parallel_for(0, params.tokens, grain_rows(params.heads * head_dim), [&](int64_t begin, int64_t end) {
+    rotate_tokens(static_cast<const float*>(params.in), params.positions, static_cast<float*>(params.out),
+                  inv_freq.data(), params.inverse ? -1.0f : 1.0f, begin, end, params.heads, head_dim);
   });
 }
 
 void swiglu_forward_cpu(const SwigluParams& params) {
   check_params(params);
   check_cpu_dtype(params.dtype, "swiglu_forward_cpu");
-  const auto* gate = static_cast<const float*>(params.gate);
-  const auto* up = static_cast<const float*>(params.up);
-  auto* out = static_cast<float*>(params.out);
   at::parallel_for(0, params.elements, kGrainElements, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    swiglu_forward_range(static_cast<const float*>(params.gate), static_cast<const float*>(params.up),
+                         static_cast<float*>(params.out), begin, end);
   });
 }
 
 void swiglu_backward_cpu(const SwigluBackwardParams& params) {
   check_params(params);
   check_cpu_dtype(params.dtype, "swiglu_backward_cpu");
-  const auto* gate = static_cast<const float*>(params.gate);
-  const auto* up = static_cast<const float*>(params.up);
-  const auto* dout = static_cast<const float*>(params.dout);
-  auto* dgate = static_cast<float*>(params.dgate);
-  auto* dup = static_cast<float*>(params.dup);
   at::parallel_for(0, params.elements, kGrainElements, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      // The composite's order of operations: silu(g) = g / (1 + exp(-g)), and the gradient
-      // reaching silu (dout * up) times sigmoid times (1 + g (1 - sigmoid)).
-      const float g = gate[i];
-      const float e = std::exp(-g);
-      const float s = 1.0f / (1.0f + e);
-      dup[i] = dout[i] * (g / (1.0f + e));
-      dgate[i] = dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
-    }
+    swiglu_backward_range(static_cast<const float*>(params.gate), static_cast<const float*>(params.up),
+                          static_cast<const float*>(params.dout), static_cast<float*>(params.dgate),
+                          static_cast<float*>(params.dup), begin, end);
   });
 }
 

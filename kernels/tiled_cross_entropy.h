@@ -1,6 +1,6 @@
 // Token cross-entropy fused with the output projection, computed in token tiles so fp32 logits
-// exist for one tile at a time, never for a whole chunk x vocabulary. Plain params structs;
-// compiles without nvcc or torch.
+// exist for one tile at a time, never for a whole chunk x vocabulary. Plain params structs, a CPU
+// path (fp32) and a CUDA path (fp32, bf16, fp16); compiles without nvcc or torch.
 #pragma once
 
 #include <cstdint>
@@ -43,5 +43,43 @@ void check_params(const TiledCrossEntropyBackwardParams& params);
 
 void tiled_cross_entropy_forward_cpu(const TiledCrossEntropyParams& params);
 void tiled_cross_entropy_backward_cpu(const TiledCrossEntropyBackwardParams& params);
+
+// ---- CUDA path ---------------------------------------------------------------------------------
+// Same contract as the CPU path for float32, bfloat16 and float16 inputs, with every pointer of
+// the params (labels and lse included) and of the workspace in device memory of the current
+// device. Per token tile, one cuBLAS GEMM (fp32 compute, fp32 output) writes the tile's logits
+// into the workspace; the loss, lse and gradients are computed from those fp32 logits. All work
+// is queued on `stream` (a cudaStream_t; nullptr is the legacy default stream) and the launchers
+// return without synchronising. cuBLAS runs through one handle per (host thread, device),
+// created on first use. Label values are not read on the host: the caller checks them (the torch
+// adapter does, naming the token); a label outside [0, vocab) that is not kIgnoreIndex makes its
+// token's loss and gradient row NaN instead of reading out of bounds. Sizes and pointers are
+// checked on the host (core::Error); cuBLAS and CUDA failures throw core::Error naming the call,
+// file:line and the library's status. Only CUDA builds (CHUNKFLOW_WITH_CUDA) define these.
+
+// Device memory the forward needs besides its params; tile = min(tile_tokens, tokens).
+struct TiledCrossEntropyForwardWorkspace {
+  float* logits = nullptr;      // [tile, vocab] fp32: one tile's logits
+  float* token_loss = nullptr;  // [tokens] fp32: each token's loss (0 if ignored), summed at the
+                                // end in a fixed order (no float atomics): the same on every run
+};
+
+// Device memory the backward needs besides its params; tile = min(tile_tokens, tokens).
+struct TiledCrossEntropyBackwardWorkspace {
+  float* logits = nullptr;       // [tile, vocab] fp32: one tile's logits, recomputed
+  void* grad_logits = nullptr;   // [tile, vocab] dtype: (softmax - onehot) * grad_loss of the tile;
+                                 // unused for float32 (written over `logits` in place)
+  float* d_weight_fp32 = nullptr;  // [vocab, hidden_size] fp32: d_weight summed over tiles, then
+                                   // rounded once to dtype; unused for float32 (d_weight itself)
+};
+
+// Writes params.loss_sum and params.lse (both device memory).
+void tiled_cross_entropy_forward_cuda(const TiledCrossEntropyParams& params,
+                                      const TiledCrossEntropyForwardWorkspace& workspace,
+                                      void* stream);
+// Writes params.d_hidden and params.d_weight (dtype); params.lse comes from the forward.
+void tiled_cross_entropy_backward_cuda(const TiledCrossEntropyBackwardParams& params,
+                                       const TiledCrossEntropyBackwardWorkspace& workspace,
+                                       void* stream);
 
 }  // namespace chunkflow::kernels

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "kernels/attention_torch.h"
 #include "kernels/cross_entropy_torch.h"
+#include "kernels/fused_ops_torch.h"
 
 namespace chunkflow::models {
 namespace {
@@ -56,40 +57,17 @@ torch::Tensor attach_prefix(const torch::Tensor& own, const torch::Tensor& state
   return AttachPrefix::apply(own, state, gradient, rows);
 }
 
-RotaryTables rotary_tables(const torch::Tensor& positions, int64_t head_dim, double theta) {
-  // Same arithmetic as Hugging Face (fp32 inv_freq, fp32 outer product), so logits match it.
-  const auto float_options = torch::TensorOptions().dtype(torch::kFloat32).device(positions.device());
-  const torch::Tensor exponents =
-      torch::arange(0, head_dim, 2, torch::TensorOptions().dtype(torch::kInt64).device(positions.device()))
-          .to(torch::kFloat32) / static_cast<double>(head_dim);
-  const torch::Tensor inv_freq = 1.0 / torch::pow(torch::tensor(theta, float_options), exponents);
-  const torch::Tensor angles = positions.to(torch::kFloat32).unsqueeze(1) * inv_freq.unsqueeze(0);
-  const torch::Tensor doubled = torch::cat({angles, angles}, 1);
-  return {doubled.cos(), doubled.sin()};
-}
-
-torch::Tensor apply_rotary(const torch::Tensor& x, const RotaryTables& tables) {
-  const int64_t half = x.size(-1) / 2;
-  const torch::Tensor rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  const torch::Tensor cos = tables.cos.unsqueeze(1).to(x.scalar_type());
-  const torch::Tensor sin = tables.sin.unsqueeze(1).to(x.scalar_type());
-  return x * cos + rotated * sin;
-}
-
 RMSNormImpl::RMSNormImpl(int64_t hidden_size, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({hidden_size}));
 }
 
-torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  const torch::Tensor x32 = x.to(torch::kFloat32);
-  const torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + eps_);
-  return weight * normed.to(x.scalar_type());
-}
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) { return kernels::rms_norm(x, weight, eps_); }
 
 AttentionImpl::AttentionImpl(const configs::ModelConfig& config)
     : heads_(config.num_attention_heads),
       kv_heads_(config.num_key_value_heads),
-      head_dim_(config.effective_head_dim()) {
+      head_dim_(config.effective_head_dim()),
+      rope_theta_(config.rope_theta) {
   const bool qkv_bias = config.attention_bias;
   // Llama's attention_bias covers o_proj too; Qwen2 has q/k/v biases only.
   const bool o_bias = config.attention_bias && config.family == "llama";
@@ -99,11 +77,13 @@ AttentionImpl::AttentionImpl(const configs::ModelConfig& config)
   o_proj = register_module("o_proj", linear(heads_ * head_dim_, config.hidden_size, o_bias));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
-                                     const KVPrefix& state, LayerKV* own_kv) {
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const KVPrefix& state,
+                                     LayerKV* own_kv) {
   const int64_t tokens = x.size(0);
-  const torch::Tensor q = apply_rotary(q_proj(x).view({tokens, heads_, head_dim_}), rotary);
-  const torch::Tensor k = apply_rotary(k_proj(x).view({tokens, kv_heads_, head_dim_}), rotary);
+  const torch::Tensor q =
+      kernels::apply_rotary(q_proj(x).view({tokens, heads_, head_dim_}), batch.positions, rope_theta_);
+  const torch::Tensor k =
+      kernels::apply_rotary(k_proj(x).view({tokens, kv_heads_, head_dim_}), batch.positions, rope_theta_);
   const torch::Tensor v = v_proj(x).view({tokens, kv_heads_, head_dim_});
   // Under context parallelism the attention reads every cp rank's K/V: this chunk's "own" K/V
   // (what the K/V state stores and what later chunks send gradients to) are the gathered rows.
@@ -145,7 +125,7 @@ MLPImpl::MLPImpl(const configs::ModelConfig& config) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  return down_proj(kernels::swiglu(gate_proj(x), up_proj(x)));
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const configs::ModelConfig& config) {
@@ -156,9 +136,9 @@ DecoderLayerImpl::DecoderLayerImpl(const configs::ModelConfig& config) {
       register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps));
 }
 
-torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
-                                        const KVPrefix& state, LayerKV* own_kv) {
-  const torch::Tensor h = x + self_attn(input_layernorm(x), batch, rotary, state, own_kv);
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const KVPrefix& state,
+                                        LayerKV* own_kv) {
+  const torch::Tensor h = x + self_attn(input_layernorm(x), batch, state, own_kv);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -245,11 +225,10 @@ torch::Tensor CausalLMImpl::forward_layers(torch::Tensor x, const ChunkBatch& ba
   const size_t layer_count = model->layer_list.size();
   CF_ASSERT(state.empty() || state.size() == layer_count, "K/V state has ", state.size(), " layers, stage has ",
             layer_count);
-  const RotaryTables rotary = rotary_tables(batch.positions, config_.effective_head_dim(), config_.rope_theta);
   own_kv->assign(layer_count, LayerKV{});
   const KVPrefix no_state;
   for (size_t i = 0; i < layer_count; ++i) {
-    x = model->layer_list[i](x, batch, rotary, state.empty() ? no_state : state[i], &(*own_kv)[i]);
+    x = model->layer_list[i](x, batch, state.empty() ? no_state : state[i], &(*own_kv)[i]);
   }
   return x;
 }

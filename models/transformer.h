@@ -39,15 +39,8 @@ struct KVPrefix {
 torch::Tensor attach_prefix(const torch::Tensor& own, const torch::Tensor& state, const torch::Tensor& gradient,
                             int64_t rows);
 
-// Rotary tables for a chunk: cos/sin [tokens, head_dim] fp32, from per-token positions
-// (Hugging Face's rotate-half convention, inv_freq = theta^(-2i/head_dim)).
-struct RotaryTables {
-  torch::Tensor cos, sin;
-};
-RotaryTables rotary_tables(const torch::Tensor& positions, int64_t head_dim, double theta);
-// x [tokens, heads, head_dim] -> x * cos + rotate_half(x) * sin.
-torch::Tensor apply_rotary(const torch::Tensor& x, const RotaryTables& tables);
-
+// Hugging Face's RMSNorm (normalized in fp32, rounded to x's dtype, then times the weight), fused:
+// kernels::rms_norm.
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t hidden_size, double eps);
@@ -63,21 +56,21 @@ class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const configs::ModelConfig& config);
   // x [tokens, hidden]; state: the split sequence's K/V state for the batch's first segment
-  // (undefined tensors for a standalone chunk). Writes this chunk's own K/V into *own_kv.
-  // Returns [tokens, hidden].
-  torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
-                        const KVPrefix& state, LayerKV* own_kv);
+  // (undefined tensors for a standalone chunk). Queries and keys are rotated by batch.positions
+  // (kernels::apply_rotary). Writes this chunk's own K/V into *own_kv. Returns [tokens, hidden].
+  torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const KVPrefix& state, LayerKV* own_kv);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
   int64_t heads_, kv_heads_, head_dim_;
+  double rope_theta_;
 };
 TORCH_MODULE(Attention);
 
 class MLPImpl : public torch::nn::Module {
  public:
   explicit MLPImpl(const configs::ModelConfig& config);
-  torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
+  torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x)), the product fused
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
@@ -85,8 +78,7 @@ TORCH_MODULE(MLP);
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   explicit DecoderLayerImpl(const configs::ModelConfig& config);
-  torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const RotaryTables& rotary,
-                        const KVPrefix& state, LayerKV* own_kv);
+  torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const KVPrefix& state, LayerKV* own_kv);
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};

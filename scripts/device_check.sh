@@ -11,7 +11,8 @@
 #   scripts/device_check.sh             # on the GPU machine (also runs here: GPU tests skip)
 #
 # Environment: OUT (results folder), PYTHON (default python3), CHUNKFLOW_DEVICE_ARCH (default 90),
-# CHUNKFLOW_DEVICE_BUILD_DIR, CHUNKFLOW_DEVICE_CMAKE_ARGS (extra cmake arguments; a rehearsal on a
+# CHUNKFLOW_DEVICE_BUILD_DIR, CHUNKFLOW_DEVICE_BUILD_TIMEOUT (seconds, default 360: a 2-core
+# build machine needs ~20 minutes from cold), CHUNKFLOW_DEVICE_CMAKE_ARGS (extra cmake arguments; a rehearsal on a
 # build machine passes -DCMAKE_DISABLE_FIND_PACKAGE_GTest=ON to use the copied sources as the GPU
 # machine will).
 #
@@ -106,7 +107,7 @@ run_step configure 300 cmake -S "$repo_root" -B "$build_dir" "${generator[@]}" "
   -DCHUNKFLOW_PYTHON="$(command -v "$python")" -DCMAKE_PREFIX_PATH="$torch_prefix" \
   -DCMAKE_CUDA_ARCHITECTURES="$arch" -DTORCH_CUDA_ARCH_LIST="${arch:0:1}.${arch:1}" \
   "${gtest_args[@]}" ${CHUNKFLOW_DEVICE_CMAKE_ARGS:-} || exit 1
-run_step build 360 cmake --build "$build_dir" -j "$(nproc)" || exit 1
+run_step build "${CHUNKFLOW_DEVICE_BUILD_TIMEOUT:-360}" cmake --build "$build_dir" -j "$(nproc)" || exit 1
 
 # Kernel tests: GPU ones first (they are why we are here), then the CPU ones of kernels/.
 run_step tests 240 bash -c "cd '$build_dir' && ctest -L gpu --output-on-failure --timeout 120 \

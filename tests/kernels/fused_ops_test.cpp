@@ -420,6 +420,26 @@ TEST_F(FusedOpsTest, SwigluMatchesFloat64ReferenceAndGradientsIncludingSaturated
   }
 }
 
+TEST_F(FusedOpsTest, SwigluGivesTheCompositesInfinitiesAndNaNsAtSpecialGates) {
+  const float inf = std::numeric_limits<float>::infinity();
+  // Around exp's overflow (|g| ~ 88.7) and underflow (~ 87.3) thresholds, and non-finite gates.
+  const auto gate = torch::tensor({0.0f, -0.0f, 87.3f, 87.4f, -87.3f, -87.4f, 88.7f, 88.8f, -88.7f,
+                                   -88.8f, 1e-30f, inf, -inf, kNaN});
+  const auto up = torch::full_like(gate, 1.5f);
+  const auto dout = torch::full_like(gate, -0.75f);
+  const Gradients ours = swiglu_launchers(gate, up, dout);
+  const auto leaf = gate.clone().requires_grad_();
+  const auto leaf_up = up.clone().requires_grad_();
+  const auto composite = torch::silu(leaf) * leaf_up;
+  composite.backward(dout);
+  for (const auto& [name, actual, expected] :
+       {std::tuple{"out", ours.out, composite.detach()}, std::tuple{"dgate", ours.first, leaf.grad()},
+        std::tuple{"dup", ours.second, leaf_up.grad()}}) {
+    EXPECT_TRUE(torch::allclose(actual, expected, 1e-6, /*atol=*/0.0, /*equal_nan=*/true))
+        << name << ": ours " << actual << "\ncomposite " << expected;
+  }
+}
+
 // ---- paths, poisoned buffers and errors -------------------------------------------------------
 
 TEST_F(FusedOpsTest, LaunchersWriteEveryElementOfNaNPoisonedBuffers) {

