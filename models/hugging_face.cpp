@@ -19,10 +19,6 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-// Tokenizer files transformers writes with a model; whichever exist are carried through.
-constexpr const char* kTokenizerFiles[] = {"tokenizer.json",     "tokenizer_config.json", "special_tokens_map.json",
-                                           "tokenizer.model",    "vocab.json",            "merges.txt",
-                                           "added_tokens.json", "chat_template.jinja"};
 
 struct ConfigReader {
   const std::string& path;
@@ -362,7 +358,8 @@ void write_hf_directory(const std::string& directory,
     core::write_file_atomic(directory + "/generation_config.json", generation.dump(2) + "\n");
   }
   if (!options.source_directory.empty()) {
-    for (const char* file : kTokenizerFiles) {
+    for (const std::string file : kHfCarriedFiles) {
+      if (file == "config.json" || file == "generation_config.json") continue;  // written above
       const std::string source = options.source_directory + "/" + file;
       if (core::path_exists(source)) core::write_file_atomic(directory + "/" + file, core::read_file(source));
     }

@@ -47,6 +47,13 @@ void load_hf_weights(CausalLM& model, const std::string& directory);
 // | float16), on the CPU. A tied model has no lm_head.weight (transformers re-ties it).
 std::vector<std::pair<std::string, torch::Tensor>> hf_named_tensors(CausalLM& model, const std::string& dtype);
 
+// Files of a Hugging Face directory that are not weights and that a fine-tuned export keeps:
+// the source config.json (token ids and other keys), generation_config.json and the tokenizer.
+inline constexpr const char* kHfCarriedFiles[] = {
+    "config.json",       "generation_config.json", "tokenizer.json",  "tokenizer_config.json",
+    "special_tokens_map.json", "tokenizer.model",  "vocab.json",      "merges.txt",
+    "added_tokens.json", "chat_template.jinja"};
+
 struct HfExportOptions {
   std::string dtype = "float32";         // float32 | bfloat16 | float16
   uint64_t max_shard_bytes = uint64_t{5} << 30;  // transformers' default of 5 GB shards

@@ -24,6 +24,7 @@
 #include "core/file_io.h"
 #include "core/logging.h"
 #include "core/strings.h"
+#include "models/hugging_face.h"
 #include "models/safetensors.h"
 
 namespace chunkflow::trainer {
@@ -183,6 +184,16 @@ std::string save_checkpoint(const CheckpointContents& contents, parallel::Commun
   barrier();
 
   if (leader) {
+    // The source model's tokenizer and generation config travel with every checkpoint, so an
+    // export needs nothing but the checkpoint.
+    if (!config.model.init_from.empty()) {
+      const std::string recorded = partial_dir + "/hf";
+      core::make_directories(recorded);
+      for (const char* file : models::kHfCarriedFiles) {
+        const std::string source = config.model.init_from + "/" + file;
+        if (core::path_exists(source)) core::write_file_atomic(recorded + "/" + file, core::read_file(source));
+      }
+    }
     checkpoint::Manifest manifest;
     manifest.set_format_version(kCheckpointFormatVersion);
     manifest.set_step(contents.step);
