@@ -59,7 +59,7 @@ out = sys.argv[1]
 sequences = [[5, 17, 3, 99, 42, 7, 7, 64, 1, 88, 23], [9, 2, 55, 31, 76]]
 def build(name, config, dtype, shard):
     torch.manual_seed(1234)
-    model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2)
@@ -87,7 +87,7 @@ build("llama_bf16", llama, torch.bfloat16, "5GB")
 constexpr const char* kLogitsOf = R"(
 import sys, torch, transformers
 from safetensors.torch import save_file
-model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
 sequences = [[5, 17, 3, 99, 42, 7, 7, 64, 1, 88, 23], [9, 2, 55, 31, 76]]
 with torch.no_grad():
     logits = {f"seq{i}": model(torch.tensor([s])).logits[0].contiguous() for i, s in enumerate(sequences)}

@@ -95,7 +95,7 @@ PY
 import sys, glob, torch, transformers
 from safetensors.torch import load_file
 hf, checkpoint = sys.argv[1], sys.argv[2]
-model = transformers.AutoModelForCausalLM.from_pretrained(hf, torch_dtype=torch.float32)
+model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
 state = model.state_dict()
 saved = {}
 for shard in sorted(glob.glob(f"{checkpoint}/stage-*.safetensors")):
