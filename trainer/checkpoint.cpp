@@ -163,6 +163,10 @@ std::string save_checkpoint(const CheckpointContents& contents, parallel::Commun
   const int stage = mesh != nullptr ? mesh->coordinates().pp : 0;
   const bool writes_shard = mesh == nullptr || (mesh->coordinates().dp == 0 && mesh->coordinates().cp == 0);
   if (writes_shard) {
+    // Normally rank 0 made it; a rank that does not see it does not share the file system.
+    CF_CHECK(core::path_exists(partial_dir), "checkpoint.dir ", root, ": rank ", world != nullptr ? world->rank() : 0,
+             " does not see the folder rank 0 created (", partial_dir,
+             "); checkpoints need a folder every rank shares (a shared file system)");
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
     auto& optimizer_state = contents.optimizer->state();
     for (const auto& parameter : (*contents.model)->named_parameters()) {

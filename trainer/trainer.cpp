@@ -223,6 +223,7 @@ void Trainer::save_checkpoint_now() {
 
 void Trainer::after_step() {
   const int64_t interval = config_.checkpoint.interval;
+  if (interval < 0) return;  // checkpoints off
   const bool last = steps_done_ == config_.run.steps;
   if (last || (interval > 0 && steps_done_ % interval == 0)) save_checkpoint_now();
 }
