@@ -6,7 +6,7 @@
 namespace chunkflow::configs {
 
 void CheckpointConfig::validate() const {
-  check_field(interval >= 0, "checkpoint.interval", ">= 0 (0 = only at the end)", interval);
+  check_field(interval >= -1, "checkpoint.interval", ">= -1 (0 = only at the end, -1 = never)", interval);
   check_field(keep_last >= 1, "checkpoint.keep_last", ">= 1", keep_last,
               "the last checkpoint is what resume and export read");
 }

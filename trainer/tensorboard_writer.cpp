@@ -57,15 +57,19 @@ TensorBoardWriter::TensorBoardWriter(const std::string& log_dir) {
            "TensorBoard log directory '", log_dir, "' cannot be created: ",
            error ? error.message() : "a non-directory of that name is in the way");
 
-  path_ = core::str_cat(log_dir, "/events.out.tfevents.", static_cast<int64_t>(std::time(nullptr)),
-                        ".", host_name(), ".", ::getpid(), ".chunkflow");
-  // O_EXCL: never truncate another writer's file.
-  const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  const int open_error = errno;
-  CF_CHECK(fd >= 0, "cannot create TensorBoard event file '", path_, "': ", os_error(open_error),
-           open_error == EEXIST ? " (another writer made it this second; give each writer its "
-                                  "own log directory)"
-                                : "");
+  // O_EXCL: never truncate another writer's file. A second writer of this process in the same
+  // second (a run resumed in-process) takes the next free suffix; TensorBoard reads every
+  // events.out.tfevents.* file of the folder.
+  const std::string base = core::str_cat(log_dir, "/events.out.tfevents.", static_cast<int64_t>(std::time(nullptr)),
+                                         ".", host_name(), ".", ::getpid(), ".chunkflow");
+  int fd = -1, open_error = 0;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    path_ = attempt == 0 ? base : core::str_cat(base, ".", attempt);
+    fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    open_error = errno;
+    if (fd >= 0 || open_error != EEXIST) break;
+  }
+  CF_CHECK(fd >= 0, "cannot create TensorBoard event file '", path_, "': ", os_error(open_error));
   file_ = ::fdopen(fd, "wb");
   if (file_ == nullptr) {
     const int saved = errno;

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <sstream>
 
 #include "configs/config_loader.h"
 #include "core/error.h"
@@ -15,8 +17,10 @@
 #include "data/chunk_inputs.h"
 #include "data/chunk_plan.h"
 #include "models/chunk_batch.h"
+#include "models/hugging_face.h"
 #include "parallel/context_parallel.h"
 #include "parallel/pipeline_schedule.h"
+#include "trainer/checkpoint.h"
 #include "trainer/flops.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/memory_stats.h"
@@ -119,6 +123,19 @@ void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh, paral
   weight.mutable_grad().add_(theirs);
 }
 
+// Keeps the lines of metrics.jsonl whose "step" is at most `last_step` (rewritten atomically).
+void truncate_metrics_after(const std::string& path, int64_t last_step) {
+  std::istringstream lines(core::read_file(path));
+  std::string kept, line;
+  while (std::getline(lines, line)) {
+    const size_t key = line.find("\"step\":");
+    if (key == std::string::npos) continue;
+    const int64_t step = std::strtoll(line.c_str() + key + 7, nullptr, 10);
+    if (step <= last_step) kept += line + "\n";
+  }
+  core::write_file_atomic(path, kept);
+}
+
 struct Trainer::Outputs {
   std::unique_ptr<TensorBoardWriter> tensorboard;
   std::FILE* metrics = nullptr;
@@ -131,8 +148,8 @@ struct Trainer::Outputs {
 
 Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config_(std::move(config)), world_(world) {
   config_.validate();
-  CF_CHECK(config_.model.init_from.empty(), "model.init_from = '", config_.model.init_from,
-           "': initializing from a Hugging Face checkpoint is not available in this version; leave it empty");
+  // Fine-tuning from a Hugging Face directory: its config.json defines the architecture.
+  if (!config_.model.init_from.empty()) config_.model = models::merge_hf_config(config_.model);
   CF_CHECK(config_.run.device != "cuda", "run.device = cuda: this build runs the CPU kernels only; use auto or cpu");
   CF_CHECK(config_.model.dtype == "float32", "model.dtype = ", config_.model.dtype,
            ": the CPU path trains in float32; bfloat16 needs the CUDA kernels");
@@ -159,6 +176,10 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   // Every stage draws the same initialization seed, so a pipeline holds the single-rank weights.
   torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
   model_ = models::CausalLM(config_.model, stage);
+  if (!config_.model.init_from.empty()) {
+    models::load_hf_weights(model_, config_.model.init_from);
+    core::log_info("loaded ", model_->parameters().size(), " weight tensors from ", config_.model.init_from);
+  }
   optimizer_ = make_optimizer(model_, config_.optim);
   PipelineStage pipeline;
   pipeline.stage = pipeline_stage_;
@@ -171,6 +192,40 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
         model_->parameters(), mesh_->stage_group(),
         static_cast<int64_t>(config_.parallel.gradient_bucket_mb * 1024 * 1024));
   }
+
+  // Resume: weights, optimizer state, RNG and sampler position of the checkpoint (any layout).
+  resumed_from_ = resolve_resume(config_);
+  if (!resumed_from_.empty()) {
+    const checkpoint::Manifest manifest = load_checkpoint(resumed_from_, config_, *dataset_, model_, *optimizer_);
+    steps_done_ = manifest.step();
+    data::SamplerPosition position;
+    position.epoch = manifest.sampler().epoch();
+    position.cursor = manifest.sampler().cursor();
+    position.step = manifest.sampler().step();
+    sampler_->restore(position);
+    core::log_info("resumed from ", resumed_from_, " at step ", steps_done_, " (saved with dp ",
+                   manifest.layout().dp(), " cp ", manifest.layout().cp(), " pp ", manifest.layout().pp(), ")");
+  } else if (config_.checkpoint.resume == "auto") {
+    core::log_info("checkpoint.resume = auto: no checkpoint in ", config_.checkpoint_dir(), ", starting fresh");
+  }
+}
+
+void Trainer::save_checkpoint_now() {
+  CheckpointContents contents;
+  contents.step = steps_done_;
+  contents.model = &model_;
+  contents.optimizer = optimizer_.get();
+  contents.sampler = sampler_->position();
+  contents.dataset = dataset_fingerprint(*dataset_, config_.data.path);
+  contents.config = &config_;
+  save_checkpoint(contents, world_ != nullptr && world_->size() > 1 ? world_ : nullptr, mesh_.get());
+}
+
+void Trainer::after_step() {
+  const int64_t interval = config_.checkpoint.interval;
+  if (interval < 0) return;  // checkpoints off
+  const bool last = steps_done_ == config_.run.steps;
+  if (last || (interval > 0 && steps_done_ % interval == 0)) save_checkpoint_now();
 }
 
 Trainer::~Trainer() = default;
@@ -378,7 +433,10 @@ std::vector<StepMetrics> Trainer::train() {
   const std::string run_dir = config_.run.run_dir();
   if (!writes_outputs()) {
     std::vector<StepMetrics> history;
-    while (steps_done_ < config_.run.steps) history.push_back(train_step());
+    while (steps_done_ < config_.run.steps) {
+      history.push_back(train_step());
+      after_step();
+    }
     return history;
   }
   core::make_directories(run_dir);
@@ -397,6 +455,9 @@ std::vector<StepMetrics> Trainer::train() {
   outputs_ = std::make_unique<Outputs>();
   outputs_->start = std::chrono::steady_clock::now();
   const std::string metrics_path = run_dir + "/metrics.jsonl";
+  // A resumed run continues the file: lines of steps after the checkpoint (written before the
+  // interruption) are dropped so every step appears once.
+  if (steps_done_ > 0 && core::path_exists(metrics_path)) truncate_metrics_after(metrics_path, steps_done_);
   outputs_->metrics = std::fopen(metrics_path.c_str(), steps_done_ == 0 ? "w" : "a");
   CF_CHECK(outputs_->metrics != nullptr, "cannot open '", metrics_path, "' for writing");
   if (config_.logging.tensorboard) outputs_->tensorboard = std::make_unique<TensorBoardWriter>(run_dir + "/tensorboard");
@@ -407,6 +468,7 @@ std::vector<StepMetrics> Trainer::train() {
   while (steps_done_ < config_.run.steps) {
     history.push_back(train_step());
     report(history.back());
+    after_step();
   }
   if (outputs_->tensorboard) outputs_->tensorboard->flush();
   if (!history.empty()) {

@@ -88,9 +88,15 @@ class Trainer {
   models::CausalLM& model() { return model_; }
   const configs::Config& config() const { return config_; }
   int64_t steps_done() const { return steps_done_; }
+  // The checkpoint the run resumed from ("" for a fresh start).
+  const std::string& resumed_from() const { return resumed_from_; }
+  // Saves a checkpoint of the current step (collective over the world); train() calls it every
+  // checkpoint.interval steps and after the last step.
+  void save_checkpoint_now();
 
  private:
   void report(const StepMetrics& metrics);
+  void after_step();
 
   configs::Config config_;
   std::unique_ptr<data::IndexedDataset> dataset_;
@@ -106,6 +112,7 @@ class Trainer {
   std::unique_ptr<parallel::GradientReducer> reducer_;
   int pipeline_stage_ = 0;
   int64_t steps_done_ = 0;
+  std::string resumed_from_;
   bool writes_outputs() const { return world_ == nullptr || world_->rank() == 0; }
 
   struct Outputs;  // run directory files; opened by train()

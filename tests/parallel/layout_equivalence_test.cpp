@@ -269,6 +269,9 @@ TEST(LayoutEquivalenceTest, TrainingRunsReproduceTheSingleRankRunOnEveryLayout) 
     config.model.tie_word_embeddings = true;
     config.chunking.resident_chunks = 2;
     config.logging.tensorboard = false;
+    // Checkpoints need a folder every rank shares; these ranks each have their own
+    // (checkpointing under mpirun: tools.chunkflow_train_resume).
+    config.checkpoint.interval = -1;
     return config;
   };
   configs::Config single = make_config("single");

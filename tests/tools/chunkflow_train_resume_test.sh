@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Exact resume after SIGKILL, under mpirun, and re-sharding to other layouts:
+#  1. a dp = 2 run with checkpoints every 4 steps is killed with SIGKILL (mpirun and both ranks)
+#     once a few checkpoints exist, possibly in the middle of writing one;
+#  2. resumed from its newest checkpoint C (resume: auto) to step C + 4, every loss equals an
+#     uninterrupted dp = 2 run's (relative 1e-6); so do runs resumed from C on 1 rank and on
+#     pp = 2 (relative 1e-5: other layouts sum in another order);
+#  3. chunkflow-export of the pp = 2 run's checkpoint (two stage shards) loads in transformers and
+#     holds exactly the checkpoint's weights.
+# The learning rate is constant, so a run's steps do not depend on run.steps.
+set -euo pipefail
+train="$1"
+data_tool="$2"
+mpiexec="$3"
+export_tool="$4"
+python="$5"
+work="$(mktemp -d)"
+mpirun_pid=""
+cleanup() {
+  if [ -n "$mpirun_pid" ]; then
+    for pid in $(pgrep -P "$mpirun_pid" 2>/dev/null) "$mpirun_pid"; do kill -9 "$pid" 2>/dev/null || true; done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+"$data_tool" synth --output "$work/data/synth" --sequences 300 --scale 0.05 --max-length 300 \
+  --tail-fraction 0.05 --vocab-size 64 --quiet >/dev/null
+printf 'run:\n  name: resume\n' >"$work/run.yaml"
+common=(--config "$work/run.yaml" --set data.path="$work/data/synth" --set model.vocab_size=64
+        --set model.hidden_size=32 --set model.intermediate_size=48 --set model.num_hidden_layers=2
+        --set model.num_attention_heads=4 --set model.num_key_value_heads=2 --set data.batch_tokens=400
+        --set chunking.chunk_size=24 --set optim.schedule=constant --set optim.warmup_steps=0
+        --set parallel.calibrate_costs=false --set logging.interval=1000)
+
+# 1. Killed run.
+"$mpiexec" -np 2 "$train" "${common[@]}" --set run.output_dir="$work/killed" --set parallel.dp=2 \
+  --set run.steps=100000 --set checkpoint.interval=4 >"$work/killed.out" 2>&1 &
+mpirun_pid=$!
+checkpoints="$work/killed/resume/checkpoints"
+for _ in $(seq 600); do
+  [ -f "$checkpoints/step-00000012/manifest.pb" ] && break
+  kill -0 "$mpirun_pid" 2>/dev/null || { cat "$work/killed.out"; fail "the run ended before its third checkpoint"; }
+  sleep 0.1
+done
+[ -f "$checkpoints/step-00000012/manifest.pb" ] || fail "no checkpoint at step 12 within 60 s"
+for pid in $(pgrep -P "$mpirun_pid") "$mpirun_pid"; do kill -9 "$pid" 2>/dev/null || true; done
+wait "$mpirun_pid" 2>/dev/null || true
+mpirun_pid=""
+last=$(ls "$checkpoints" | grep -E '^step-[0-9]+$' | while read -r name; do
+  [ -f "$checkpoints/$name/manifest.pb" ] && echo "$name"; done | sort | tail -n 1)
+resumed_at=$((10#${last#step-}))
+target=$((resumed_at + 4))
+echo "killed after checkpoint $last; resuming at step $resumed_at up to $target"
+
+# 2. Uninterrupted reference and the resumed runs.
+"$mpiexec" -np 2 "$train" "${common[@]}" --set run.output_dir="$work/reference" --set parallel.dp=2 \
+  --set run.steps="$target" >"$work/reference.out" 2>&1 || { cat "$work/reference.out"; fail "reference run failed"; }
+"$mpiexec" -np 2 "$train" "${common[@]}" --set run.output_dir="$work/killed" --set parallel.dp=2 \
+  --set run.steps="$target" --set checkpoint.resume=auto >"$work/resumed.out" 2>&1 ||
+  { cat "$work/resumed.out"; fail "resumed run failed"; }
+grep -q "resumed from .*$last at step $resumed_at" "$work/resumed.out" || { cat "$work/resumed.out"; fail "did not resume from $last"; }
+"$mpiexec" -np 1 "$train" "${common[@]}" --set run.output_dir="$work/single" --set run.steps="$target" \
+  --set checkpoint.resume="$checkpoints/$last" >"$work/single.out" 2>&1 || { cat "$work/single.out"; fail "1-rank resume failed"; }
+"$mpiexec" -np 2 "$train" "${common[@]}" --set run.output_dir="$work/pipeline" --set parallel.pp=2 \
+  --set run.steps="$target" --set checkpoint.resume="$checkpoints/$last" >"$work/pipeline.out" 2>&1 ||
+  { cat "$work/pipeline.out"; fail "pp = 2 resume failed"; }
+
+"$python" - "$work" "$resumed_at" "$target" <<'PY'
+import json, sys
+work, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def losses(path):
+    values = {}
+    for line in open(path):
+        record = json.loads(line)
+        values.setdefault(record["step"], []).append(record["loss"])
+    return values
+reference = losses(f"{work}/reference/resume/metrics.jsonl")
+resumed = losses(f"{work}/killed/resume/metrics.jsonl")
+for step in range(1, last + 1):
+    assert len(resumed.get(step, [])) == 1, f"step {step} appears {len(resumed.get(step, []))} times in the resumed metrics"
+for name, tolerance in (("killed", 1e-6), ("single", 1e-5), ("pipeline", 1e-5)):
+    got = losses(f"{work}/{name}/resume/metrics.jsonl")
+    for step in range(first + 1, last + 1):
+        want, have = reference[step][0], got[step][0]
+        assert abs(have - want) <= tolerance * abs(want), f"{name}: step {step} loss {have} vs uninterrupted {want}"
+print(f"losses of steps {first + 1}..{last} equal the uninterrupted run (dp 2 resume 1e-6; 1 rank and pp 2 1e-5)")
+PY
+
+# 3. Export of a two-stage checkpoint.
+"$export_tool" --checkpoint "$work/pipeline/resume/checkpoints" --output "$work/hf" --max-shard-mb 1 >"$work/export.out" 2>&1 ||
+  { cat "$work/export.out"; fail "chunkflow-export failed"; }
+"$python" - "$work/hf" "$work/pipeline/resume/checkpoints/step-$(printf '%08d' "$target")" <<'PY'
+import sys, glob, torch, transformers
+from safetensors.torch import load_file
+hf, checkpoint = sys.argv[1], sys.argv[2]
+model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+state = model.state_dict()
+saved = {}
+for shard in sorted(glob.glob(f"{checkpoint}/stage-*.safetensors")):
+    for name, tensor in load_file(shard).items():
+        if name.startswith("model/"):
+            saved[name[len("model/"):]] = tensor
+assert len(glob.glob(f"{checkpoint}/stage-*.safetensors")) == 2
+for name, tensor in saved.items():
+    assert torch.equal(state[name], tensor), name
+print(f"transformers loaded the export; {len(saved)} tensors equal the two-stage checkpoint's")
+PY
