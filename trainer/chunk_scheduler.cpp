@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/strings.h"
 #include "parallel/pipeline_schedule.h"
 #include "trainer/kv_state_store.h"
 
@@ -37,12 +38,21 @@ class StageRun {
   void run(const parallel::PipelineOp& op) {
     const auto start = Clock::now();
     waited_ = 0;
-    if (op.kind == parallel::PipelineOp::Kind::kForward) {
+    const bool is_forward = op.kind == parallel::PipelineOp::Kind::kForward;
+    if (is_forward) {
       forward(op);
     } else {
       backward(op);
     }
     totals.busy_seconds += seconds_since(start) - waited_;
+    if (pipeline_.trace != nullptr) {
+      const char* category = is_forward ? "forward" : op.recompute ? "recompute" : "backward";
+      pipeline_.trace->add(core::str_cat(is_forward ? "F" : op.recompute ? "R+B" : "B", " chunk ", op.chunk), category,
+                           TraceRecorder::kCompute, start, Clock::now(),
+                           core::str_cat("\"chunk\": ", op.chunk, ", \"group\": ", op.group, ", \"tokens\": ",
+                                         plan_.chunks().at(static_cast<size_t>(op.chunk)).tokens,
+                                         ", \"wait_ms\": ", waited_ * 1e3));
+    }
     // Free the buffers of sends that have completed.
     while (!sends_.empty() && sends_.front()->done()) sends_.pop_front();
   }
@@ -103,6 +113,10 @@ class StageRun {
     torch::Tensor tensor = torch::empty({rows, config.hidden_size}, model_->parameters().front().options());
     pipeline_.group->recv(tensor, peer, tag);
     waited_ += seconds_since(start);
+    if (pipeline_.trace != nullptr) {
+      pipeline_.trace->add(tag == kActivationTag ? "wait for activations" : "wait for gradients", "wait",
+                           TraceRecorder::kWait, start, Clock::now(), core::str_cat("\"from_stage\": ", peer));
+    }
     return tensor;
   }
 

@@ -27,6 +27,7 @@
 #include "data/chunk_plan.h"
 #include "models/transformer.h"
 #include "parallel/communicator.h"
+#include "trainer/trace.h"
 
 namespace chunkflow::trainer {
 
@@ -61,6 +62,7 @@ struct PipelineStage {
   int stages = 1;
   parallel::Communicator* group = nullptr;
   int64_t extra_in_flight = 0;  // parallel.pipeline_extra_in_flight
+  TraceRecorder* trace = nullptr;  // logging.trace: every forward/backward and wait becomes a span
 };
 
 class ChunkScheduler {

@@ -186,6 +186,12 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   pipeline.stages = stages;
   pipeline.group = mesh_ != nullptr ? &mesh_->pp_group() : nullptr;
   pipeline.extra_in_flight = config_.parallel.pipeline_extra_in_flight;
+  if (config_.logging.trace) {
+    // Time zero after a barrier, so every rank of a machine shares the axis.
+    if (world_ != nullptr && world_->size() > 1) world_->barrier();
+    trace_ = std::make_unique<TraceRecorder>(world_ != nullptr ? world_->rank() : 0, TraceRecorder::Clock::now());
+    pipeline.trace = trace_.get();
+  }
   scheduler_ = std::make_unique<ChunkScheduler>(model_, config_.chunking.resident_chunks, pipeline);
   if (mesh_ != nullptr && mesh_->stage_group().size() > 1) {
     reducer_ = std::make_unique<parallel::GradientReducer>(
@@ -211,6 +217,7 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
 }
 
 void Trainer::save_checkpoint_now() {
+  const TraceSpan span(trace_.get(), core::str_cat("checkpoint step ", steps_done_), "checkpoint", TraceRecorder::kStep);
   CheckpointContents contents;
   contents.step = steps_done_;
   contents.model = &model_;
@@ -219,6 +226,19 @@ void Trainer::save_checkpoint_now() {
   contents.dataset = dataset_fingerprint(*dataset_, config_.data.path);
   contents.config = &config_;
   save_checkpoint(contents, world_ != nullptr && world_->size() > 1 ? world_ : nullptr, mesh_.get());
+}
+
+void Trainer::write_trace() {
+  if (!trace_) return;
+  const int rank = world_ != nullptr ? world_->rank() : 0;
+  const std::string folder = config_.run.run_dir() + "/trace";
+  core::make_directories(folder);
+  const std::string path = core::str_cat(folder, "/rank-", rank, ".json");
+  trace_->write(path);
+  if (trace_->dropped() > 0) {
+    core::log_warn("trace ", path, ": kept the first ", trace_->events(), " spans, dropped ", trace_->dropped());
+  }
+  if (writes_outputs()) core::log_info("timeline of every rank in ", folder, "/ (open in https://ui.perfetto.dev)");
 }
 
 void Trainer::after_step() {
@@ -250,6 +270,7 @@ StepMetrics Trainer::train_step() {
   std::vector<PlannedBatch> planned(static_cast<size_t>(config_.optim.grad_accumulation));
   int64_t step_loss_tokens = 0;
   std::vector<int64_t> lengths;
+  const auto plan_start = TraceRecorder::Clock::now();
   for (auto& entry : planned) {
     entry.batch = sampler_->next();
     entry.masks.resize(entry.batch.sequences.size());
@@ -263,6 +284,10 @@ StepMetrics Trainer::train_step() {
     step_loss_tokens += entry.plan.loss_tokens();
     metrics.sequences += static_cast<int64_t>(entry.batch.sequences.size());
     metrics.chunks += static_cast<int64_t>(entry.plan.chunks().size());
+  }
+  if (trace_) {
+    trace_->add(core::str_cat("plan step ", metrics.step), "plan", TraceRecorder::kStep, plan_start,
+                TraceRecorder::Clock::now(), core::str_cat("\"chunks\": ", metrics.chunks, ", \"sequences\": ", metrics.sequences));
   }
 
   optimizer_->zero_grad();
@@ -320,6 +345,7 @@ StepMetrics Trainer::train_step() {
     }
   }
   if (mesh_ != nullptr) {
+    const TraceSpan reduce_span(trace_.get(), "gradient all-reduce + loss sums", "communication", TraceRecorder::kStep);
     reduce_gradients(model_, *mesh_, reducer_.get());
     if (reducer_) metrics.overlapped_buckets = reducer_->overlapped_buckets();
     if (balancing && config_.parallel.calibrate_costs) {
@@ -355,6 +381,8 @@ StepMetrics Trainer::train_step() {
       metrics.pipeline_bubble_simulated = sums[7].item<double>() / ranks;
     }
   }
+  const TraceSpan optimizer_span(trace_.get(), core::str_cat("optimizer step ", metrics.step), "optimizer",
+                                  TraceRecorder::kStep);
   metrics.grad_norm =
       clip_gradients(model_, config_.optim.max_grad_norm, mesh_ != nullptr ? &mesh_->pp_group() : nullptr);
   CF_CHECK(std::isfinite(metrics.grad_norm) && std::isfinite(totals.loss_sum), "step ", metrics.step,
@@ -437,6 +465,7 @@ std::vector<StepMetrics> Trainer::train() {
       history.push_back(train_step());
       after_step();
     }
+    write_trace();
     return history;
   }
   core::make_directories(run_dir);
@@ -471,6 +500,7 @@ std::vector<StepMetrics> Trainer::train() {
     after_step();
   }
   if (outputs_->tensorboard) outputs_->tensorboard->flush();
+  write_trace();
   if (!history.empty()) {
     double seconds = 0, tokens = 0;
     for (const auto& metrics : history) {

@@ -97,6 +97,7 @@ class Trainer {
  private:
   void report(const StepMetrics& metrics);
   void after_step();
+  void write_trace();
 
   configs::Config config_;
   std::unique_ptr<data::IndexedDataset> dataset_;
@@ -113,6 +114,7 @@ class Trainer {
   int pipeline_stage_ = 0;
   int64_t steps_done_ = 0;
   std::string resumed_from_;
+  std::unique_ptr<TraceRecorder> trace_;  // logging.trace
   bool writes_outputs() const { return world_ == nullptr || world_->rank() == 0; }
 
   struct Outputs;  // run directory files; opened by train()

@@ -64,7 +64,7 @@ grep -q "resumed from .*$last at step $resumed_at" "$work/resumed.out" || { cat 
 "$mpiexec" -np 1 "$train" "${common[@]}" --set run.output_dir="$work/single" --set run.steps="$target" \
   --set checkpoint.resume="$checkpoints/$last" >"$work/single.out" 2>&1 || { cat "$work/single.out"; fail "1-rank resume failed"; }
 "$mpiexec" -np 2 "$train" "${common[@]}" --set run.output_dir="$work/pipeline" --set parallel.pp=2 \
-  --set run.steps="$target" --set checkpoint.resume="$checkpoints/$last" >"$work/pipeline.out" 2>&1 ||
+  --set run.steps="$target" --set checkpoint.resume="$checkpoints/$last" --set logging.trace=true >"$work/pipeline.out" 2>&1 ||
   { cat "$work/pipeline.out"; fail "pp = 2 resume failed"; }
 
 "$python" - "$work" "$resumed_at" "$target" <<'PY'
@@ -86,6 +86,14 @@ for name, tolerance in (("killed", 1e-6), ("single", 1e-5), ("pipeline", 1e-5)):
         want, have = reference[step][0], got[step][0]
         assert abs(have - want) <= tolerance * abs(want), f"{name}: step {step} loss {have} vs uninterrupted {want}"
 print(f"losses of steps {first + 1}..{last} equal the uninterrupted run (dp 2 resume 1e-6; 1 rank and pp 2 1e-5)")
+# The pp = 2 run's timelines: one per rank; the second stage waits for the first's activations.
+for rank in (0, 1):
+    events = json.load(open(f"{work}/pipeline/resume/trace/rank-{rank}.json"))["traceEvents"]
+    names = [e["name"] for e in events if e["ph"] == "X"]
+    assert any(n.startswith("F chunk") for n in names), f"rank {rank}: no forward spans"
+    if rank == 1:
+        assert "wait for activations" in names, "stage 1 never waited for activations"
+print("pp = 2 trace files: forward spans on both ranks, activation waits on stage 1")
 PY
 
 # 3. Export of a two-stage checkpoint.
