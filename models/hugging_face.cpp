@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "configs/field_texts.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/strings.h"
@@ -155,21 +156,6 @@ configs::ModelConfig read_hf_config(const std::string& directory) {
   return config;
 }
 
-namespace {
-
-// Field values of a ModelConfig as text, by key (for comparing three configs generically).
-std::map<std::string, std::string> field_texts(const configs::ModelConfig& config) {
-  std::map<std::string, std::string> texts;
-  config.visit_fields([&](const char* key, const auto& value, const char*) {
-    std::ostringstream text;
-    text << std::boolalpha << value;
-    texts[key] = text.str();
-  });
-  return texts;
-}
-
-}  // namespace
-
 configs::ModelConfig merge_hf_config(const configs::ModelConfig& run_model) {
   configs::ModelConfig merged;
   try {
@@ -177,9 +163,9 @@ configs::ModelConfig merge_hf_config(const configs::ModelConfig& run_model) {
   } catch (const core::Error& error) {
     CF_FAIL("model.init_from = '", run_model.init_from, "': ", error.what());
   }
-  const auto run = field_texts(run_model);
-  const auto defaults = field_texts(configs::ModelConfig{});
-  const auto from_file = field_texts(merged);
+  const auto run = configs::field_texts(run_model);
+  const auto defaults = configs::field_texts(configs::ModelConfig{});
+  const auto from_file = configs::field_texts(merged);
   for (const auto& [key, value] : run) {
     if (key == "init_from" || key == "dtype" || key == "initializer_range") continue;
     CF_CHECK(value == defaults.at(key) || value == from_file.at(key), "model.", key, " = ", value,

@@ -16,10 +16,10 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
-#include <sstream>
 
 #include "configs/config_loader.h"
 #include "core/crc32c.h"
+#include "configs/field_texts.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/logging.h"
@@ -93,24 +93,13 @@ uint32_t file_crc32c(const std::string& path, uint64_t* bytes) {
   return file.size() == 0 ? 0 : core::crc32c(file.data(), file.size());
 }
 
-// Field values of a config section as text, by key, for key-by-key comparisons.
-template <typename Section>
-std::map<std::string, std::string> field_texts(const Section& section) {
-  std::map<std::string, std::string> texts;
-  section.visit_fields([&](const char* key, const auto& value, const char*) {
-    std::ostringstream text;
-    text << std::boolalpha << value;
-    texts[key] = text.str();
-  });
-  return texts;
-}
 
 // "model.hidden_size: checkpoint 64, run 128" for every differing key except `ignored`.
 template <typename Section>
 std::vector<std::string> differences(const char* section_name, const Section& saved, const Section& current,
                                      const std::vector<std::string>& ignored) {
-  const auto saved_texts = field_texts(saved);
-  const auto current_texts = field_texts(current);
+  const auto saved_texts = configs::field_texts(saved);
+  const auto current_texts = configs::field_texts(current);
   std::vector<std::string> lines;
   for (const auto& [key, value] : saved_texts) {
     if (std::find(ignored.begin(), ignored.end(), key) != ignored.end()) continue;
