@@ -19,6 +19,8 @@ void OptimConfig::validate() const {
   check_field(max_grad_norm >= 0, "optim.max_grad_norm", ">= 0 (0 disables clipping)",
               max_grad_norm);
   check_field(grad_accumulation >= 1, "optim.grad_accumulation", ">= 1", grad_accumulation);
+  check_field(max_skipped_steps >= 0, "optim.max_skipped_steps", ">= 0 (0 = stop at the first non-finite step)",
+              max_skipped_steps);
 }
 
 }  // namespace chunkflow::configs

@@ -19,6 +19,9 @@ struct OptimConfig {
   std::string schedule = "cosine";
   double max_grad_norm = 1.0;  // 0 disables clipping
   int64_t grad_accumulation = 1;
+  // Consecutive steps with a non-finite loss or gradient norm that are skipped (no update) before
+  // the run stops with diagnostics; 0 stops at the first.
+  int64_t max_skipped_steps = 3;
 
   template <typename Visitor>
   void visit_fields(Visitor&& visit) { fields(*this, visit); }
@@ -43,6 +46,8 @@ struct OptimConfig {
     visit("schedule", self.schedule, "cosine | linear | constant (after warmup)");
     visit("max_grad_norm", self.max_grad_norm, "global gradient-norm clip; 0 disables clipping");
     visit("grad_accumulation", self.grad_accumulation, "global batches per optimizer step");
+    visit("max_skipped_steps", self.max_skipped_steps,
+          "consecutive non-finite steps skipped before the run stops; 0 = stop at the first");
   }
 };
 

@@ -51,7 +51,8 @@ std::string StepMetrics::to_json() const {
                        ", \"pipeline_bubble\": ", json_number(pipeline_bubble),
                        ", \"pipeline_bubble_simulated\": ", json_number(pipeline_bubble_simulated),
                        ", \"cost_per_token\": ", json_number(cost_per_token),
-                       ", \"cost_per_attention_entry\": ", json_number(cost_per_attention_entry), "}");
+                       ", \"cost_per_attention_entry\": ", json_number(cost_per_attention_entry),
+                       ", \"skipped\": ", skipped ? "true" : "false", ", \"skipped_steps\": ", skipped_steps, "}");
 }
 
 bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& parameter) {
@@ -385,10 +386,41 @@ StepMetrics Trainer::train_step() {
                                   TraceRecorder::kStep);
   metrics.grad_norm =
       clip_gradients(model_, config_.optim.max_grad_norm, mesh_ != nullptr ? &mesh_->pp_group() : nullptr);
-  CF_CHECK(std::isfinite(metrics.grad_norm) && std::isfinite(totals.loss_sum), "step ", metrics.step,
-           ": non-finite loss (", totals.loss_sum, ") or gradient norm (", metrics.grad_norm,
-           "); lower optim.lr or check the data");
-  optimizer_->step();
+  if (std::isfinite(metrics.grad_norm) && std::isfinite(totals.loss_sum)) {
+    optimizer_->step();
+    consecutive_skipped_ = 0;
+  } else {
+    // Skip the update (the optimizer state stays as it was); every rank decides alike, from the
+    // all-reduced loss and the collective gradient norm.
+    metrics.skipped = true;
+    ++skipped_steps_;
+    ++consecutive_skipped_;
+    std::vector<std::string> bad_parameters;
+    for (const auto& parameter : model_->named_parameters()) {
+      const torch::Tensor& gradient = parameter.value().grad();
+      if (gradient.defined() && !torch::isfinite(gradient).all().item<bool>()) bad_parameters.push_back(parameter.key());
+      if (bad_parameters.size() == 5) break;
+    }
+    std::vector<std::string> sequences;
+    for (const auto& entry : planned) {
+      for (const int64_t index : entry.batch.sequences) {
+        if (sequences.size() < 12) sequences.push_back(std::to_string(index));
+      }
+    }
+    const std::string diagnosis = core::str_cat(
+        "loss sum ", totals.loss_sum, ", gradient norm ", metrics.grad_norm, "; parameters with non-finite gradients",
+        world_ != nullptr && world_->size() > 1 ? " on this rank" : "", ": ",
+        bad_parameters.empty() ? std::string("none") : core::join(bad_parameters, ", "),
+        "; the step's dataset sequences (first 12): ", core::join(sequences, " "));
+    optimizer_->zero_grad();
+    CF_CHECK(consecutive_skipped_ <= config_.optim.max_skipped_steps, "step ", metrics.step, ": ", consecutive_skipped_,
+             " step(s) in a row with a non-finite loss or gradient norm (optim.max_skipped_steps = ",
+             config_.optim.max_skipped_steps, "): ", diagnosis,
+             ". Lower optim.lr, check those sequences, or resume from an earlier checkpoint");
+    core::log_warn("step ", metrics.step, " skipped (non-finite): ", diagnosis, " (", consecutive_skipped_,
+                   " in a row; optim.max_skipped_steps = ", config_.optim.max_skipped_steps, ")");
+  }
+  metrics.skipped_steps = skipped_steps_;
   ++steps_done_;
 
   metrics.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -45,6 +45,10 @@ struct StepMetrics {
   // The DP cost model used for this step's balancing: seconds per token and per causal score
   // entry, calibrated from earlier steps' measured compute times (parallel::CostCalibration).
   double cost_per_token = NAN, cost_per_attention_entry = NAN;
+  // A step whose loss or gradient norm was NaN/Inf is skipped: no parameter update
+  // (optim.max_skipped_steps in a row stop the run). skipped_steps counts them over the run.
+  bool skipped = false;
+  int64_t skipped_steps = 0;
 
   std::string to_json() const;
 };
@@ -114,6 +118,7 @@ class Trainer {
   int pipeline_stage_ = 0;
   int64_t steps_done_ = 0;
   std::string resumed_from_;
+  int64_t skipped_steps_ = 0, consecutive_skipped_ = 0;
   std::unique_ptr<TraceRecorder> trace_;  // logging.trace
   bool writes_outputs() const { return world_ == nullptr || world_->rank() == 0; }
 

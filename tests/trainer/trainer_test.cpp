@@ -124,6 +124,52 @@ TEST(TrainerTest, RejectsSettingsThisBuildCannotRunNamingTheKey) {
   EXPECT_THROW(Trainer{config}, core::Error);
 }
 
+TEST(TrainerTest, NonFiniteStepsAreSkippedCountedAndStopTheRunAfterTheLimit) {
+  testing::TempDir dir;
+  configs::Config config = testing::tiny_run(dir);
+  config.optim.max_skipped_steps = 2;
+  Trainer trainer(config);
+  EXPECT_FALSE(trainer.train_step().skipped);
+
+  auto parameters = trainer.model()->named_parameters();
+  torch::Tensor norm = parameters["model.norm.weight"];
+  const torch::Tensor good_norm = norm.detach().clone();
+  const torch::Tensor head_before = parameters["lm_head.weight"].detach().clone();
+  const auto poison = [&] {
+    torch::NoGradGuard no_grad;
+    norm.fill_(NAN);  // every logit, the loss and every gradient become NaN
+  };
+  poison();
+  const StepMetrics skipped = trainer.train_step();
+  EXPECT_TRUE(skipped.skipped);
+  EXPECT_EQ(skipped.skipped_steps, 1);
+  EXPECT_TRUE(torch::equal(parameters["lm_head.weight"], head_before)) << "a skipped step must not update";
+  EXPECT_NE(skipped.to_json().find("\"skipped\": true"), std::string::npos);
+
+  {
+    torch::NoGradGuard no_grad;
+    norm.copy_(good_norm);
+  }
+  const StepMetrics recovered = trainer.train_step();
+  EXPECT_FALSE(recovered.skipped);
+  EXPECT_TRUE(std::isfinite(recovered.loss));
+  EXPECT_EQ(recovered.skipped_steps, 1);
+
+  poison();
+  EXPECT_TRUE(trainer.train_step().skipped);
+  EXPECT_TRUE(trainer.train_step().skipped);
+  try {
+    trainer.train_step();
+    FAIL() << "a third non-finite step in a row must stop the run";
+  } catch (const core::Error& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("3 step(s) in a row"), std::string::npos) << message;
+    EXPECT_NE(message.find("optim.max_skipped_steps = 2"), std::string::npos) << message;
+    EXPECT_NE(message.find("parameters with non-finite gradients: model."), std::string::npos) << message;
+    EXPECT_NE(message.find("dataset sequences"), std::string::npos) << message;
+  }
+}
+
 TEST(LearningRateTest, WarmsUpLinearlyThenDecaysToMinimum) {
   configs::OptimConfig optim;
   optim.lr = 1.0;
