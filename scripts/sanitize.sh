@@ -9,7 +9,9 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CHUNKFLOW_BUILD_DIR="${CHUNKFLOW_BUILD_DIR:-$repo_root/build-asan}"
 source "$repo_root/scripts/env.sh"
 "$repo_root/scripts/bootstrap.sh"
-configure_and_build -DCHUNKFLOW_WERROR=ON -DCHUNKFLOW_SANITIZE="${CHUNKFLOW_SANITIZE:-address,undefined}" \
+# Warnings are not errors here: GCC 12's flow analysis under -fsanitize reports false
+# maybe-uninitialized warnings inside libstdc++ (<regex>); scripts/test.sh keeps -Werror.
+configure_and_build -DCHUNKFLOW_WERROR=OFF -DCHUNKFLOW_SANITIZE="${CHUNKFLOW_SANITIZE:-address,undefined}" \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHUNKFLOW_BUILD_BENCH=OFF
 # LibTorch, MPI and Python are not instrumented: leak reports from their one-time allocations are
 # noise, so leak checking is off; everything else halts at the first report.
