@@ -132,15 +132,18 @@ struct CaseErrors {
 CaseErrors run_layout_case(Communicator& layout_world, const Layout& layout, const configs::ModelConfig& config,
                            const std::vector<chunkflow::testing::ReferenceSequence>& batch, int64_t chunk_size,
                            int64_t resident_chunks, uint64_t init_seed) {
+  std::vector<data::PlanSequence> plan_sequences;
+  for (const auto& sequence : batch) plan_sequences.push_back({static_cast<int64_t>(sequence.tokens.size()), sequence.loss_mask});
+  const data::ChunkPlan plan = data::build_chunk_plan(plan_sequences, chunk_size, true);
+  // A batch whose loss masks leave no target has no loss to compare (the reference's mean is a
+  // constant). Every rank draws the same batch, so all return here, before any collective.
+  if (plan.loss_tokens() == 0) return {};
+
   const configs::ParallelConfig parallel = parallel_config(layout);
   DeviceMesh mesh(parallel, layout_world);
   const MeshCoordinates& at = mesh.coordinates();
   const models::ModelStage stage = models::pipeline_stage(config, at.pp, static_cast<int>(layout.pp));
   models::CausalLM model(config, stage, init_seed);
-
-  std::vector<data::PlanSequence> plan_sequences;
-  for (const auto& sequence : batch) plan_sequences.push_back({static_cast<int64_t>(sequence.tokens.size()), sequence.loss_mask});
-  const data::ChunkPlan plan = data::build_chunk_plan(plan_sequences, chunk_size, true);
   const data::TokenReader reader = [&](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
     for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(batch[static_cast<size_t>(sequence)].tokens[static_cast<size_t>(begin + i)]);
   };
