@@ -18,24 +18,14 @@
 #include "core/error.h"
 #include "core/file_io.h"
 #include "models/safetensors.h"
+#include "tests/support/expect_error.h"
 #include "tests/support/temp_dir.h"
 
 namespace chunkflow::models {
 namespace {
 
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const core::Error& error) {
-    return error.what();
-  }
-  return "<no error>";
-}
-
-::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" lacks \"" << part << "\"";
-}
+using chunkflow::testing::contains;
+using chunkflow::testing::error_message;
 
 void run_python(const testing::TempDir& dir, const std::string& code, const std::string& arguments) {
   const std::string script = dir.file("script.py");
@@ -271,11 +261,11 @@ TEST_F(HuggingFaceTest, BrokenDirectoriesNameTheTensorOrKey) {
   const std::string missing = make("missing", [](auto& list) {
     std::erase_if(list, [](const auto& named) { return named.first == "model.layers.1.mlp.up_proj.weight"; });
   }, config_json);
-  EXPECT_TRUE(contains(error_of([&] { CausalLM model(config, ModelStage{}, 0); load_hf_weights(model, missing); }),
+  EXPECT_TRUE(contains(error_message([&] { CausalLM model(config, ModelStage{}, 0); load_hf_weights(model, missing); }),
                        "missing: model.layers.1.mlp.up_proj.weight"));
 
   const std::string extra = make("extra", [](auto& list) { list.emplace_back("model.layers.7.mlp.up_proj.weight", torch::ones({2})); }, config_json);
-  EXPECT_TRUE(contains(error_of([&] { CausalLM model(config, ModelStage{}, 0); load_hf_weights(model, extra); }),
+  EXPECT_TRUE(contains(error_message([&] { CausalLM model(config, ModelStage{}, 0); load_hf_weights(model, extra); }),
                        "does not have: model.layers.7.mlp.up_proj.weight"));
 
   const std::string shaped = make("shaped", [](auto& list) {
@@ -283,7 +273,7 @@ TEST_F(HuggingFaceTest, BrokenDirectoriesNameTheTensorOrKey) {
       if (named.first == "model.norm.weight") named.second = torch::ones({63});
     }
   }, config_json);
-  EXPECT_TRUE(contains(error_of([&] { CausalLM model(config, ModelStage{}, 0); load_hf_weights(model, shaped); }),
+  EXPECT_TRUE(contains(error_message([&] { CausalLM model(config, ModelStage{}, 0); load_hf_weights(model, shaped); }),
                        "tensor 'model.norm.weight' has shape [63] but the model (from config.json) needs [64]"));
 
   const auto edited = [&](const std::function<void(nlohmann::json&)>& edit) {
@@ -294,24 +284,24 @@ TEST_F(HuggingFaceTest, BrokenDirectoriesNameTheTensorOrKey) {
   const std::string scaling = make("scaling", [](auto&) {}, edited([](nlohmann::json& json) {
     json["rope_scaling"] = {{"type", "llama3"}, {"factor", 8.0}};
   }));
-  EXPECT_TRUE(contains(error_of([&] { read_hf_config(scaling); }),
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(scaling); }),
                        "\"rope_scaling\" = {\"factor\":8.0,\"type\":\"llama3\"} is not supported"));
 
   const std::string mistral = make("mistral", [](auto&) {}, edited([](nlohmann::json& json) {
     json["architectures"] = {"MistralForCausalLM"};
     json["model_type"] = "mistral";
   }));
-  EXPECT_TRUE(contains(error_of([&] { read_hf_config(mistral); }), "supported are LlamaForCausalLM"));
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(mistral); }), "supported are LlamaForCausalLM"));
 
   const std::string keyless = make("keyless", [](auto&) {}, edited([](nlohmann::json& json) { json.erase("num_hidden_layers"); }));
-  EXPECT_TRUE(contains(error_of([&] { read_hf_config(keyless); }), "required key \"num_hidden_layers\" is missing"));
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(keyless); }), "required key \"num_hidden_layers\" is missing"));
 
   const std::string typed = make("typed", [](auto&) {}, edited([](nlohmann::json& json) { json["hidden_size"] = "64"; }));
-  EXPECT_TRUE(contains(error_of([&] { read_hf_config(typed); }), "\"hidden_size\" must be an integer, got \"64\""));
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(typed); }), "\"hidden_size\" must be an integer, got \"64\""));
 
   // Export refuses to overwrite.
   CausalLM model = import(source);
-  EXPECT_TRUE(contains(error_of([&] { write_hf_directory(source, hf_named_tensors(model, "float32"), model->config(), {}); }),
+  EXPECT_TRUE(contains(error_message([&] { write_hf_directory(source, hf_named_tensors(model, "float32"), model->config(), {}); }),
                        "already holds config.json"));
 }
 

@@ -15,24 +15,14 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
+#include "tests/support/expect_error.h"
 #include "tests/support/temp_dir.h"
 
 namespace chunkflow::models {
 namespace {
 
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const core::Error& error) {
-    return error.what();
-  }
-  return "<no error>";
-}
-
-::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" lacks \"" << part << "\"";
-}
+using chunkflow::testing::contains;
+using chunkflow::testing::error_message;
 
 // A raw safetensors file from a header text and a data section.
 std::string raw_file(const std::string& header, const std::string& data) {
@@ -78,7 +68,7 @@ TEST(SafetensorsTest, RoundTripsEveryDtypeShapeAndMetadata) {
     EXPECT_EQ(loaded.sizes(), expected.sizes()) << name;
     EXPECT_TRUE(torch::equal(loaded, expected)) << name;
   }
-  EXPECT_TRUE(contains(error_of([&] { file.load("nope"); }), "no tensor named 'nope'"));
+  EXPECT_TRUE(contains(error_message([&] { file.load("nope"); }), "no tensor named 'nope'"));
 }
 
 TEST(SafetensorsTest, NonContiguousTensorsAreWrittenByValue) {
@@ -147,15 +137,15 @@ TEST(SafetensorsTest, BrokenIndexFilesAreErrorsNamingTheProblem) {
                             "{\"metadata\": {}, \"weight_map\": " + weight_map + "}");
   };
   index_with(R"({"a": "model-00001-of-00001.safetensors", "b": "model-00001-of-00001.safetensors"})");
-  EXPECT_TRUE(contains(error_of([&] { safetensors_weight_map(dir.path()); }), "which has no such tensor"));
+  EXPECT_TRUE(contains(error_message([&] { safetensors_weight_map(dir.path()); }), "which has no such tensor"));
   index_with(R"({"a": "missing.safetensors"})");
-  EXPECT_TRUE(contains(error_of([&] { safetensors_weight_map(dir.path()); }), "is missing"));
+  EXPECT_TRUE(contains(error_message([&] { safetensors_weight_map(dir.path()); }), "is missing"));
   index_with(R"({"a": "../model-00001-of-00001.safetensors"})");
-  EXPECT_TRUE(contains(error_of([&] { safetensors_weight_map(dir.path()); }), "plain file name"));
+  EXPECT_TRUE(contains(error_message([&] { safetensors_weight_map(dir.path()); }), "plain file name"));
   core::write_file_atomic(dir.file("model.safetensors.index.json"), "{not json");
-  EXPECT_TRUE(contains(error_of([&] { safetensors_weight_map(dir.path()); }), "not valid JSON"));
+  EXPECT_TRUE(contains(error_message([&] { safetensors_weight_map(dir.path()); }), "not valid JSON"));
   testing::TempDir empty;
-  EXPECT_TRUE(contains(error_of([&] { safetensors_weight_map(empty.path()); }),
+  EXPECT_TRUE(contains(error_message([&] { safetensors_weight_map(empty.path()); }),
                        "has neither model.safetensors nor model.safetensors.index.json"));
 }
 
@@ -184,7 +174,7 @@ TEST(SafetensorsTest, MalformedHeadersAreRefusedWithTheRule) {
   };
   for (const auto& c : cases) {
     write_bytes(path, c.bytes);
-    const std::string message = error_of([&] { SafetensorsFile file(path); });
+    const std::string message = error_message([&] { SafetensorsFile file(path); });
     EXPECT_TRUE(contains(message, c.expected)) << "bytes: " << c.bytes;
     EXPECT_TRUE(contains(message, path));
   }

@@ -25,4 +25,21 @@ void expect_error_mentions(Action&& action, const std::vector<std::string>& part
   ADD_FAILURE() << "expected core::Error";
 }
 
+// The message of the core::Error that `action` throws, or "<no error>".
+template <typename Action>
+std::string error_message(Action&& action) {
+  try {
+    action();
+  } catch (const core::Error& error) {
+    return error.what();
+  }
+  return "<no error>";
+}
+
+// EXPECT_TRUE(contains(message, "rule")) prints both strings when the part is missing.
+inline ::testing::AssertionResult contains(const std::string& text, const std::string& part) {
+  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "\"" << text << "\" lacks \"" << part << "\"";
+}
+
 }  // namespace chunkflow::testing

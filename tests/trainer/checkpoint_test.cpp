@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/file_io.h"
 #include "data/synthetic.h"
+#include "tests/support/expect_error.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/trainer.h"
@@ -24,19 +25,8 @@
 namespace chunkflow::trainer {
 namespace {
 
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const core::Error& error) {
-    return error.what();
-  }
-  return "<no error>";
-}
-
-::testing::AssertionResult contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" lacks \"" << part << "\"";
-}
+using chunkflow::testing::contains;
+using chunkflow::testing::error_message;
 
 configs::Config resumable_run(const testing::TempDir& dir, int64_t steps) {
   configs::Config config = testing::tiny_run(dir);
@@ -123,7 +113,7 @@ TEST(CheckpointTest, KeepsTheLastNAndIgnoresUnfinishedDirectories) {
   config.checkpoint.resume = "auto";
   EXPECT_EQ(resolve_resume(config), root + "/" + checkpoint_name(10));
   config.checkpoint.resume = root + "/" + checkpoint_name(12);
-  EXPECT_TRUE(contains(error_of([&] { resolve_resume(config); }), "not a checkpoint directory (no manifest.pb)"));
+  EXPECT_TRUE(contains(error_message([&] { resolve_resume(config); }), "not a checkpoint directory (no manifest.pb)"));
 }
 
 TEST(CheckpointTest, CorruptOrTruncatedShardsAreRefusedAndThePreviousOneStillWorks) {
@@ -139,19 +129,19 @@ TEST(CheckpointTest, CorruptOrTruncatedShardsAreRefusedAndThePreviousOneStillWor
   const uint64_t size = core::MappedFile(shard).size();
   flip_byte(shard, size / 2);
   config.checkpoint.resume = "auto";
-  EXPECT_TRUE(contains(error_of([&] { Trainer trainer(config); }), "fails its checksum"));
+  EXPECT_TRUE(contains(error_message([&] { Trainer trainer(config); }), "fails its checksum"));
 
   std::filesystem::resize_file(shard, size - 100);
-  EXPECT_TRUE(contains(error_of([&] { Trainer trainer(config); }), "bytes, the manifest says"));
+  EXPECT_TRUE(contains(error_message([&] { Trainer trainer(config); }), "bytes, the manifest says"));
 
   std::filesystem::remove(shard);
-  EXPECT_TRUE(contains(error_of([&] { Trainer trainer(config); }), "stage-00.safetensors is missing"));
+  EXPECT_TRUE(contains(error_message([&] { Trainer trainer(config); }), "stage-00.safetensors is missing"));
 
   const std::string manifest = latest + "/manifest.pb";
   flip_byte(manifest, core::MappedFile(manifest).size() - 5);
-  EXPECT_TRUE(contains(error_of([&] { read_manifest(latest); }), "the manifest is corrupt"));
+  EXPECT_TRUE(contains(error_message([&] { read_manifest(latest); }), "the manifest is corrupt"));
   flip_byte(manifest, 2);
-  EXPECT_TRUE(contains(error_of([&] { read_manifest(latest); }), "bad magic"));
+  EXPECT_TRUE(contains(error_message([&] { read_manifest(latest); }), "bad magic"));
 
   config.checkpoint.resume = root + "/" + checkpoint_name(3);
   Trainer previous(config);
@@ -169,13 +159,13 @@ TEST(CheckpointTest, IncompatibleModelDataOrDatasetIsRefusedSayingWhatDiffers) {
 
   configs::Config wider = config;
   wider.model.intermediate_size += 8;
-  EXPECT_TRUE(contains(error_of([&] { Trainer trainer(wider); }),
+  EXPECT_TRUE(contains(error_message([&] { Trainer trainer(wider); }),
                        "model.intermediate_size: checkpoint " + std::to_string(config.model.intermediate_size) + ", run " +
                            std::to_string(wider.model.intermediate_size)));
 
   configs::Config reseeded = config;
   reseeded.run.seed += 1;
-  EXPECT_TRUE(contains(error_of([&] { Trainer trainer(reseeded); }), "run.seed: checkpoint"));
+  EXPECT_TRUE(contains(error_message([&] { Trainer trainer(reseeded); }), "run.seed: checkpoint"));
 
   // The dataset rewritten with other content under the same name (tiny_run's shape, other seed).
   data::SynthOptions synth;
@@ -186,7 +176,7 @@ TEST(CheckpointTest, IncompatibleModelDataOrDatasetIsRefusedSayingWhatDiffers) {
   synth.tail_fraction = 0.05;
   synth.seed = 99;
   data::write_synthetic_dataset(config.data.path, synth, false);
-  const std::string error = error_of([&] { Trainer trainer(config); });
+  const std::string error = error_message([&] { Trainer trainer(config); });
   EXPECT_TRUE(contains(error, "the dataset changed under the run")) << error;
 }
 
@@ -196,7 +186,7 @@ TEST(CheckpointTest, AnUnwritableCheckpointDirectoryIsAnErrorAndLeavesNothingBeh
   const std::string blocker = dir.file("not_a_directory");
   core::write_file_atomic(blocker, "x");
   config.checkpoint.dir = blocker + "/checkpoints";
-  const std::string error = error_of([&] {
+  const std::string error = error_message([&] {
     Trainer trainer(config);
     trainer.train();
   });
