@@ -24,15 +24,6 @@ constexpr int64_t kMaxWeightPartials = 256;
 // Row sums run in this many fixed lanes (see lane_sum).
 constexpr int kLanes = 16;
 
-const char* scalar_type_name(ScalarType dtype) {
-  switch (dtype) {
-    case ScalarType::kFloat32: return "float32";
-    case ScalarType::kBFloat16: return "bfloat16";
-    case ScalarType::kFloat16: return "float16";
-  }
-  return "unknown";
-}
-
 void check_dtype(ScalarType dtype, const char* op) {
   const int value = static_cast<int>(dtype);
   CF_CHECK(value >= 0 && value <= static_cast<int>(ScalarType::kFloat16), op,

@@ -16,15 +16,6 @@ namespace {
 // Vocabulary entries summed by one BLAS accumulation in the backward (see vocab_blocked_mm).
 constexpr int64_t kVocabBlock = 512;
 
-const char* scalar_type_name(ScalarType dtype) {
-  switch (dtype) {
-    case ScalarType::kFloat32: return "float32";
-    case ScalarType::kBFloat16: return "bfloat16";
-    case ScalarType::kFloat16: return "float16";
-  }
-  return "unknown";
-}
-
 // Shared by both directions: everything but the pointers that differ.
 void check_common(const char* what, const void* hidden, const void* weight, const int64_t* labels,
                   int64_t tokens, int64_t hidden_size, int64_t vocab, int64_t tile_tokens) {

@@ -18,6 +18,16 @@ namespace chunkflow::kernels {
 
 enum class ScalarType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
+// "float32", "bfloat16", "float16" (for messages); "unknown" for any other value.
+inline const char* scalar_type_name(ScalarType dtype) {
+  switch (dtype) {
+    case ScalarType::kFloat32: return "float32";
+    case ScalarType::kBFloat16: return "bfloat16";
+    case ScalarType::kFloat16: return "float16";
+  }
+  return "unknown";
+}
+
 struct VarlenAttentionParams {
   const void* q = nullptr;  // [total_q, heads, head_dim], contiguous, dtype
   const void* k = nullptr;  // [total_k, kv_heads, head_dim], contiguous, dtype

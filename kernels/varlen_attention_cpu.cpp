@@ -22,15 +22,6 @@ constexpr int64_t kQueryTileRows = 128;
 constexpr int64_t kKeyBlockCols = 512;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-const char* scalar_type_name(ScalarType dtype) {
-  switch (dtype) {
-    case ScalarType::kFloat32: return "float32";
-    case ScalarType::kBFloat16: return "bfloat16";
-    case ScalarType::kFloat16: return "float16";
-  }
-  return "unknown";
-}
-
 void check_not_null(const void* pointer, const char* op, const char* name) {
   CF_CHECK(pointer != nullptr, op, ": params.", name, " must not be null");
 }

@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "kernels/fused_ops.h"
 #include "kernels/fused_ops_torch.h"
+#include "tests/support/test_seed.h"
 
 #ifdef CHUNKFLOW_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -37,11 +38,7 @@ constexpr double kFloor = 1e-5;
 // by up to position x 1.2e-7; positions stay below 256, so 3e-5.
 constexpr double kRotaryFloor = 5e-5;
 
-uint64_t pick_seed() {
-  if (const char* text = std::getenv("CHUNKFLOW_TEST_SEED")) return std::strtoull(text, nullptr, 10);
-  std::random_device device;
-  return (uint64_t{device()} << 32) ^ device();
-}
+using chunkflow::testing::pick_seed;
 
 const char* dtype_name(torch::ScalarType dtype) {
   return dtype == torch::kFloat ? "fp32" : dtype == torch::kBFloat16 ? "bf16" : "fp16";

@@ -19,6 +19,7 @@
 #include "core/random.h"
 #include "kernels/fused_ops.h"
 #include "kernels/fused_ops_torch.h"
+#include "tests/support/test_seed.h"
 
 namespace chunkflow::kernels {
 namespace {
@@ -27,11 +28,7 @@ namespace {
 constexpr double kTolerance = 1e-5;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-uint64_t pick_seed() {
-  if (const char* text = std::getenv("CHUNKFLOW_TEST_SEED")) return std::strtoull(text, nullptr, 10);
-  std::random_device device;
-  return (uint64_t{device()} << 32) ^ device();
-}
+using chunkflow::testing::pick_seed;
 
 // Max |actual - expected| relative to `magnitude` (default: max |expected|); NaN anywhere in
 // actual fails.

@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "kernels/attention_torch.h"
 #include "kernels/varlen_attention.h"
+#include "tests/support/test_seed.h"
 
 #ifdef CHUNKFLOW_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -28,11 +29,7 @@
 namespace chunkflow::kernels {
 namespace {
 
-uint64_t pick_seed() {
-  if (const char* text = std::getenv("CHUNKFLOW_TEST_SEED")) return std::strtoull(text, nullptr, 10);
-  std::random_device device;
-  return (uint64_t{device()} << 32) ^ device();
-}
+using chunkflow::testing::pick_seed;
 
 struct Case {
   std::vector<int32_t> sq, sk;  // per segment; sk = prefix + own rows (sk >= sq, or sq == 0)

@@ -19,6 +19,7 @@
 #include "core/random.h"
 #include "kernels/attention_torch.h"
 #include "kernels/varlen_attention.h"
+#include "tests/support/test_seed.h"
 
 namespace chunkflow::kernels {
 namespace {
@@ -27,11 +28,7 @@ namespace {
 constexpr double kTolerance = 1e-5;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-uint64_t pick_seed() {
-  if (const char* text = std::getenv("CHUNKFLOW_TEST_SEED")) return std::strtoull(text, nullptr, 10);
-  std::random_device device;
-  return (uint64_t{device()} << 32) ^ device();
-}
+using chunkflow::testing::pick_seed;
 
 // Segment b has sq[b] query rows and sk[b] key rows (its prefix, then its own tokens).
 struct Layout {
