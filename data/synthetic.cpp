@@ -4,11 +4,13 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <sstream>
 #include <unordered_set>
 
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/progress.h"
+#include "core/strings.h"
 #include "data/indexed_dataset.h"
 
 namespace chunkflow::data {
@@ -16,7 +18,113 @@ namespace {
 constexpr double kBodyMedian = 200.0;
 constexpr double kBodySigma = 1.1;
 constexpr double kTailStart = 4096.0;
+constexpr int64_t kLengthLimit = int64_t{1} << 31;
+
+std::vector<std::string> split_words(const std::string& line) {
+  std::istringstream stream(line.substr(0, line.find('#')));
+  std::vector<std::string> words;
+  for (std::string word; stream >> word;) words.push_back(word);
+  return words;
+}
+
+double histogram_fraction_sum(const LengthHistogram& histogram) {
+  double sum = 0;
+  for (const LengthBin& bin : histogram.bins) sum += bin.fraction;
+  return sum;
+}
+
+void check_fraction_sum(const LengthHistogram& histogram) {
+  const double sum = histogram_fraction_sum(histogram);
+  CF_CHECK(std::fabs(sum - 1.0) <= kFractionTolerance, histogram.source, ": bin fractions sum to ",
+           core::format_fixed(sum, 6), ", not 1 (tolerance ", kFractionTolerance,
+           "); fix a bin or give the fractions with more digits");
+}
+
+std::vector<int64_t> sample_histogram_lengths(const SynthOptions& options) {
+  const LengthHistogram& histogram = options.length_histogram;
+  const double total = histogram_fraction_sum(histogram);
+  std::vector<double> cumulative;
+  double running = 0;
+  for (const LengthBin& bin : histogram.bins) cumulative.push_back(running += bin.fraction / total);
+  core::Rng rng(core::mix64(options.seed ^ 0x4157));
+  std::vector<int64_t> lengths(static_cast<size_t>(options.sequences));
+  for (auto& length : lengths) {
+    const double pick = rng.uniform();
+    // The first bin whose cumulative share exceeds the pick (empty bins never do). Rounding can
+    // leave the last cumulative value a hair below 1: then step back to the last non-empty bin.
+    size_t index = 0;
+    while (index + 1 < cumulative.size() && pick >= cumulative[index]) ++index;
+    while (histogram.bins[index].fraction == 0) --index;
+    const LengthBin& bin = histogram.bins[index];
+    int64_t in_bin;
+    if (histogram.within == WithinBin::kUniform) {
+      in_bin = bin.low + static_cast<int64_t>(rng.below(static_cast<uint64_t>(bin.high - bin.low)));
+    } else {
+      const double low = std::log(static_cast<double>(bin.low));
+      const double high = std::log(static_cast<double>(bin.high));
+      in_bin = static_cast<int64_t>(std::floor(std::exp(low + (high - low) * rng.uniform())));
+      in_bin = std::clamp(in_bin, bin.low, bin.high - 1);
+    }
+    length = std::max<int64_t>(1, std::llround(static_cast<double>(in_bin) * options.scale));
+  }
+  return lengths;
+}
+
 }  // namespace
+
+LengthHistogram parse_length_histogram(const std::string& text, const std::string& source) {
+  LengthHistogram histogram;
+  histogram.source = source;
+  std::istringstream lines(text);
+  int within_line = 0;
+  int line_number = 0;
+  for (std::string line; std::getline(lines, line);) {
+    ++line_number;
+    const std::string where = source + ":" + std::to_string(line_number);
+    const std::vector<std::string> words = split_words(line);
+    if (words.empty()) continue;
+    if (words[0] == "within") {
+      CF_CHECK(words.size() == 2, where, ": 'within' takes one word (uniform or log-uniform), got ",
+               words.size() - 1);
+      CF_CHECK(within_line == 0, where, ": 'within' given twice (first at line ", within_line, ")");
+      CF_CHECK(words[1] == "uniform" || words[1] == "log-uniform", where,
+               ": within must be uniform or log-uniform, got '", words[1], "'",
+               core::did_you_mean(words[1], {"uniform", "log-uniform"}));
+      histogram.within = words[1] == "uniform" ? WithinBin::kUniform : WithinBin::kLogUniform;
+      within_line = line_number;
+      continue;
+    }
+    CF_CHECK(words[0] == "bin", where, ": unknown keyword '", words[0], "'",
+             core::did_you_mean(words[0], {"bin", "within"}), " (lines are 'bin LOW HIGH FRACTION', ",
+             "'within uniform|log-uniform' or '# comment')");
+    CF_CHECK(words.size() == 4, where, ": a bin is 'bin LOW HIGH FRACTION', got ", words.size() - 1,
+             " values");
+    LengthBin bin;
+    bin.low = core::parse_int64(words[1], where + ": bin low");
+    bin.high = core::parse_int64(words[2], where + ": bin high");
+    bin.fraction = core::parse_double(words[3], where + ": bin fraction");
+    CF_CHECK(bin.low >= 1, where, ": bin low must be >= 1 token, got ", bin.low);
+    CF_CHECK(bin.low < bin.high, where, ": bin low must be < high (bins are [low, high)), got low ", bin.low,
+             " and high ", bin.high);
+    CF_CHECK(bin.high <= kLengthLimit, where, ": bin high must be <= 2^31, got ", bin.high);
+    CF_CHECK(bin.fraction >= 0 && bin.fraction <= 1, where, ": bin fraction must be in [0, 1], got ",
+             words[3]);
+    if (!histogram.bins.empty()) {
+      const LengthBin& previous = histogram.bins.back();
+      CF_CHECK(bin.low >= previous.high, where, ": bins must be ascending and not overlap; [", bin.low, ", ",
+               bin.high, ") starts below the previous bin's high ", previous.high);
+    }
+    histogram.bins.push_back(bin);
+  }
+  CF_CHECK(!histogram.bins.empty(), source, ": no 'bin LOW HIGH FRACTION' lines");
+  check_fraction_sum(histogram);
+  return histogram;
+}
+
+LengthHistogram read_length_histogram(const std::string& path) {
+  CF_CHECK(core::path_exists(path), "--length-histogram: no file at ", path);
+  return parse_length_histogram(core::read_file(path), path);
+}
 
 void SynthOptions::validate() const {
   CF_CHECK(sequences > 0, "--sequences must be > 0, got ", sequences);
@@ -25,14 +133,29 @@ void SynthOptions::validate() const {
   CF_CHECK(scale > 0 && std::isfinite(scale), "--scale must be > 0, got ", scale);
   CF_CHECK(tail_fraction >= 0 && tail_fraction <= 1, "--tail-fraction must be in [0, 1], got ",
            tail_fraction);
+  if (!length_histogram.bins.empty()) {
+    int64_t previous_high = 0;
+    for (const LengthBin& bin : length_histogram.bins) {
+      CF_CHECK(bin.low >= 1 && bin.low < bin.high && bin.low >= previous_high && bin.fraction >= 0,
+               length_histogram.source, ": bin [", bin.low, ", ", bin.high, ") fraction ", bin.fraction,
+               " breaks the rules (1 <= low < high, ascending, fraction >= 0)");
+      previous_high = bin.high;
+    }
+    check_fraction_sum(length_histogram);
+    CF_CHECK(static_cast<double>(previous_high) * scale < static_cast<double>(kLengthLimit),
+             "--scale ", scale, " makes the histogram's longest length ", previous_high,
+             " reach 2^31 tokens; lower --scale");
+    return;
+  }
   CF_CHECK(max_length >= static_cast<int64_t>(std::ceil(kTailStart * scale)),
            "--max-length (", max_length, ") must be >= the tail's start 4096 x scale = ",
            static_cast<int64_t>(std::ceil(kTailStart * scale)), "; lower --scale or raise --max-length");
-  CF_CHECK(max_length < (int64_t{1} << 31), "--max-length must be below 2^31, got ", max_length);
+  CF_CHECK(max_length < kLengthLimit, "--max-length must be below 2^31, got ", max_length);
 }
 
 std::vector<int64_t> sample_longtail_lengths(const SynthOptions& options) {
   options.validate();
+  if (!options.length_histogram.bins.empty()) return sample_histogram_lengths(options);
   core::Rng rng(core::mix64(options.seed ^ 0x1e4975));
   const double body_cap = kTailStart * options.scale;
   const double tail_low = std::log(body_cap);

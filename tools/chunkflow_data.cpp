@@ -1,6 +1,6 @@
 // chunkflow-data: build and inspect tokenized datasets.
 //   prepare  JSONL {"input_ids": [...], "labels"|"loss_mask": [...]} -> indexed dataset
-//   synth    the bundled long-tail demo dataset
+//   synth    the bundled long-tail demo dataset (or lengths from a histogram file)
 //   stats    length histogram (text + SVG) and chunk / padding / packing figures
 #include <cstdio>
 #include <filesystem>
@@ -52,23 +52,35 @@ int run_prepare(const std::vector<std::string>& args) {
 
 int run_synth(const std::vector<std::string>& args) {
   data::SynthOptions options;
-  std::string output;
+  std::string output, length_histogram;
   int64_t seed = static_cast<int64_t>(options.seed);
   bool quiet = false;
   core::CommandLine command_line("chunkflow-data synth",
                                  "Writes a synthetic dataset with long-tail lengths (shaped like LMSys-Chat-1M) and a "
-                                 "long-range copy structure: BOS, a random span, COPY, the span again.");
+                                 "long-range copy structure: BOS, a random span, COPY, the span again. "
+                                 "--length-histogram draws the lengths from a published histogram instead "
+                                 "(data/distributions/*.txt; format in docs/data.md).");
   command_line.add_string("output", &output, "output prefix", true);
   command_line.add_int("sequences", &options.sequences, "number of sequences");
   command_line.add_int("vocab-size", &options.vocab_size, "vocabulary size (ids 0 and 1 reserved)");
   command_line.add_double("scale", &options.scale, "multiplies all lengths (body median 200 x scale)");
-  command_line.add_int("max-length", &options.max_length, "longest possible sequence");
-  command_line.add_double("tail-fraction", &options.tail_fraction, "share of sequences in the long tail");
+  command_line.add_int("max-length", &options.max_length, "longest possible sequence (built-in shape only)");
+  command_line.add_double("tail-fraction", &options.tail_fraction,
+                          "share of sequences in the long tail (built-in shape only)");
+  command_line.add_string("length-histogram", &length_histogram,
+                          "draw lengths from this histogram file (bin LOW HIGH FRACTION lines) instead");
   command_line.add_int("seed", &seed, "random seed");
   command_line.add_flag("quiet", &quiet, "no progress output");
   if (!command_line.parse(args)) return 0;
   CF_CHECK(seed >= 0, "chunkflow-data synth --seed must be >= 0, got ", seed);
   options.seed = static_cast<uint64_t>(seed);
+  if (!length_histogram.empty()) {
+    const data::SynthOptions defaults;
+    CF_CHECK(options.max_length == defaults.max_length && options.tail_fraction == defaults.tail_fraction,
+             "chunkflow-data synth: --max-length and --tail-fraction shape only the built-in lengths; with "
+             "--length-histogram the bins set them (edit the file, or use --scale)");
+    options.length_histogram = data::read_length_histogram(length_histogram);
+  }
   const data::SynthSummary summary = data::write_synthetic_dataset(output, options, !quiet);
   std::printf("wrote %s.bin/.idx: %lld sequences, %lld tokens, longest %lld\n", output.c_str(),
               static_cast<long long>(summary.sequences), static_cast<long long>(summary.tokens),

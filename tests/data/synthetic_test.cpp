@@ -4,11 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "data/dataset_stats.h"
 #include "data/indexed_dataset.h"
+#include "tests/support/expect_error.h"
 #include "tests/support/temp_dir.h"
 
 namespace chunkflow::data {
@@ -117,6 +120,147 @@ TEST(SyntheticTest, RejectsOptionsOutOfRange) {
   } catch (const core::Error& error) {
     EXPECT_NE(std::string(error.what()).find("--max-length"), std::string::npos);
   }
+}
+
+// Counts of `lengths` per bin; lengths outside every bin land in the extra last slot.
+std::vector<int64_t> bin_counts(const LengthHistogram& histogram, const std::vector<int64_t>& lengths) {
+  std::vector<int64_t> counts(histogram.bins.size() + 1, 0);
+  for (const int64_t length : lengths) {
+    size_t index = 0;
+    while (index < histogram.bins.size() &&
+           !(length >= histogram.bins[index].low && length < histogram.bins[index].high)) {
+      ++index;
+    }
+    ++counts[index];
+  }
+  return counts;
+}
+
+// Pearson's chi-square of the counts against the histogram's fractions (bins with a share only).
+double chi_square(const LengthHistogram& histogram, const std::vector<int64_t>& counts, int64_t draws) {
+  double statistic = 0;
+  for (size_t b = 0; b < histogram.bins.size(); ++b) {
+    if (histogram.bins[b].fraction == 0) continue;
+    const double expected = static_cast<double>(draws) * histogram.bins[b].fraction;
+    const double gap = static_cast<double>(counts[b]) - expected;
+    statistic += gap * gap / expected;
+  }
+  return statistic;
+}
+
+TEST(SyntheticHistogramTest, DrawnLengthsFollowTheBinFractions) {
+  const LengthHistogram histogram = parse_length_histogram(
+      "# four bins, one of them empty\n"
+      "bin 1 100 0.5\n"
+      "bin 100 1000 0.3   # trailing comment\n"
+      "bin 1000 2000 0\n"
+      "bin 4000 8000 0.2\n",
+      "four.txt");
+  ASSERT_EQ(histogram.bins.size(), 4u);
+  EXPECT_EQ(histogram.within, WithinBin::kUniform) << "uniform is the default";
+  SynthOptions options;
+  options.sequences = 100000;
+  options.seed = 7;
+  options.length_histogram = histogram;
+  const auto lengths = sample_longtail_lengths(options);
+  const std::vector<int64_t> counts = bin_counts(histogram, lengths);
+  EXPECT_EQ(counts[2], 0) << "a bin with fraction 0 is never drawn";
+  EXPECT_EQ(counts[4], 0) << "no length outside the bins (the gap [2000, 4000) included)";
+  // 3 degrees of freedom: P(chi-square > 16.27) = 0.001.
+  EXPECT_LT(chi_square(histogram, counts, options.sequences), 16.27)
+      << counts[0] << " " << counts[1] << " " << counts[3];
+  // Uniform inside a bin: the mean of bin [4000, 8000) is near its middle 5999.5 (sd of the mean
+  // of ~20000 draws is ~8).
+  double sum = 0;
+  for (const int64_t length : lengths) {
+    if (length >= 4000) sum += static_cast<double>(length);
+  }
+  EXPECT_NEAR(sum / static_cast<double>(counts[3]), 5999.5, 50.0);
+  EXPECT_EQ(lengths, sample_longtail_lengths(options)) << "deterministic in the seed";
+  options.seed = 8;
+  EXPECT_NE(lengths, sample_longtail_lengths(options));
+}
+
+TEST(SyntheticHistogramTest, LogUniformSpreadsEvenlyOverOrdersOfMagnitude) {
+  const LengthHistogram histogram = parse_length_histogram("within log-uniform\nbin 10 100000 1\n", "log.txt");
+  EXPECT_EQ(histogram.within, WithinBin::kLogUniform);
+  SynthOptions options;
+  options.sequences = 40000;
+  options.length_histogram = histogram;
+  const auto lengths = sample_longtail_lengths(options);
+  // Four decades, a quarter of the draws in each: [10, 100), [100, 1000), [1000, 10^4), [10^4, 10^5).
+  const LengthHistogram decades = parse_length_histogram(
+      "bin 10 100 0.25\nbin 100 1000 0.25\nbin 1000 10000 0.25\nbin 10000 100000 0.25\n", "decades.txt");
+  const std::vector<int64_t> counts = bin_counts(decades, lengths);
+  EXPECT_EQ(counts[4], 0);
+  EXPECT_LT(chi_square(decades, counts, options.sequences), 16.27)
+      << counts[0] << " " << counts[1] << " " << counts[2] << " " << counts[3];
+}
+
+TEST(SyntheticHistogramTest, ScaleShrinksHistogramLengths) {
+  SynthOptions options;
+  options.sequences = 20000;
+  options.length_histogram = parse_length_histogram("bin 1000 2000 1\n", "one.txt");
+  options.scale = 0.25;
+  const auto lengths = sample_longtail_lengths(options);
+  EXPECT_GE(*std::min_element(lengths.begin(), lengths.end()), 250);
+  EXPECT_LE(*std::max_element(lengths.begin(), lengths.end()), 500);
+  options.scale = 1e-6;
+  const auto tiny = sample_longtail_lengths(options);
+  EXPECT_EQ(*std::min_element(tiny.begin(), tiny.end()), 1) << "never below one token";
+}
+
+TEST(SyntheticHistogramTest, BundledLmsysFileHasThePapersStatedShape) {
+  const LengthHistogram histogram = read_length_histogram(testing::source_file("data/distributions/lmsys_chat_1m.txt"));
+  SynthOptions options;
+  options.sequences = 200000;
+  options.length_histogram = histogram;
+  const auto lengths = sample_longtail_lengths(options);
+  std::vector<int32_t> as_int32(lengths.begin(), lengths.end());
+  const LengthSummary summary = summarize_lengths(as_int32);
+  // The paper: over 99 % below 4K tokens (the file takes 99 % exactly), longest about 300K.
+  EXPECT_NEAR(summary.share_below_4k, 0.99, 0.002);
+  EXPECT_LT(summary.max, 300000);
+  EXPECT_GT(summary.max, 200000) << "2000 log-uniform tail draws reach near the top";
+}
+
+TEST(SyntheticHistogramTest, WritesADatasetWithHistogramLengths) {
+  testing::TempDir dir;
+  SynthOptions options;
+  options.sequences = 200;
+  options.length_histogram = parse_length_histogram("bin 5 50 0.5\nbin 50 300 0.5\n", "small.txt");
+  const SynthSummary summary = write_synthetic_dataset(dir.file("hist"), options, false);
+  const IndexedDataset dataset(dir.file("hist"));
+  const auto lengths = sample_longtail_lengths(options);
+  ASSERT_EQ(dataset.size(), 200);
+  for (int64_t s = 0; s < dataset.size(); ++s) ASSERT_EQ(dataset.length(s), lengths[static_cast<size_t>(s)]);
+  EXPECT_LT(summary.max_length, 300);
+}
+
+TEST(SyntheticHistogramTest, MalformedHistogramsNameFileAndLine) {
+  using testing::expect_error_mentions;
+  const auto parse = [](const std::string& text) { return [text] { parse_length_histogram(text, "h.txt"); }; };
+  expect_error_mentions(parse("# header\nbin 1 10 0.5\nbin 10 20 0.4\n"), {"h.txt:", "sum to 0.9", "not 1"});
+  expect_error_mentions(parse("bin 1 10 0.5\n\nbim 10 20 0.5\n"), {"h.txt:3", "unknown keyword 'bim'", "did you mean 'bin'"});
+  expect_error_mentions(parse("bin 10 10 1\n"), {"h.txt:1", "low must be < high", "low 10", "high 10"});
+  expect_error_mentions(parse("bin 1 10 0.5\nbin 20 5 0.5\n"), {"h.txt:2", "low must be < high"});
+  expect_error_mentions(parse("bin -5 10 1\n"), {"h.txt:1", "low must be >= 1", "-5"});
+  expect_error_mentions(parse("bin 1 10 1.5\n"), {"h.txt:1", "fraction must be in [0, 1]", "1.5"});
+  expect_error_mentions(parse("bin 1 10 -0.5\nbin 10 20 1.5\n"), {"h.txt:1", "fraction", "-0.5"});
+  expect_error_mentions(parse("bin 1 10 abc\n"), {"h.txt:1", "fraction", "'abc'"});
+  expect_error_mentions(parse("bin 1 10\n"), {"h.txt:1", "bin LOW HIGH FRACTION", "got 2 values"});
+  expect_error_mentions(parse("bin 1 100 0.5\nbin 50 200 0.5\n"), {"h.txt:2", "not overlap", "previous bin's high 100"});
+  expect_error_mentions(parse("within loguniform\nbin 1 2 1\n"), {"h.txt:1", "'loguniform'", "did you mean 'log-uniform'"});
+  expect_error_mentions(parse("within uniform\nwithin uniform\nbin 1 2 1\n"), {"h.txt:2", "twice", "line 1"});
+  expect_error_mentions(parse("# nothing\n"), {"h.txt", "no 'bin"});
+  expect_error_mentions([] { read_length_histogram("/nonexistent/h.txt"); }, {"/nonexistent/h.txt"});
+}
+
+TEST(SyntheticHistogramTest, FileErrorsCarryThePath) {
+  testing::TempDir dir;
+  core::write_file_atomic(dir.file("bad.txt"), "within uniform\nbin 1 100 0.7\nbin 100 90 0.3\n");
+  testing::expect_error_mentions([&] { read_length_histogram(dir.file("bad.txt")); },
+                                 {dir.file("bad.txt") + ":3", "low must be < high"});
 }
 
 }  // namespace
