@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# ChunkFlow next to an outside peer, Hugging Face transformers, on this machine: the same model
+# config (configs/demo.yaml), the same dataset (the demo one), the same global-batch token budget
+# (data.batch_tokens) and the same number of optimizer steps, one process at a time, OMP_NUM_THREADS
+# threads each (default 2). Runs chunkflow-train (1 rank), then bench/hf_peer.py padded and packed,
+# after hf_peer.py's check that its packed mode computes the padded mode's loss. Prints a Markdown
+# table: tokens/s (real tokens, steps 2..N), mean step time, peak RSS, ratio to ChunkFlow.
+#   bench/peer_comparison.sh [steps]     (default 30; needs the build; writes scripts/demo.sh's
+#                                         dataset when it is missing)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
+steps="${1:-30}"
+python="${CHUNKFLOW_VENV:-$cache_root/venv}/bin/python"
+config="$repo_root/configs/demo.yaml"
+data="$repo_root/runs/demo/data/longtail"
+if [ ! -f "$data.idx" ]; then  # the command scripts/demo.sh runs
+  "$build_dir/bin/chunkflow-data" synth --output "$data" --sequences 4000 --scale 0.25 --max-length 4096 \
+    --vocab-size 2048 --seed 1 --quiet
+fi
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+
+echo "== transformers padding-free check (padded vs packed loss on the first global batch)" >&2
+"$python" "$repo_root/bench/hf_peer.py" --config "$config" --data "$data" --mode check | tee "$work/check.json" >&2
+
+echo "== chunkflow-train, $steps steps" >&2
+/usr/bin/time -f %M -o "$work/chunkflow.maxrss" "$build_dir/bin/chunkflow-train" --config "$config" \
+  --set data.path="$data" --set run.steps="$steps" --set run.output_dir="$work" --set run.name=chunkflow \
+  --set logging.progress=lines --set logging.tensorboard=false >"$work/chunkflow.log" 2>&1 ||
+  { cat "$work/chunkflow.log" >&2; exit 1; }
+for mode in padded packed; do
+  echo "== transformers $mode, $steps steps" >&2
+  "$python" "$repo_root/bench/hf_peer.py" --config "$config" --data "$data" --mode "$mode" --steps "$steps" \
+    >"$work/$mode.json"
+  cat "$work/$mode.json" >&2
+done
+
+"$python" - "$work" "$steps" <<'PY'
+import json, sys
+work, steps = sys.argv[1], int(sys.argv[2])
+rows = [json.loads(line) for line in open(f"{work}/chunkflow/metrics.jsonl")]
+timed = rows[1:] or rows
+# chunkflow-train resets the kernel's peak counter at each step, so its per-step peaks and the
+# exit-time ru_maxrss from /usr/bin/time are combined.
+time_peak = int(open(f"{work}/chunkflow.maxrss").read().split()[-1]) * 1024
+results = [dict(name="ChunkFlow, 256-token chunks, 1 rank",
+                tokens_per_second=sum(r["tokens"] for r in timed) / sum(r["seconds"] for r in timed),
+                step_seconds=sum(r["seconds"] for r in timed) / len(timed),
+                peak_rss_bytes=max(max(r["peak_rss_bytes"] for r in rows), time_peak), final_loss=rows[-1]["loss"])]
+for mode, label in (("padded", "transformers, padded micro-batches of 8"),
+                    ("packed", "transformers, packed (padding-free)")):
+    result = json.load(open(f"{work}/{mode}.json"))
+    result["name"] = label
+    results.append(result)
+check = json.load(open(f"{work}/check.json"))
+base = results[0]["tokens_per_second"]
+print("| System / mode | tokens/s | step time | peak RSS | tokens/s vs ChunkFlow |")
+print("| --- | ---: | ---: | ---: | ---: |")
+for r in results:
+    print(f"| {r['name']} | {r['tokens_per_second']:,.0f} | {r['step_seconds'] * 1000:,.0f} ms | "
+          f"{r['peak_rss_bytes'] / 2**20:,.0f} MiB | {r['tokens_per_second'] / base:.2f}x |")
+print()
+print(f"{steps} steps each, timing over steps 2..{steps}; final losses: "
+      + "; ".join(f"{r['name']} {r['final_loss']:.4f}" for r in results))
+print(f"padding in the padded mode: {results[1]['padding_share']:.1%} of its tokens; transformers RSS before "
+      f"the first step: {results[1]['rss_before_training_bytes'] / 2**20:,.0f} MiB (padded), "
+      f"{results[2]['rss_before_training_bytes'] / 2**20:,.0f} MiB (packed)")
+print(f"padding-free check: padded loss {check['padded_loss']:.7f}, packed {check['packed_loss']:.7f} "
+      f"(relative difference {check['relative_difference']:.1e}, largest logit difference "
+      f"{check['max_logit_difference']:.1e}); with use_cache=True the packed logits differ by up to "
+      f"{check['max_logit_difference_with_use_cache']:.2f}")
+PY
