@@ -22,6 +22,8 @@ debian_packages=(
   openmpi-bin libopenmpi-dev
   libyaml-cpp-dev libprotobuf-dev protobuf-compiler nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes, and clang's OpenMP runtime.
+  clang libclang-rt-14-dev libomp-dev
   python3 python3-venv python3-pip
   # SLURM on one machine for the launch test (daemons are started by the test, not by apt);
   # srun --mpi=pmix loads libpmix.so from libpmix-dev.
