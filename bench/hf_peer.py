@@ -5,7 +5,8 @@ Reads our Megatron .bin/.idx dataset (and its _loss_mask companion) with numpy, 
 LlamaForCausalLM (fp32, attn_implementation="sdpa") from the config's `model` section, forms
 global batches of `data.batch_tokens` tokens (or `data.batch_sequences` sequences) the way our
 sampler does, and trains with AdamW, our learning-rate schedule and gradient clipping. Prints one
-JSON line: tokens/s over steps 2..N (real tokens, padding excluded), step time, peak RSS.
+JSON line: tokens/s over steps 2..N (real tokens, padding excluded), step time, tokens per
+CPU-second (process CPU time, all threads: the work measure that survives a shared machine), peak RSS.
 
 Modes (one process each, so ru_maxrss is the mode's own peak):
   padded  micro-batches of --micro-batch-sequences sequences, right-padded to the longest, with
@@ -252,7 +253,7 @@ def train(args, config, dataset, mask_dataset):
         batch = Batch(dataset, mask_dataset, next(batches))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config["optim"], step, args.steps)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         loss_sum, padded_tokens = 0.0, 0
         for inputs in micro_batches(args.mode, batch, args.micro_batch_sequences):
             padded_tokens += inputs["input_ids"].numel()
@@ -263,16 +264,18 @@ def train(args, config, dataset, mask_dataset):
             torch.nn.utils.clip_grad_norm_(model.parameters(), config["optim"]["max_grad_norm"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         rows.append(dict(step=step + 1, loss=loss_sum, tokens=batch.tokens, padded_tokens=padded_tokens,
-                         sequences=len(batch.sequences), seconds=seconds))
+                         sequences=len(batch.sequences), seconds=seconds, cpu_seconds=cpu_seconds))
         if args.verbose:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     timed = rows[1:] or rows
     seconds = sum(r["seconds"] for r in timed)
+    cpu_seconds = sum(r["cpu_seconds"] for r in timed)
     tokens = sum(r["tokens"] for r in timed)
     return dict(system="transformers", mode=args.mode, steps=args.steps, threads=torch.get_num_threads(),
                 tokens_per_second=tokens / seconds, step_seconds=seconds / len(timed),
+                tokens_per_cpu_second=tokens / cpu_seconds, step_cpu_seconds=cpu_seconds / len(timed),
                 padding_share=1.0 - tokens / sum(r["padded_tokens"] for r in timed),
                 first_loss=rows[0]["loss"], final_loss=rows[-1]["loss"], peak_rss_bytes=peak_rss_bytes(),
                 rss_before_training_bytes=rss_before,
