@@ -128,13 +128,14 @@ checkpoint::DatasetFingerprint dataset_fingerprint(const data::IndexedDataset& d
   return fingerprint;
 }
 
-std::string save_checkpoint(const CheckpointContents& contents, parallel::Communicator* world,
-                            parallel::DeviceMesh* mesh) {
+namespace {
+
+// Writes the checkpoint into root/.<name>.partial and renames it to root/<name>; see
+// save_checkpoint, which adds the context to any error.
+void write_checkpoint(const CheckpointContents& contents, parallel::Communicator* world, parallel::DeviceMesh* mesh,
+                      const std::string& root, const std::string& name, const std::string& partial_dir) {
   const configs::Config& config = *contents.config;
-  const std::string root = config.checkpoint_dir();
-  const std::string name = checkpoint_name(contents.step);
   const std::string final_dir = root + "/" + name;
-  const std::string partial_dir = root + "/." + name + ".partial";
   const bool leader = world == nullptr || world->rank() == 0;
   const auto barrier = [&] {
     if (world != nullptr) world->barrier();
@@ -233,7 +234,26 @@ std::string save_checkpoint(const CheckpointContents& contents, parallel::Commun
     core::log_info("checkpoint ", final_dir, " saved (step ", contents.step, ")");
   }
   barrier();
-  return final_dir;
+}
+
+}  // namespace
+
+std::string save_checkpoint(const CheckpointContents& contents, parallel::Communicator* world,
+                            parallel::DeviceMesh* mesh) {
+  const std::string root = contents.config->checkpoint_dir();
+  const std::string name = checkpoint_name(contents.step);
+  const std::string partial_dir = root + "/." + name + ".partial";
+  try {
+    write_checkpoint(contents, world, mesh, root, name, partial_dir);
+  } catch (const core::Error& error) {
+    // A full disk needs its space back; resume never reads a .partial folder anyway.
+    if ((world == nullptr || world->rank() == 0) && core::path_exists(partial_dir)) remove_tree(partial_dir);
+    const std::vector<std::string> saved = list_checkpoints(root);
+    CF_FAIL("checkpoint ", root, "/", name, " (step ", contents.step, ") was not saved: ", error.what(), "; ",
+            saved.empty() ? std::string("there is no earlier checkpoint")
+                          : "the previous checkpoint " + saved.back() + " is intact");
+  }
+  return root + "/" + name;
 }
 
 std::vector<std::string> list_checkpoints(const std::string& checkpoint_dir) {
