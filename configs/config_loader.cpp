@@ -4,6 +4,7 @@
 // messages can point at the line that set it.
 #include "configs/config_loader.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -11,7 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
-#include <regex>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/file_io.h"
@@ -53,13 +54,52 @@ std::string describe(const YAML::Node& node) {
                              at + ")");
 }
 
-// YAML 1.2 core-schema numbers, decimal only.
-const std::regex kInteger(R"([-+]?[0-9]+)");
-const std::regex kFloat(R"([-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?)");
+// YAML 1.2 core-schema numbers, decimal only, scanned by hand: std::regex matches recursively,
+// one stack frame per character, so a long value (100,000 digits) overflowed the stack.
+
+// Skips the digits at text[at...]; returns how many there were.
+size_t skip_digits(const std::string& text, size_t& at) {
+  const size_t start = at;
+  while (at < text.size() && text[at] >= '0' && text[at] <= '9') ++at;
+  return at - start;
+}
+
+void skip_sign(const std::string& text, size_t& at) {
+  if (at < text.size() && (text[at] == '-' || text[at] == '+')) ++at;
+}
+
+// [-+]?[0-9]+
+bool is_integer_text(const std::string& text) {
+  size_t at = 0;
+  skip_sign(text, at);
+  return skip_digits(text, at) > 0 && at == text.size();
+}
+
+// [-+]?(.[0-9]+|[0-9]+(.[0-9]*)?)([eE][-+]?[0-9]+)?  (the dots are literal)
+bool is_float_text(const std::string& text) {
+  size_t at = 0;
+  skip_sign(text, at);
+  if (at < text.size() && text[at] == '.') {
+    ++at;
+    if (skip_digits(text, at) == 0) return false;
+  } else {
+    if (skip_digits(text, at) == 0) return false;
+    if (at < text.size() && text[at] == '.') {
+      ++at;
+      skip_digits(text, at);
+    }
+  }
+  if (at < text.size() && (text[at] == 'e' || text[at] == 'E')) {
+    ++at;
+    skip_sign(text, at);
+    if (skip_digits(text, at) == 0) return false;
+  }
+  return at == text.size();
+}
 
 void read_value(const YAML::Node& node, const std::string& key, const std::string& at,
                 int64_t& field) {
-  if (!is_plain(node) || !std::regex_match(node.Scalar(), kInteger)) {
+  if (!is_plain(node) || !is_integer_text(node.Scalar())) {
     type_error(key, "an integer", node, at);
   }
   errno = 0;
@@ -70,7 +110,7 @@ void read_value(const YAML::Node& node, const std::string& key, const std::strin
 
 void read_value(const YAML::Node& node, const std::string& key, const std::string& at,
                 double& field) {
-  if (!is_plain(node) || !std::regex_match(node.Scalar(), kFloat)) {
+  if (!is_plain(node) || !is_float_text(node.Scalar())) {
     type_error(key, "a number", node, at);
   }
   errno = 0;
@@ -197,9 +237,49 @@ void read_document(Config& config, const YAML::Node& root, const std::string& so
   }
 }
 
+// Notes where each document of a YAML stream starts; everything else is ignored.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  const std::vector<YAML::Mark>& starts() const { return starts_; }
+
+  void OnDocumentStart(const YAML::Mark& mark) override { starts_.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+ private:
+  std::vector<YAML::Mark> starts_;
+};
+
+// yaml-cpp 0.7 (Debian 12) never returns from LoadAll, allocating an empty document per turn,
+// when a ',' stands at the top level (jbeder/yaml-cpp#1040; fixed upstream by #1319): the parser
+// reports a document without consuming the token. Walking the documents first, a document that
+// starts where the previous one did is that case.
+void check_documents_advance(const std::string& text, const std::string& source) {
+  std::istringstream stream(text);
+  YAML::Parser parser(stream);
+  DocumentStarts documents;
+  while (parser.HandleNextDocument(documents)) {
+    const auto& starts = documents.starts();
+    if (starts.size() >= 2 && starts.back().pos <= starts[starts.size() - 2].pos) {
+      throw ConfigError("", line_and_column_of(source, starts.back()) +
+                                ": malformed YAML: the parser cannot get past this token (a ',' "
+                                "outside [...] or {...}?)");
+    }
+  }
+}
+
 YAML::Node parse_document(const std::string& text, const std::string& source) {
   std::vector<YAML::Node> documents;
   try {
+    check_documents_advance(text, source);
     documents = YAML::LoadAll(text);
   } catch (const YAML::Exception& error) {
     throw ConfigError("", line_and_column_of(source, error.mark) + ": malformed YAML: " + error.msg);

@@ -77,6 +77,12 @@ TEST(ConfigLoaderTest, MoreThanOneDocumentIsAnError) {
                   {"run.yaml:4", "one YAML document, found 2"});
 }
 
+// yaml-cpp 0.7's LoadAll loops forever, allocating, on a top-level ',' (jbeder/yaml-cpp#1040).
+TEST(ConfigLoaderTest, TopLevelCommaIsMalformedYamlNotAnEndlessLoop) {
+  expect_contains(parse_error(","), {"run.yaml:1:1: malformed YAML", "a ',' outside [...] or {...}"});
+  expect_contains(parse_error(kBase + "---\n,\n"), {"run.yaml:4:1: malformed YAML"});
+}
+
 TEST(ConfigLoaderTest, SectionsMustBeMaps) {
   const ConfigError error = config_error_of([&] { parse_config(kBase + "chunking: 4096\n", "run.yaml"); });
   EXPECT_EQ(error.key(), "chunking");
@@ -142,6 +148,10 @@ TEST(ConfigLoaderTest, WrongTypesNameFileLineKeyValueAndExpectedType) {
       {"1", "logging", "trace", "true or false", "got 1"},
       {"\"true\"", "logging", "trace", "true or false", "got \"true\""},
       {"abc", "optim", "lr", "a number", "got abc"},
+      {".", "optim", "lr", "a number", "got ."},
+      {"1e", "optim", "lr", "a number", "got 1e"},
+      {"1.5.", "optim", "lr", "a number", "got 1.5."},
+      {"+", "chunking", "chunk_size", "an integer", "got +"},
       {"false", "optim", "lr", "a number", "got false"},
       {".inf", "optim", "lr", "a number", "got .inf"},
       {"1e999", "optim", "lr", "a finite number", "got 1e999"},
@@ -189,6 +199,22 @@ TEST(ConfigLoaderTest, IntegerAndBoolKeysAcceptTheirPlainForms) {
   EXPECT_EQ(config.run.seed, -7);
   EXPECT_EQ(config.chunking.chunk_size, 512);
   EXPECT_FALSE(config.chunking.pack_into_tail);
+}
+
+// A std::regex check used to recurse once per character and overflow the stack here.
+TEST(ConfigLoaderTest, HundredThousandDigitNumbersAreCheckedWithoutCrashing) {
+  const std::string digits(100000, '7');
+  expect_contains(parse_error(kBase + "run:\n  seed: " + digits + "\n"),
+                  {"run.seed must be an integer that fits in 64 bits", "(run.yaml:4)"});
+  expect_contains(parse_error(kBase + "optim:\n  lr: " + digits + "\n"),
+                  {"optim.lr must be a finite number in double range", "(run.yaml:4)"});
+  expect_contains(parse_error(kBase + "chunking:\n  chunk_size: " + digits + "x\n"),
+                  {"chunking.chunk_size must be an integer, got 777"});
+  const std::string zeros(100000, '0');
+  const Config config = parse_config(
+      kBase + "chunking:\n  chunk_size: " + zeros + "8192\noptim:\n  lr: 1." + zeros + "\n", "run.yaml");
+  EXPECT_EQ(config.chunking.chunk_size, 8192);
+  EXPECT_EQ(config.optim.lr, 1.0);
 }
 
 // --- validate() through the loader ----------------------------------------------------------
