@@ -146,7 +146,8 @@ std::string parse_line(const std::string& line, int64_t vocab_size, TokenDType d
   json object;
   try {
     object = json::parse(line);
-  } catch (const json::parse_error& error) {
+  } catch (const json::exception& error) {
+    // Not only parse_error: a number beyond double range ("1e999") throws out_of_range.406.
     // Drop nlohmann's "[json.exception.parse_error.101] " prefix; keep its position and reason.
     std::string what = error.what();
     const size_t bracket = what.find("] ");

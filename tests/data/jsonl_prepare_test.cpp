@@ -117,6 +117,8 @@ TEST(JsonlPrepareTest, EachKindOfBadLineNamesFileAndLine) {
   };
   const Case cases[] = {
       {"{\"input_ids\": [1, 2", "not valid JSON"},
+      // nlohmann throws out_of_range (not parse_error) for this; it used to escape as a crash.
+      {"{\"input_ids\": [1, 1e999]}", "not valid JSON (number overflow parsing '1e999')"},
       {"[1, 2, 3]", "expected a JSON object"},
       {"{\"text\": \"hello\"}", "missing \"input_ids\" (keys: text)"},
       {"{\"input_ids\": \"1 2 3\"}", "\"input_ids\" is \"1 2 3\", expected an array"},
@@ -171,18 +173,19 @@ TEST(JsonlPrepareTest, SkipModeCountsBadLinesAndKeepsTheFirstMessages) {
                                        "oops\n"
                                        "{\"input_ids\": []}\n"
                                        "{\"input_ids\": [2, 3]}\n"
-                                       "{\"input_ids\": [-1]}\n");
+                                       "{\"input_ids\": [-1]}\n"
+                                       "{\"input_ids\": [1e999]}\n");
   PrepareOptions options = options_for(dir, input);
   options.skip_bad_lines = true;
   options.max_reported_errors = 2;
   const PrepareSummary summary = prepare_jsonl(options);
-  EXPECT_EQ(summary.lines, 5);
-  EXPECT_EQ(summary.bad_lines, 3);
+  EXPECT_EQ(summary.lines, 6);
+  EXPECT_EQ(summary.bad_lines, 4);
   EXPECT_EQ(summary.sequences, 2);
   ASSERT_EQ(summary.errors.size(), 2u);
   EXPECT_EQ(summary.errors[0].rfind(input + ":2: not valid JSON", 0), 0u) << summary.errors[0];
   EXPECT_EQ(summary.errors[1], input + ":3: \"input_ids\" is empty");
-  EXPECT_NE(summary.to_text().find("first 2 of 3"), std::string::npos) << summary.to_text();
+  EXPECT_NE(summary.to_text().find("first 2 of 4"), std::string::npos) << summary.to_text();
   const IndexedDataset tokens(options.output_prefix);
   ASSERT_EQ(tokens.size(), 2);
   EXPECT_EQ(tokens.read(1), (std::vector<int32_t>{2, 3}));
