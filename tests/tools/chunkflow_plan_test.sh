@@ -51,7 +51,7 @@ grep -q "no candidate fits in 1.0 MiB" "$work/over.txt" || { cat "$work/over.txt
 
 # A length histogram instead of the dataset (data.path is not needed then).
 printf '# low high fraction\n1 30 0.9\n100 300 0.1\n' >"$work/lengths.txt"
-"$plan" "${common[@]/data.path=*/data.path=}" --length-histogram "$work/lengths.txt" --histogram-sequences 2000 \
+"$plan" "${common[@]/data.path=*/data.path=/nonexistent}" --length-histogram "$work/lengths.txt" --histogram-sequences 2000 \
   >"$work/hist.txt"
 grep -q "lengths.txt (2 bins, 2000 sequences drawn)" "$work/hist.txt" || { cat "$work/hist.txt"; fail "histogram not used"; }
 grep -q "^recommended:" "$work/hist.txt" || { cat "$work/hist.txt"; fail "no recommendation from a histogram"; }
