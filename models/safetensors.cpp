@@ -79,13 +79,19 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name,
 
   const auto shape = value.find("shape");
   CF_HEADER_CHECK(shape != value.end() && shape->is_array(), path, name, "needs a \"shape\" array");
+  // The bound applies to the product of the non-zero dims: torch computes strides from them even
+  // when another dim is 0, so [0, 2^64 - 1] (a negative int64) or [0, 2^62, 2^62] would reach
+  // torch::empty and throw c10::Error instead of this file's error.
+  constexpr uint64_t kMaxElements = std::numeric_limits<int64_t>::max() / 16;
   uint64_t elements = 1;
+  uint64_t nonzero_elements = 1;
   for (const auto& dim : *shape) {
     CF_HEADER_CHECK(dim.is_number_unsigned() || (dim.is_number_integer() && dim.get<int64_t>() >= 0),
                     path, name, "shape entries must be non-negative integers, got ", shape->dump());
     const uint64_t size = dim.get<uint64_t>();
-    CF_HEADER_CHECK(size == 0 || elements <= std::numeric_limits<uint64_t>::max() / 16 / size, path, name,
-                    "shape ", shape->dump(), " overflows");
+    CF_HEADER_CHECK(size == 0 || nonzero_elements <= kMaxElements / size, path, name, "shape ", shape->dump(),
+                    " overflows (the product of its non-zero dims must be below 2^59)");
+    if (size != 0) nonzero_elements *= size;
     elements *= size;
     entry.shape.push_back(static_cast<int64_t>(size));
   }

@@ -168,6 +168,9 @@ TEST(SafetensorsTest, MalformedHeadersAreRefusedWithTheRule) {
       {raw_file(R"({"t": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}})", eight_bytes), "must not decrease"},
       {raw_file(R"({"t": {"dtype": "F32", "shape": [2]}})", eight_bytes), "needs \"data_offsets\""},
       {raw_file(R"({"t": {"dtype": "F32", "shape": [4294967296, 4294967296, 4294967296], "data_offsets": [0, 8]}})", eight_bytes), "overflows"},
+      // A zero dim used to lift the bound: these reached torch::empty and threw c10::Error.
+      {raw_file(R"({"t": {"dtype": "F32", "shape": [0, 18446744073709551615], "data_offsets": [0, 0]}})", ""), "overflows"},
+      {raw_file(R"({"t": {"dtype": "F32", "shape": [0, 4611686018427387904, 4], "data_offsets": [0, 0]}})", ""), "overflows"},
       {raw_file(R"({"t": 5})", eight_bytes), "must be an object"},
       {raw_file(R"({"a": {"dtype": "U8", "shape": [6], "data_offsets": [0, 6]}, "b": {"dtype": "U8", "shape": [4], "data_offsets": [4, 8]}})", eight_bytes), "overlap"},
       {raw_file(R"({"__metadata__": {"k": 1}})", ""), "must be a string"},
