@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace chunkflow::configs {
 
@@ -11,6 +12,16 @@ struct ChunkingConfig {
   int64_t chunk_size = 4096;
   int64_t resident_chunks = 1;
   bool pack_into_tail = true;
+  // How a global batch becomes chunks: "chunkflow" (split + pack, the default), or one of the
+  // baselines ChunkFlow is measured against, run by the same trainer: "pack_to_max" (sequences
+  // packed into chunks of chunk_size, never split: Megatron's packing to the maximum context
+  // length) and "pad_to_longest" (micro-batches of micro_batch_sequences consecutive sequences,
+  // each padded to its longest: a plain Hugging Face training loop).
+  std::string strategy = "chunkflow";
+  int64_t micro_batch_sequences = 1;
+  // Full activation recomputation (Megatron's --recompute-granularity full): a standalone chunk
+  // keeps only each decoder layer's input and recomputes the layer during its backward.
+  bool recompute_layers = false;
 
   template <typename Visitor>
   void visit_fields(Visitor&& visit) { fields(*this, visit); }
@@ -30,6 +41,10 @@ struct ChunkingConfig {
           "chunks of a split sequence that keep activations (K); the rest are recomputed");
     visit("pack_into_tail", self.pack_into_tail,
           "pack short sequences into the last chunk of a split sequence");
+    visit("strategy", self.strategy, "chunkflow, or a baseline: pack_to_max, pad_to_longest");
+    visit("micro_batch_sequences", self.micro_batch_sequences, "sequences per padded micro-batch (pad_to_longest)");
+    visit("recompute_layers", self.recompute_layers,
+          "standalone chunks keep only each layer's input and recompute the layer in backward");
   }
 };
 

@@ -17,6 +17,12 @@ void Config::validate() const {
                                     model.num_hidden_layers, "), got ", parallel.pp,
                                     "; every pipeline stage needs at least one layer"));
   }
+  // Padding tokens would need their own place in the context-parallel split of a chunk.
+  if (chunking.strategy == "pad_to_longest" && parallel.cp > 1) {
+    throw ConfigError(std::vector<std::string>{"chunking.strategy", "parallel.cp"},
+                      core::str_cat("chunking.strategy pad_to_longest needs parallel.cp = 1, got ", parallel.cp,
+                                    "; the padded baseline runs with dp and pp only"));
+  }
   // NCCL moves CUDA tensors only.
   if (parallel.backend == "nccl" && run.device == "cpu") {
     throw ConfigError(std::vector<std::string>{"parallel.backend", "run.device"},

@@ -39,6 +39,12 @@ ChunkInputs gather_chunk_inputs(const ChunkPlan& plan, int32_t chunk,
       inputs.labels.push_back(has_label ? buffer[static_cast<size_t>(target - segment.begin)] : kIgnoreLabel);
       inputs.loss_tokens += has_label;
     }
+    // Right padding, as a padded Hugging Face batch has it: positions go on, nothing is learned.
+    for (int64_t p = segment.end; p < segment.end + segment.padding; ++p) {
+      inputs.input_ids.push_back(kPaddingToken);
+      inputs.positions.push_back(static_cast<int32_t>(p));
+      inputs.labels.push_back(kIgnoreLabel);
+    }
     inputs.prefix_lens.push_back(static_cast<int32_t>(segment.prefix_len));
   }
   return inputs;

@@ -13,6 +13,9 @@ namespace chunkflow::data {
 
 // Label value of a position that carries no loss (Hugging Face's ignore index).
 inline constexpr int32_t kIgnoreLabel = -100;
+// Token id of padding rows (pad_to_longest plans): they carry kIgnoreLabel and positions that
+// continue their segment's, and no real token attends to them, so the id does not matter.
+inline constexpr int32_t kPaddingToken = 0;
 
 // Reads tokens [begin, begin + count) of batch sequence `sequence` into `out` (int32 ids).
 using TokenReader = std::function<void(int32_t sequence, int64_t begin, int64_t count, int32_t* out)>;

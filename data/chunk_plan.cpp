@@ -38,6 +38,19 @@ class OpenBins {
   std::map<int64_t, std::vector<int32_t>> by_free_;
 };
 
+// The rules every plan builder applies to its input; returns the sequence's length.
+int64_t checked_length(std::span<const PlanSequence> sequences, size_t index) {
+  const PlanSequence& sequence = sequences[index];
+  CF_CHECK(sequence.length >= 0, "sequence ", index, " of the batch has negative length ",
+           sequence.length);
+  CF_CHECK(sequence.length < std::numeric_limits<int32_t>::max(), "sequence ", index,
+           " has length ", sequence.length, "; at most 2^31-1 tokens are supported (int32 cu_seqlens)");
+  CF_CHECK(sequence.loss_mask.empty() || static_cast<int64_t>(sequence.loss_mask.size()) == sequence.length,
+           "sequence ", index, " has length ", sequence.length, " but a loss mask of ",
+           sequence.loss_mask.size(), " entries");
+  return sequence.length;
+}
+
 }  // namespace
 
 int64_t count_loss_tokens(const PlanSequence& sequence, int64_t begin, int64_t end) {
@@ -75,13 +88,7 @@ ChunkPlan build_chunk_plan(std::span<const PlanSequence> sequences, int64_t chun
   OpenBins open_bins;
   for (size_t index = 0; index < sequences.size(); ++index) {
     const PlanSequence& sequence = sequences[index];
-    CF_CHECK(sequence.length >= 0, "sequence ", index, " of the batch has negative length ",
-             sequence.length);
-    CF_CHECK(sequence.length < std::numeric_limits<int32_t>::max(), "sequence ", index,
-             " has length ", sequence.length, "; at most 2^31-1 tokens are supported (int32 cu_seqlens)");
-    CF_CHECK(sequence.loss_mask.empty() || static_cast<int64_t>(sequence.loss_mask.size()) == sequence.length,
-             "sequence ", index, " has length ", sequence.length, " but a loss mask of ",
-             sequence.loss_mask.size(), " entries");
+    checked_length(sequences, index);
     plan.total_tokens_ += sequence.length;
     if (sequence.length == 0) {
       ++plan.empty_sequences_;
@@ -141,7 +148,7 @@ ChunkPlan build_chunk_plan(std::span<const PlanSequence> sequences, int64_t chun
     group = &plan.groups_.back();
   };
   auto open_chunk = [&](int32_t split_sequence) {
-    plan.chunks_.push_back(Chunk{static_cast<int32_t>(plan.segments_.size()), 0, 0, split_sequence,
+    plan.chunks_.push_back(Chunk{static_cast<int32_t>(plan.segments_.size()), 0, 0, 0, split_sequence,
                                  static_cast<int32_t>(plan.groups_.size() - 1)});
     ++group->chunk_count;
   };
@@ -181,26 +188,74 @@ ChunkPlan build_chunk_plan(std::span<const PlanSequence> sequences, int64_t chun
     add_members(static_cast<int32_t>(bin));
   }
 
-  // cu_seqlens, stored flat: chunk c owns segment_count + 1 entries from first_segment + c.
-  plan.cu_seqlens_q_.resize(plan.segments_.size() + plan.chunks_.size());
-  plan.cu_seqlens_k_.resize(plan.cu_seqlens_q_.size());
-  for (size_t c = 0; c < plan.chunks_.size(); ++c) {
-    const Chunk& chunk = plan.chunks_[c];
+  plan.fill_cu_seqlens();
+  return plan;
+}
+
+ChunkPlan build_padded_plan(std::span<const PlanSequence> sequences, int64_t micro_batch_sequences) {
+  CF_CHECK(micro_batch_sequences >= 1, "chunking.micro_batch_sequences must be >= 1, got ", micro_batch_sequences);
+  CF_CHECK(sequences.size() < static_cast<size_t>(std::numeric_limits<int32_t>::max()),
+           "a global batch holds at most 2^31-1 sequences, got ", sequences.size());
+  ChunkPlan plan;
+  plan.padded_ = true;
+  plan.sequence_count_ = static_cast<int64_t>(sequences.size());
+  for (size_t first = 0; first < sequences.size(); first += static_cast<size_t>(micro_batch_sequences)) {
+    const size_t end = std::min(sequences.size(), first + static_cast<size_t>(micro_batch_sequences));
+    int64_t longest = 0;
+    for (size_t index = first; index < end; ++index) {
+      longest = std::max(longest, checked_length(sequences, index));
+      plan.total_tokens_ += sequences[index].length;
+      plan.empty_sequences_ += sequences[index].length == 0;
+    }
+    if (longest == 0) continue;
+    const int32_t chunk_index = static_cast<int32_t>(plan.chunks_.size());
+    const int32_t group_index = static_cast<int32_t>(plan.groups_.size());
+    Chunk chunk{static_cast<int32_t>(plan.segments_.size()), 0, 0, 0, -1, group_index};
+    ChunkGroup group{chunk_index, 1, -1, 0, 0};
+    for (size_t index = first; index < end; ++index) {
+      const PlanSequence& sequence = sequences[index];
+      if (sequence.length == 0) continue;
+      Segment segment{static_cast<int32_t>(index), 0, 0, sequence.length, 0,
+                      count_loss_tokens(sequence, 0, sequence.length), longest - sequence.length};
+      plan.segments_.push_back(segment);
+      ++chunk.segment_count;
+      chunk.tokens += segment.padded_length();
+      chunk.padding_tokens += segment.padding;
+      group.attention_entries += attention_entries(segment.padded_length(), 0);
+      plan.loss_tokens_ += segment.loss_tokens;
+    }
+    group.tokens = chunk.tokens;
+    plan.padding_tokens_ += chunk.padding_tokens;
+    plan.chunk_size_ = std::max(plan.chunk_size_, chunk.tokens);
+    plan.chunks_.push_back(chunk);
+    plan.groups_.push_back(group);
+  }
+  plan.chunk_size_ = std::max<int64_t>(plan.chunk_size_, 1);
+  plan.fill_cu_seqlens();
+  return plan;
+}
+
+void ChunkPlan::fill_cu_seqlens() {
+  // Stored flat: chunk c owns segment_count + 1 entries from first_segment + c.
+  cu_seqlens_q_.resize(segments_.size() + chunks_.size());
+  cu_seqlens_k_.resize(cu_seqlens_q_.size());
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    const Chunk& chunk = chunks_[c];
     const size_t base = static_cast<size_t>(chunk.first_segment) + c;
     int64_t q = 0, k = 0;
-    plan.cu_seqlens_q_[base] = 0;
-    plan.cu_seqlens_k_[base] = 0;
+    cu_seqlens_q_[base] = 0;
+    cu_seqlens_k_[base] = 0;
     for (int32_t s = 0; s < chunk.segment_count; ++s) {
-      const Segment& segment = plan.segments_[static_cast<size_t>(chunk.first_segment + s)];
-      q += segment.length();
+      const Segment& segment = segments_[static_cast<size_t>(chunk.first_segment + s)];
+      q += segment.padded_length();
       k += segment.key_length();
-      CF_CHECK(k <= std::numeric_limits<int32_t>::max(), "chunk ", c,
-               " attends to more than 2^31-1 keys; use a smaller chunking.chunk_size");
-      plan.cu_seqlens_q_[base + static_cast<size_t>(s) + 1] = static_cast<int32_t>(q);
-      plan.cu_seqlens_k_[base + static_cast<size_t>(s) + 1] = static_cast<int32_t>(k);
+      CF_CHECK(q <= std::numeric_limits<int32_t>::max() && k <= std::numeric_limits<int32_t>::max(), "chunk ", c,
+               " holds or attends to more than 2^31-1 rows; use a smaller chunking.chunk_size"
+               " (or chunking.micro_batch_sequences)");
+      cu_seqlens_q_[base + static_cast<size_t>(s) + 1] = static_cast<int32_t>(q);
+      cu_seqlens_k_[base + static_cast<size_t>(s) + 1] = static_cast<int32_t>(k);
     }
   }
-  return plan;
 }
 
 std::span<const int32_t> ChunkPlan::cu_seqlens_q(int32_t chunk) const {
@@ -225,6 +280,7 @@ int64_t ChunkPlan::chunk_lower_bound() const {
 
 double ChunkPlan::fill_ratio() const {
   if (chunks_.empty()) return 1.0;
+  if (padded_) return static_cast<double>(total_tokens_) / static_cast<double>(total_tokens_ + padding_tokens_);
   return static_cast<double>(total_tokens_) /
          (static_cast<double>(chunks_.size()) * static_cast<double>(chunk_size_));
 }
@@ -239,6 +295,7 @@ std::string ChunkPlan::describe(int64_t max_chunks) const {
   for (size_t c = 0; c < chunks_.size() && static_cast<int64_t>(c) < max_chunks; ++c) {
     const Chunk& chunk = chunks_[c];
     text += core::str_cat("  chunk ", c, " group ", chunk.group, " tokens ", chunk.tokens,
+                          chunk.padding_tokens > 0 ? core::str_cat(" (", chunk.padding_tokens, " padding)") : "",
                           chunk.split_sequence >= 0 ? " dependent:" : " standalone:");
     for (const Segment& segment : segments_of(chunk)) {
       text += core::str_cat(" [seq ", segment.sequence, " piece ", segment.piece, " tokens ",

@@ -220,15 +220,68 @@ torch::Tensor CausalLMImpl::embed(const ChunkBatch& batch) {
   return model->embed_tokens(batch.input_ids);
 }
 
+namespace {
+
+// What a recomputed layer needs again in its backward: the layer and the chunk's batch (tensors
+// and offsets, shared, not copied).
+struct LayerRecomputeInputs : torch::CustomClassHolder {
+  DecoderLayer layer;
+  ChunkBatch batch;
+  LayerRecomputeInputs(DecoderLayer layer_, ChunkBatch batch_) : layer(std::move(layer_)), batch(std::move(batch_)) {}
+};
+
+// One decoder layer under full activation recomputation. Forward: the layer without a graph
+// (custom functions run their forward in no-grad mode); only the input is saved. Backward: the
+// layer again from the saved input with grad, then a nested backward that adds the parameters'
+// gradients and yields the input's. Without dropout the second forward repeats the first
+// exactly, so gradients equal those of the plain layer.
+class RecomputedLayer : public torch::autograd::Function<RecomputedLayer> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& x,
+                               c10::intrusive_ptr<LayerRecomputeInputs> inputs, LayerKV* own_kv) {
+    context->save_for_backward({x});
+    torch::Tensor y = inputs->layer(x, inputs->batch, KVPrefix{}, own_kv);
+    context->saved_data["inputs"] = c10::IValue::make_capsule(std::move(inputs));
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* context,
+                                                 torch::autograd::variable_list output_gradients) {
+    const auto inputs =
+        c10::static_intrusive_pointer_cast<LayerRecomputeInputs>(context->saved_data["inputs"].toCapsule());
+    const torch::Tensor x = context->get_saved_variables()[0].detach().requires_grad_(true);
+    torch::Tensor y;
+    {
+      torch::AutoGradMode grad_mode(true);
+      LayerKV unused;
+      y = inputs->layer(x, inputs->batch, KVPrefix{}, &unused);
+    }
+    torch::autograd::backward({y}, {output_gradients[0]});
+    return {x.grad(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
 torch::Tensor CausalLMImpl::forward_layers(torch::Tensor x, const ChunkBatch& batch, const std::vector<KVPrefix>& state,
-                                           std::vector<LayerKV>* own_kv) {
+                                           std::vector<LayerKV>* own_kv, bool recompute_layers) {
   const size_t layer_count = model->layer_list.size();
   CF_ASSERT(state.empty() || state.size() == layer_count, "K/V state has ", state.size(), " layers, stage has ",
             layer_count);
+  CF_ASSERT(!recompute_layers || state.empty(), "layer recomputation needs a chunk without K/V state");
   own_kv->assign(layer_count, LayerKV{});
   const KVPrefix no_state;
+  const bool recompute = recompute_layers && torch::GradMode::is_enabled();
+  // A custom function records its graph only for inputs that need a gradient; the parameters'
+  // gradients flow through that graph, so the input must be part of it.
+  if (recompute && !x.requires_grad()) x = x.detach().requires_grad_(true);
   for (size_t i = 0; i < layer_count; ++i) {
-    x = model->layer_list[i](x, batch, state.empty() ? no_state : state[i], &(*own_kv)[i]);
+    if (recompute) {
+      x = RecomputedLayer::apply(x, c10::make_intrusive<LayerRecomputeInputs>(model->layer_list[i], batch),
+                                 &(*own_kv)[i]);
+    } else {
+      x = model->layer_list[i](x, batch, state.empty() ? no_state : state[i], &(*own_kv)[i]);
+    }
   }
   return x;
 }

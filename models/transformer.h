@@ -135,8 +135,13 @@ class CausalLMImpl : public torch::nn::Module {
   torch::Tensor embed(const ChunkBatch& batch);
   // This stage's layers on x [tokens, hidden]; state: empty or one KVPrefix per stage layer.
   // Fills own_kv with one entry per stage layer.
+  // recompute_layers (needs an empty state; no effect without grad mode): full activation
+  // recomputation. Each layer runs without keeping its activations; autograd keeps only the
+  // layer's input and runs the layer again, with grad, during the backward. own_kv then holds
+  // tensors outside the graph: a gradient sent into them would be lost, so the scheduler uses
+  // this for standalone chunks only.
   torch::Tensor forward_layers(torch::Tensor x, const ChunkBatch& batch, const std::vector<KVPrefix>& state,
-                               std::vector<LayerKV>* own_kv);
+                               std::vector<LayerKV>* own_kv, bool recompute_layers = false);
   // Final RMSNorm (last stage).
   torch::Tensor final_norm(const torch::Tensor& x);
   // Decoder layers this stage holds.

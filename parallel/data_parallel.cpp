@@ -17,7 +17,7 @@ double GroupCostModel::chunk_cost(const data::ChunkPlan& plan, int32_t chunk) co
   int64_t entries = 0;
   for (int32_t s = 0; s < planned.segment_count; ++s) {
     const data::Segment& segment = plan.segments()[static_cast<size_t>(planned.first_segment + s)];
-    entries += data::attention_entries(segment.length(), segment.prefix_len);
+    entries += data::attention_entries(segment.padded_length(), segment.prefix_len);
   }
   return per_token * static_cast<double>(planned.tokens) + per_attention_entry * static_cast<double>(entries);
 }

@@ -23,6 +23,7 @@
 #include "parallel/data_parallel.h"
 #include "parallel/pipeline_schedule.h"
 #include "trainer/flops.h"
+#include "trainer/trainer.h"
 
 int main(int argc, char** argv) {
   using namespace chunkflow;
@@ -63,8 +64,7 @@ int main(int argc, char** argv) {
         sequences.push_back({dataset.length(index), {}});
         tokens += dataset.length(index);
       }
-      const data::ChunkPlan plan =
-          data::build_chunk_plan(sequences, config.chunking.chunk_size, config.chunking.pack_into_tail);
+      const data::ChunkPlan plan = trainer::build_step_plan(config.chunking, sequences);
       const parallel::DpAssignment assignment = parallel::balance_chunk_groups(plan, dp, cost_model);
       // The step ends when the slowest DP rank's pipeline does; its bubble is the one reported.
       double slowest = -1, bubble = 0;

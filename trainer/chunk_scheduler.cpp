@@ -26,9 +26,10 @@ double seconds_since(Clock::time_point start) { return std::chrono::duration<dou
 // One run_groups call on one stage: executes the stage's ops of the schedule.
 class StageRun {
  public:
-  StageRun(models::CausalLM& model, const PipelineStage& pipeline, const data::ChunkPlan& plan,
+  StageRun(models::CausalLM& model, const PipelineStage& pipeline, bool recompute_layers, const data::ChunkPlan& plan,
            const ChunkBatchSource& batches, double loss_scale)
-      : model_(model), pipeline_(pipeline), plan_(plan), batches_(batches), loss_scale_(loss_scale) {
+      : model_(model), pipeline_(pipeline), recompute_layers_(recompute_layers), plan_(plan), batches_(batches),
+        loss_scale_(loss_scale) {
     first_stage_ = pipeline_.stage == 0;
     last_stage_ = pipeline_.stage == pipeline_.stages - 1;
     CF_ASSERT(pipeline_.stages == 1 || pipeline_.group != nullptr, "a pipeline of ", pipeline_.stages,
@@ -147,7 +148,10 @@ class StageRun {
       live.input = with_grad ? input.detach().requires_grad_(true) : input;
       x = live.input;
     }
-    x = model_->forward_layers(x, live.batch, state_for(chunk), &live.own_kv);
+    // Layer recomputation only where nothing reads the chunk's own K/V gradients: a standalone
+    // chunk (a split sequence's pieces follow ChunkFlow's resident_chunks scheme instead).
+    const bool recompute_layers = recompute_layers_ && with_grad && !where.split();
+    x = model_->forward_layers(x, live.batch, state_for(chunk), &live.own_kv, recompute_layers);
     if (!last_stage_) {
       live.output = x;
       return live;
@@ -160,7 +164,9 @@ class StageRun {
     } else {
       totals.loss_sum += live.loss.item<double>();
       totals.loss_tokens += (live.batch.labels != -100).sum().item<int64_t>();
-      totals.real_tokens += live.batch.tokens();
+      const int64_t padding = plan_.chunks().at(static_cast<size_t>(chunk)).padding_tokens;
+      CF_ASSERT(padding == 0 || live.batch.context == nullptr, "padded chunks are not split over context ranks");
+      totals.real_tokens += live.batch.tokens() - padding;
       measure_far_loss(live.batch, hidden);
     }
     return live;
@@ -226,6 +232,7 @@ class StageRun {
 
   models::CausalLM& model_;
   const PipelineStage& pipeline_;
+  bool recompute_layers_;
   const data::ChunkPlan& plan_;
   const ChunkBatchSource& batches_;
   double loss_scale_;
@@ -256,8 +263,10 @@ void LossTotals::add(const LossTotals& other) {
   pipeline_seconds += other.pipeline_seconds;
 }
 
-ChunkScheduler::ChunkScheduler(models::CausalLM model, int64_t resident_chunks, PipelineStage pipeline)
-    : model_(std::move(model)), resident_chunks_(resident_chunks), pipeline_(pipeline) {
+ChunkScheduler::ChunkScheduler(models::CausalLM model, int64_t resident_chunks, PipelineStage pipeline,
+                               bool recompute_layers)
+    : model_(std::move(model)), resident_chunks_(resident_chunks), pipeline_(pipeline),
+      recompute_layers_(recompute_layers) {
   CF_CHECK(resident_chunks_ >= 1, "chunking.resident_chunks must be >= 1, got ", resident_chunks_);
   CF_ASSERT(pipeline_.stage >= 0 && pipeline_.stage < pipeline_.stages, "pipeline stage ", pipeline_.stage, " of ",
             pipeline_.stages);
@@ -269,7 +278,7 @@ LossTotals ChunkScheduler::run_groups(const data::ChunkPlan& plan, std::span<con
   const auto start = Clock::now();
   const auto schedule =
       parallel::pipeline_schedule(plan, groups, resident_chunks_, pipeline_.stages, pipeline_.extra_in_flight);
-  StageRun run(model_, pipeline_, plan, batches, loss_scale);
+  StageRun run(model_, pipeline_, recompute_layers_, plan, batches, loss_scale);
   const std::vector<parallel::PipelineOp>& ops = schedule[static_cast<size_t>(pipeline_.stage)];
   for (size_t i = 0; i < ops.size(); ++i) {
     // The schedule ends with a backward: the one that leaves every gradient final.

@@ -67,8 +67,11 @@ struct PipelineStage {
 
 class ChunkScheduler {
  public:
-  // `model` holds this stage's part (models::pipeline_stage).
-  ChunkScheduler(models::CausalLM model, int64_t resident_chunks, PipelineStage pipeline = {});
+  // `model` holds this stage's part (models::pipeline_stage). recompute_layers: standalone chunks
+  // keep only each layer's input and recompute the layer in their backward (chunking.
+  // recompute_layers, Megatron's full activation recomputation); gradients are unchanged.
+  ChunkScheduler(models::CausalLM model, int64_t resident_chunks, PipelineStage pipeline = {},
+                 bool recompute_layers = false);
 
   // Runs forward and backward of every chunk of the plan groups `groups` (in that order), adding
   // the gradient of loss_scale x (summed cross-entropy) into the parameters' .grad. With
@@ -89,6 +92,7 @@ class ChunkScheduler {
   models::CausalLM model_;
   int64_t resident_chunks_;
   PipelineStage pipeline_;
+  bool recompute_layers_;
 };
 
 }  // namespace chunkflow::trainer

@@ -55,6 +55,20 @@ std::string StepMetrics::to_json() const {
                        ", \"skipped\": ", skipped ? "true" : "false", ", \"skipped_steps\": ", skipped_steps, "}");
 }
 
+data::ChunkPlan build_step_plan(const configs::ChunkingConfig& chunking, std::span<const data::PlanSequence> sequences) {
+  if (chunking.strategy == "pad_to_longest") return data::build_padded_plan(sequences, chunking.micro_batch_sequences);
+  if (chunking.strategy == "pack_to_max") {
+    for (size_t index = 0; index < sequences.size(); ++index) {
+      CF_CHECK(sequences[index].length <= chunking.chunk_size, "chunking.strategy pack_to_max never splits a sequence, but ",
+               "sequence ", index, " of the batch has ", sequences[index].length, " tokens > chunking.chunk_size ",
+               chunking.chunk_size);
+    }
+    return data::build_chunk_plan(sequences, chunking.chunk_size, false);
+  }
+  CF_CHECK(chunking.strategy == "chunkflow", "unknown chunking.strategy \"", chunking.strategy, "\"");
+  return data::build_chunk_plan(sequences, chunking.chunk_size, chunking.pack_into_tail);
+}
+
 bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& parameter) {
   return parameter.dim() >= 2 && parameter_name.find("norm") == std::string::npos;
 }
@@ -172,6 +186,19 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   if (!config_.data.loss_mask_path.empty()) {
     loss_mask_ = std::make_unique<data::LossMaskDataset>(config_.data.loss_mask_path, *dataset_);
   }
+  if (config_.chunking.strategy == "pack_to_max") {
+    // The baseline never splits: refuse at start, not at the step that draws the sequence.
+    const auto& lengths = dataset_->lengths();
+    const auto longest = std::max_element(lengths.begin(), lengths.end());
+    if (longest != lengths.end() && *longest > config_.chunking.chunk_size) {
+      throw configs::ConfigError(
+          "chunking.chunk_size",
+          core::str_cat("chunking.strategy pack_to_max never splits a sequence, but sequence ",
+                        longest - lengths.begin(), " of ", config_.data.path, " has ", *longest,
+                        " tokens > chunking.chunk_size ", config_.chunking.chunk_size,
+                        "; set chunking.chunk_size to at least ", *longest, " (the maximum context length)"));
+    }
+  }
   sampler_ = std::make_unique<data::GlobalBatchSampler>(dataset_->lengths(), config_.data,
                                                          static_cast<uint64_t>(config_.run.seed));
   // Every stage draws the same initialization seed, so a pipeline holds the single-rank weights.
@@ -193,7 +220,8 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
     trace_ = std::make_unique<TraceRecorder>(world_ != nullptr ? world_->rank() : 0, TraceRecorder::Clock::now());
     pipeline.trace = trace_.get();
   }
-  scheduler_ = std::make_unique<ChunkScheduler>(model_, config_.chunking.resident_chunks, pipeline);
+  scheduler_ = std::make_unique<ChunkScheduler>(model_, config_.chunking.resident_chunks, pipeline,
+                                                config_.chunking.recompute_layers);
   if (mesh_ != nullptr && mesh_->stage_group().size() > 1) {
     reducer_ = std::make_unique<parallel::GradientReducer>(
         model_->parameters(), mesh_->stage_group(),
@@ -281,7 +309,7 @@ StepMetrics Trainer::train_step() {
       entry.sequences.push_back({dataset_->length(index), entry.masks[i]});
       lengths.push_back(dataset_->length(index));
     }
-    entry.plan = data::build_chunk_plan(entry.sequences, config_.chunking.chunk_size, config_.chunking.pack_into_tail);
+    entry.plan = build_step_plan(config_.chunking, entry.sequences);
     step_loss_tokens += entry.plan.loss_tokens();
     metrics.sequences += static_cast<int64_t>(entry.batch.sequences.size());
     metrics.chunks += static_cast<int64_t>(entry.plan.chunks().size());

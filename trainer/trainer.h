@@ -9,10 +9,12 @@
 #include <cmath>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "configs/config.h"
+#include "data/chunk_plan.h"
 #include "data/indexed_dataset.h"
 #include "data/sampler.h"
 #include "models/transformer.h"
@@ -52,6 +54,12 @@ struct StepMetrics {
 
   std::string to_json() const;
 };
+
+// The chunk plan of one global batch under chunking.strategy: "chunkflow" (build_chunk_plan
+// with chunk_size and pack_into_tail), "pack_to_max" (whole sequences packed into chunk_size,
+// never split: throws core::Error naming a longer sequence) or "pad_to_longest"
+// (build_padded_plan with micro_batch_sequences).
+data::ChunkPlan build_step_plan(const configs::ChunkingConfig& chunking, std::span<const data::PlanSequence> sequences);
 
 // Parameters that take weight decay: matrices (projections, embeddings); never norms or biases.
 bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& parameter);

@@ -331,6 +331,87 @@ TEST(ChunkPlanPropertyTest, ChunkCountStaysCloseToTheLowerBoundOnLongTailBatches
   EXPECT_LE(worst_gap, 2);
 }
 
+TEST(PaddedPlanTest, MicroBatchesOfConsecutiveSequencesPaddedToTheirLongest) {
+  // Micro-batches of 2: {5, 3}, {0, 7}, {2}. The empty sequence takes a slot but no row.
+  const auto sequences = plain({5, 3, 0, 7, 2});
+  const ChunkPlan plan = build_padded_plan(sequences, 2);
+  ASSERT_TRUE(plan.padded());
+  ASSERT_EQ(plan.chunks().size(), 3u);
+  ASSERT_EQ(plan.groups().size(), 3u);
+  EXPECT_EQ(plan.chunks()[0].tokens, 10);
+  EXPECT_EQ(plan.chunks()[0].padding_tokens, 2);
+  EXPECT_EQ(plan.chunks()[1].tokens, 7);
+  EXPECT_EQ(plan.chunks()[1].padding_tokens, 0);
+  EXPECT_EQ(plan.chunks()[2].tokens, 2);
+  EXPECT_EQ(plan.chunk_size(), 10);
+  EXPECT_EQ(plan.split_sequences(), 0);
+  EXPECT_EQ(plan.empty_sequences(), 1);
+  EXPECT_EQ(plan.total_tokens(), 17);
+  EXPECT_EQ(plan.padding_tokens(), 2);
+  EXPECT_DOUBLE_EQ(plan.fill_ratio(), 17.0 / 19.0);
+  EXPECT_EQ(plan.loss_tokens(), 4 + 2 + 6 + 1);
+  const auto cu_q = plan.cu_seqlens_q(0);
+  EXPECT_EQ(std::vector<int32_t>(cu_q.begin(), cu_q.end()), (std::vector<int32_t>{0, 5, 10}));
+  const auto cu_k = plan.cu_seqlens_k(0);
+  EXPECT_EQ(std::vector<int32_t>(cu_k.begin(), cu_k.end()), (std::vector<int32_t>{0, 5, 10}));
+  for (const ChunkGroup& group : plan.groups()) EXPECT_EQ(group.split_sequence, -1);
+  // Causal entries of the padded rows: each row attends to its padded segment.
+  EXPECT_EQ(plan.groups()[0].attention_entries, 2 * attention_entries(5, 0));
+}
+
+TEST(PaddedPlanTest, PaddingRowsCarryNoLabelAndContinueThePositions) {
+  const std::vector<uint8_t> mask = {0, 1, 1};
+  const std::vector<PlanSequence> sequences = {{2, {}}, {3, mask}, {5, {}}};
+  const ChunkPlan plan = build_padded_plan(sequences, 3);
+  ASSERT_EQ(plan.chunks().size(), 1u);
+  const ChunkInputs inputs = gather_chunk_inputs(plan, 0, sequences, synthetic_reader());
+  ASSERT_EQ(inputs.input_ids.size(), 15u);
+  // Sequence 0: two real rows then three padding rows.
+  EXPECT_EQ(inputs.input_ids[0], token_at(0, 0));
+  EXPECT_EQ(inputs.labels[0], token_at(0, 1));
+  EXPECT_EQ(inputs.labels[1], kIgnoreLabel);  // last real token: nothing follows
+  for (size_t row = 2; row < 5; ++row) {
+    EXPECT_EQ(inputs.input_ids[row], kPaddingToken);
+    EXPECT_EQ(inputs.labels[row], kIgnoreLabel);
+    EXPECT_EQ(inputs.positions[row], static_cast<int32_t>(row));
+  }
+  // Sequence 1 starts at row 5 with its own positions.
+  EXPECT_EQ(inputs.positions[5], 0);
+  EXPECT_EQ(inputs.labels[5], token_at(1, 1));
+  EXPECT_EQ(inputs.loss_tokens, plan.loss_tokens());
+  EXPECT_EQ(inputs.loss_tokens, 1 + 2 + 4);
+  EXPECT_EQ(inputs.cu_seqlens_q, (std::vector<int32_t>{0, 5, 10, 15}));
+}
+
+TEST(PaddedPlanTest, EveryTokenLandsOnceOverRandomBatches) {
+  core::Rng rng(11);
+  for (int trial = 0; trial < 500; ++trial) {
+    const auto lengths = random_lengths(rng, 40);
+    const auto sequences = plain(lengths);
+    const int64_t micro_batch = 1 + static_cast<int64_t>(rng.below(6));
+    const ChunkPlan plan = build_padded_plan(sequences, micro_batch);
+    std::vector<int64_t> seen(lengths.size(), 0);
+    int64_t padding = 0;
+    for (const Chunk& chunk : plan.chunks()) {
+      int64_t rows = 0, longest = 0;
+      for (const Segment& segment : plan.segments_of(chunk)) {
+        EXPECT_EQ(segment.begin, 0);
+        seen[static_cast<size_t>(segment.sequence)] += segment.length();
+        longest = std::max(longest, segment.padded_length());
+        rows += segment.padded_length();
+        padding += segment.padding;
+      }
+      for (const Segment& segment : plan.segments_of(chunk)) EXPECT_EQ(segment.padded_length(), longest);
+      EXPECT_EQ(chunk.tokens, rows);
+      EXPECT_LE(chunk.segment_count, micro_batch);
+    }
+    for (size_t s = 0; s < lengths.size(); ++s) ASSERT_EQ(seen[s], lengths[s]) << "trial " << trial << " sequence " << s;
+    EXPECT_EQ(plan.padding_tokens(), padding);
+  }
+  EXPECT_THROW(build_padded_plan(plain({3}), 0), core::Error);
+  EXPECT_THROW(build_padded_plan(plain({3, -2}), 2), core::Error);
+}
+
 TEST(ChunkPlanTest, IsDeterministic) {
   core::Rng rng(3);
   const auto sequences = plain(random_lengths(rng, 50));

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <random>
 
+#include "core/error.h"
 #include "core/random.h"
 #include "data/chunk_inputs.h"
 #include "data/chunk_plan.h"
@@ -19,6 +20,7 @@
 #include "models/transformer.h"
 #include "tests/support/reference_model.h"
 #include "trainer/chunk_scheduler.h"
+#include "trainer/trainer.h"
 
 namespace chunkflow::trainer {
 namespace {
@@ -79,8 +81,16 @@ double gradient_error(const torch::Tensor& got, const torch::Tensor& want, doubl
   return scale > 0 ? difference / scale : difference;
 }
 
+// The plan and scheduler settings of one case; the defaults are ChunkFlow's own strategy.
+struct Strategy {
+  std::string name = "chunkflow";
+  int64_t micro_batch_sequences = 1;
+  bool recompute_layers = false;
+};
+
 CaseResult run_case(const configs::ModelConfig& config, const std::vector<testing::ReferenceSequence>& batch,
-                    int64_t chunk_size, int64_t resident_chunks, bool pack_into_tail, uint64_t seed) {
+                    int64_t chunk_size, int64_t resident_chunks, bool pack_into_tail, uint64_t seed,
+                    const Strategy& strategy = {}) {
   torch::manual_seed(seed);
   models::CausalLM model(config);
 
@@ -88,7 +98,12 @@ CaseResult run_case(const configs::ModelConfig& config, const std::vector<testin
   for (const auto& sequence : batch) {
     plan_sequences.push_back({static_cast<int64_t>(sequence.tokens.size()), sequence.loss_mask});
   }
-  const data::ChunkPlan plan = data::build_chunk_plan(plan_sequences, chunk_size, pack_into_tail);
+  configs::ChunkingConfig chunking;
+  chunking.chunk_size = chunk_size;
+  chunking.pack_into_tail = pack_into_tail;
+  chunking.strategy = strategy.name;
+  chunking.micro_batch_sequences = strategy.micro_batch_sequences;
+  const data::ChunkPlan plan = build_step_plan(chunking, plan_sequences);
   const data::TokenReader reader = [&](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
     for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(batch[static_cast<size_t>(sequence)].tokens[static_cast<size_t>(begin + i)]);
   };
@@ -102,7 +117,7 @@ CaseResult run_case(const configs::ModelConfig& config, const std::vector<testin
   if (plan.loss_tokens() == 0) return result;
 
   model->zero_grad();
-  ChunkScheduler scheduler(model, resident_chunks);
+  ChunkScheduler scheduler(model, resident_chunks, PipelineStage{}, strategy.recompute_layers);
   const LossTotals totals = scheduler.run_plan(plan, source, 1.0 / static_cast<double>(plan.loss_tokens()));
   EXPECT_EQ(totals.loss_tokens, plan.loss_tokens());
   result.recomputes = totals.chunk_recomputes;
@@ -217,6 +232,67 @@ TEST(SchedulerExactnessTest, SequencesOfLengthZeroAndOneContributeNothingAndBrea
   const CaseResult result = run_case(config, batch, 8, 1, true, 5);
   EXPECT_LE(result.loss_error, 1e-5);
   EXPECT_LE(result.worst_gradient_ratio, 1.0) << result.worst_parameter;
+}
+
+// The baselines of docs/performance.md train the same loss and gradients: pad-to-longest
+// micro-batches (padding rows attend to their sequence and carry no loss), pack-to-max-length
+// chunks, and full layer recomputation (alone, with packing, and next to split sequences).
+TEST(SchedulerExactnessTest, BaselineStrategiesMatchWholeSequenceTraining) {
+  const uint64_t seed = fresh_seed();
+  core::Rng rng(seed);
+  int64_t padded_cases = 0, recompute_cases = 0;
+  for (int trial = 0; trial < 12; ++trial) {
+    const configs::ModelConfig config = small_model(rng);
+    const int64_t longest_allowed = 3 + static_cast<int64_t>(rng.below(90));
+    auto batch = random_batch(rng, longest_allowed, config.vocab_size);
+    int64_t longest = 1;
+    for (const auto& sequence : batch) longest = std::max<int64_t>(longest, static_cast<int64_t>(sequence.tokens.size()));
+
+    Strategy padded;
+    padded.name = "pad_to_longest";
+    padded.micro_batch_sequences = 1 + static_cast<int64_t>(rng.below(4));
+    padded.recompute_layers = trial % 3 == 0;
+    const CaseResult pad = run_case(config, batch, longest, 1, false, rng.next_u64(), padded);
+    EXPECT_LE(pad.loss_error, 1e-5) << "pad_to_longest, micro-batch " << padded.micro_batch_sequences << ", seed " << seed;
+    EXPECT_LE(pad.worst_gradient_ratio, 1.0)
+        << pad.worst_parameter << " pad_to_longest, micro-batch " << padded.micro_batch_sequences << ", seed " << seed;
+
+    Strategy packed;
+    packed.name = "pack_to_max";
+    packed.recompute_layers = true;
+    const int64_t context = longest + static_cast<int64_t>(rng.below(50));
+    const CaseResult pack = run_case(config, batch, context, 1, false, rng.next_u64(), packed);
+    EXPECT_EQ(pack.split_sequences, 0);
+    EXPECT_LE(pack.loss_error, 1e-5) << "pack_to_max + recompute_layers, context " << context << ", seed " << seed;
+    EXPECT_LE(pack.worst_gradient_ratio, 1.0) << pack.worst_parameter << " pack_to_max, seed " << seed;
+
+    // ChunkFlow with layer recomputation on its standalone chunks, split sequences beside them.
+    Strategy chunked;
+    chunked.recompute_layers = true;
+    const int64_t chunk_size = std::max<int64_t>(2, longest / 3);
+    const CaseResult chunk = run_case(config, batch, chunk_size, 1 + trial % 2, true, rng.next_u64(), chunked);
+    EXPECT_LE(chunk.loss_error, 1e-5) << "chunkflow + recompute_layers, seed " << seed;
+    EXPECT_LE(chunk.worst_gradient_ratio, 1.0) << chunk.worst_parameter << " chunkflow + recompute_layers, seed " << seed;
+    padded_cases += padded.micro_batch_sequences > 1;
+    recompute_cases += 2 + padded.recompute_layers;
+  }
+  EXPECT_GT(padded_cases, 0) << "no micro-batch held more than one sequence";
+  std::printf("%lld cases with layer recomputation\n", static_cast<long long>(recompute_cases));
+}
+
+TEST(SchedulerExactnessTest, PackToMaxRefusesASequenceLongerThanTheContext) {
+  configs::ChunkingConfig chunking;
+  chunking.strategy = "pack_to_max";
+  chunking.chunk_size = 8;
+  const std::vector<data::PlanSequence> sequences = {{5, {}}, {9, {}}};
+  try {
+    build_step_plan(chunking, sequences);
+    FAIL() << "a 9-token sequence was accepted with chunk_size 8";
+  } catch (const core::Error& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("sequence 1"), std::string::npos) << message;
+    EXPECT_NE(message.find("chunking.chunk_size 8"), std::string::npos) << message;
+  }
 }
 
 }  // namespace
