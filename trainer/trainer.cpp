@@ -333,7 +333,16 @@ StepMetrics Trainer::train_step() {
   }
   for (auto& entry : planned) {
     const data::TokenReader reader = [&](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
-      dataset_->read(entry.batch.sequences[static_cast<size_t>(sequence)], begin, count, out);
+      const int64_t index = entry.batch.sequences[static_cast<size_t>(sequence)];
+      dataset_->read(index, begin, count, out);
+      // An id past the embedding would fail deep inside LibTorch without naming the data.
+      for (int64_t i = 0; i < count; ++i) {
+        if (out[i] < 0 || out[i] >= config_.model.vocab_size) {
+          CF_FAIL("token id ", out[i], " at position ", begin + i, " of sequence ", index, " in ", config_.data.path,
+                  " is outside [0, model.vocab_size = ", config_.model.vocab_size,
+                  "); the dataset was tokenized for another vocabulary (chunkflow-data prepare --vocab-size checks this)");
+        }
+      }
     };
     const ChunkBatchSource source = [&](int32_t chunk) {
       models::ChunkBatch batch =
