@@ -5,6 +5,7 @@
 # on any crash, hang, out-of-memory or sanitizer report.
 #
 #   scripts/fuzz.sh [--smoke] [--runs N] [--time SECONDS] [--targets a,b,...] [--update-corpus]
+#                   [--no-build]
 #
 #   (default)        each target until 1,000,000 executions or 600 s, whichever comes first
 #   --smoke          a short check: 20,000 executions or 30 s per target
@@ -13,6 +14,7 @@
 #   --targets LIST   comma-separated subset, e.g. --targets config_fuzz,safetensors_fuzz
 #   --update-corpus  merge the inputs that found new coverage into tests/fuzz/corpus/ (the repo's
 #                    seeds are never written otherwise)
+#   --no-build       run the targets already built in build-fuzz (no bootstrap, configure, build)
 #
 # Environment: CHUNKFLOW_FUZZ_TIMEOUT (seconds one input may take before it counts as a hang,
 # default 10), CHUNKFLOW_FUZZ_RSS_MB (memory limit, default 4096), CHUNKFLOW_JOBS (build jobs,
@@ -32,6 +34,7 @@ runs=1000000
 max_time=600
 targets=("${all_targets[@]}")
 update_corpus=0
+build=1
 while (($#)); do
   case "$1" in
     --smoke) runs=20000; max_time=30 ;;
@@ -39,6 +42,7 @@ while (($#)); do
     --time) max_time="$2"; shift ;;
     --targets) IFS=, read -r -a targets <<<"$2"; shift ;;
     --update-corpus) update_corpus=1 ;;
+    --no-build) build=0 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "fuzz.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -49,19 +53,21 @@ for target in "${targets[@]}"; do
     echo "fuzz.sh: unknown target '$target'; targets: ${all_targets[*]}" >&2; exit 2; }
 done
 
-"$repo_root/scripts/bootstrap.sh"
-# Every library the targets link gets coverage + ASan + UBSan (fuzzer-no-link); the targets add
-# libFuzzer's main. Only the targets and what they link are built.
-mkdir -p "$build_dir"
-launcher=()
-command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-CC=clang CXX=clang++ cmake -S "$repo_root" -B "$build_dir" -G Ninja "${launcher[@]}" \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHUNKFLOW_FUZZ=ON \
-  -DCHUNKFLOW_SANITIZE=fuzzer-no-link,address,undefined -DCHUNKFLOW_WITH_CUDA=OFF \
-  -DCHUNKFLOW_BUILD_TESTS=OFF -DCHUNKFLOW_BUILD_BENCH=OFF -DCHUNKFLOW_WERROR=OFF \
-  >"$build_dir.configure.log" 2>&1 || {
-  cat "$build_dir.configure.log"; echo "configure failed (log: $build_dir.configure.log)" >&2; exit 1; }
-cmake --build "$build_dir" -j "${CHUNKFLOW_JOBS:-2}" --target "${targets[@]}"
+if ((build)); then
+  "$repo_root/scripts/bootstrap.sh"
+  # Every library the targets link gets coverage + ASan + UBSan (fuzzer-no-link); the targets add
+  # libFuzzer's main. Only the targets and what they link are built.
+  mkdir -p "$build_dir"
+  launcher=()
+  command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  CC=clang CXX=clang++ cmake -S "$repo_root" -B "$build_dir" -G Ninja "${launcher[@]}" \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHUNKFLOW_FUZZ=ON \
+    -DCHUNKFLOW_SANITIZE=fuzzer-no-link,address,undefined -DCHUNKFLOW_WITH_CUDA=OFF \
+    -DCHUNKFLOW_BUILD_TESTS=OFF -DCHUNKFLOW_BUILD_BENCH=OFF -DCHUNKFLOW_WERROR=OFF \
+    >"$build_dir.configure.log" 2>&1 || {
+    cat "$build_dir.configure.log"; echo "configure failed (log: $build_dir.configure.log)" >&2; exit 1; }
+  cmake --build "$build_dir" -j "${CHUNKFLOW_JOBS:-2}" --target "${targets[@]}"
+fi
 
 results="$build_dir/fuzz-results/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$results"
@@ -87,14 +93,21 @@ for target in "${targets[@]}"; do
   work="$results/$target"
   mkdir -p "$work/corpus" "$work/artifacts"
   cp "$repo_root/tests/fuzz/corpus/$target/"* "$work/corpus/"
-  inputs=("$work/corpus")
-  [ -d "$repo_root/tests/fuzz/regressions/$target" ] && inputs+=("$repo_root/tests/fuzz/regressions/$target")
   log="$work/fuzz.log"
-  started=$(date +%s)
+  limits=(-timeout="${CHUNKFLOW_FUZZ_TIMEOUT:-10}" -rss_limit_mb="${CHUNKFLOW_FUZZ_RSS_MB:-4096}"
+          -artifact_prefix="$work/artifacts/")
   status=0
-  "$build_dir/bin/$target" -runs="$runs" -max_total_time="$max_time" \
-    -timeout="${CHUNKFLOW_FUZZ_TIMEOUT:-10}" -rss_limit_mb="${CHUNKFLOW_FUZZ_RSS_MB:-4096}" \
-    -print_final_stats=1 -artifact_prefix="$work/artifacts/" "${inputs[@]}" >"$log" 2>&1 || status=$?
+  # The crash inputs of fixed bugs first (once each), then fuzzing from the seeds alone, so that a
+  # large reproducer does not raise the input size limit of the whole session.
+  if [ -d "$repo_root/tests/fuzz/regressions/$target" ]; then
+    "$build_dir/bin/$target" -runs=0 "${limits[@]}" "$repo_root/tests/fuzz/regressions/$target" \
+      >"$work/regressions.log" 2>&1 || { status=$?; cp "$work/regressions.log" "$log"; }
+  fi
+  started=$(date +%s)
+  if ((status == 0)); then
+    "$build_dir/bin/$target" -runs="$runs" -max_total_time="$max_time" "${limits[@]}" \
+      -print_final_stats=1 "$work/corpus" >"$log" 2>&1 || status=$?
+  fi
   seconds=$(( $(date +%s) - started ))
 
   executions=$(last_match "$log" '^stat::number_of_executed_units: *([0-9]+).*')
