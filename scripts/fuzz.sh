@@ -82,7 +82,7 @@ export ASAN_OPTIONS="detect_odr_violation=0:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:${UBSAN_OPTIONS:-}"
 export OMP_NUM_THREADS=1
 
-# field <log> <regex with one group>: the group of the last matching line.
+# last_match <log> <regex with one group>: the group of the last matching line.
 last_match() { sed -n -E "s/$2/\1/p" "$1" | tail -n 1; }
 
 failed=0
