@@ -40,14 +40,17 @@ void check_fraction_sum(const LengthHistogram& histogram) {
            "); fix a bin or give the fractions with more digits");
 }
 
-std::vector<int64_t> sample_histogram_lengths(const SynthOptions& options) {
-  const LengthHistogram& histogram = options.length_histogram;
+}  // namespace
+
+std::vector<int64_t> sample_lengths(const LengthHistogram& histogram, int64_t count, uint64_t seed, double scale) {
+  CF_CHECK(!histogram.bins.empty(), "sample_lengths needs a histogram with bins");
+  CF_CHECK(count >= 0, "sample_lengths: count must be >= 0, got ", count);
   const double total = histogram_fraction_sum(histogram);
   std::vector<double> cumulative;
   double running = 0;
   for (const LengthBin& bin : histogram.bins) cumulative.push_back(running += bin.fraction / total);
-  core::Rng rng(core::mix64(options.seed ^ 0x4157));
-  std::vector<int64_t> lengths(static_cast<size_t>(options.sequences));
+  core::Rng rng(seed);
+  std::vector<int64_t> lengths(static_cast<size_t>(count));
   for (auto& length : lengths) {
     const double pick = rng.uniform();
     // The first bin whose cumulative share exceeds the pick (empty bins never do). Rounding can
@@ -65,9 +68,15 @@ std::vector<int64_t> sample_histogram_lengths(const SynthOptions& options) {
       in_bin = static_cast<int64_t>(std::floor(std::exp(low + (high - low) * rng.uniform())));
       in_bin = std::clamp(in_bin, bin.low, bin.high - 1);
     }
-    length = std::max<int64_t>(1, std::llround(static_cast<double>(in_bin) * options.scale));
+    length = std::max<int64_t>(1, std::llround(static_cast<double>(in_bin) * scale));
   }
   return lengths;
+}
+
+namespace {
+
+std::vector<int64_t> sample_histogram_lengths(const SynthOptions& options) {
+  return sample_lengths(options.length_histogram, options.sequences, core::mix64(options.seed ^ 0x4157), options.scale);
 }
 
 }  // namespace

@@ -43,6 +43,11 @@ LengthHistogram parse_length_histogram(const std::string& text, const std::strin
 // Reads and parses a histogram file (a missing file is an error naming it).
 LengthHistogram read_length_histogram(const std::string& path);
 
+// `count` lengths drawn from `histogram` (needs bins): a bin by its fraction, then a length in it
+// (uniform or log-uniform, per histogram.within), times `scale`, rounded, at least 1.
+// Deterministic in `seed`. chunkflow-data synth and chunkflow-plan draw their lengths here.
+std::vector<int64_t> sample_lengths(const LengthHistogram& histogram, int64_t count, uint64_t seed, double scale = 1.0);
+
 struct SynthOptions {
   int64_t sequences = 20000;
   int64_t vocab_size = 512;   // ids [0, vocab_size); 0 = BOS and 1 = COPY are reserved

@@ -26,6 +26,7 @@
 #include "core/progress.h"
 #include "core/strings.h"
 #include "data/indexed_dataset.h"
+#include "data/synthetic.h"
 #include "models/transformer.h"
 #include "trainer/step_planner.h"
 
@@ -177,9 +178,11 @@ int main(int argc, char** argv) {
     std::vector<int32_t> lengths;
     std::string source;
     if (!histogram_path.empty()) {
-      const std::vector<trainer::LengthBin> bins = trainer::read_length_histogram(histogram_path);
-      lengths = trainer::sample_lengths(bins, histogram_sequences, static_cast<uint64_t>(config.run.seed));
-      source = core::str_cat(histogram_path, " (", bins.size(), " bins, ", histogram_sequences, " sequences drawn)");
+      const data::LengthHistogram histogram = data::read_length_histogram(histogram_path);
+      for (const int64_t length : data::sample_lengths(histogram, histogram_sequences, static_cast<uint64_t>(config.run.seed))) {
+        lengths.push_back(static_cast<int32_t>(length));
+      }
+      source = core::str_cat(histogram_path, " (", histogram.bins.size(), " bins, ", histogram_sequences, " sequences drawn)");
     } else {
       const data::IndexedDataset dataset(config.data.path);
       lengths = dataset.lengths();

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
 
@@ -54,6 +55,8 @@ int64_t step_of(const std::string& name) {
   int64_t step = 0;
   for (size_t index = 5; index < name.size(); ++index) {
     if (name[index] < '0' || name[index] > '9') return -1;
+    // A name past int64 is no checkpoint of ours (and must not overflow).
+    if (step > (std::numeric_limits<int64_t>::max() - (name[index] - '0')) / 10) return -1;
     step = step * 10 + (name[index] - '0');
   }
   return step;

@@ -164,62 +164,6 @@ double json_double(const nlohmann::json& object, const char* key, const std::str
 
 // ---- Sequence lengths -------------------------------------------------------------------------
 
-std::vector<LengthBin> parse_length_histogram(const std::string& text, const std::string& source_name) {
-  std::vector<LengthBin> bins;
-  std::istringstream lines(text);
-  std::string line;
-  int64_t line_number = 0;
-  while (std::getline(lines, line)) {
-    ++line_number;
-    const size_t comment = line.find('#');
-    if (comment != std::string::npos) line.resize(comment);
-    line = trim(line);
-    if (line.empty()) continue;
-    std::istringstream fields(line);
-    std::vector<std::string> words;
-    for (std::string word; fields >> word;) words.push_back(word);
-    const std::string where = core::str_cat(source_name, ":", line_number);
-    CF_CHECK(words.size() == 3, where, ": expected 'low high fraction', got '", line, "'");
-    LengthBin bin;
-    bin.low = core::parse_int64(words[0], where + ": low");
-    bin.high = core::parse_int64(words[1], where + ": high");
-    bin.fraction = core::parse_double(words[2], where + ": fraction");
-    CF_CHECK(bin.low >= 0, where, ": low must be >= 0, got ", bin.low);
-    CF_CHECK(bin.high >= bin.low, where, ": high must be >= low (", bin.low, "), got ", bin.high);
-    CF_CHECK(bin.high <= std::numeric_limits<int32_t>::max(), where, ": high must fit in int32, got ", bin.high);
-    CF_CHECK(std::isfinite(bin.fraction) && bin.fraction >= 0, where, ": fraction must be >= 0, got ", words[2]);
-    bins.push_back(bin);
-  }
-  double total = 0;
-  for (const LengthBin& bin : bins) total += bin.fraction;
-  CF_CHECK(!bins.empty() && total > 0, source_name, ": no bins with a positive fraction (lines of 'low high fraction')");
-  for (LengthBin& bin : bins) bin.fraction /= total;
-  return bins;
-}
-
-std::vector<LengthBin> read_length_histogram(const std::string& path) {
-  CF_CHECK(core::path_exists(path), "length histogram ", path, " does not exist");
-  return parse_length_histogram(core::read_file(path), path);
-}
-
-std::vector<int32_t> sample_lengths(std::span<const LengthBin> bins, int64_t count, uint64_t seed) {
-  CF_CHECK(!bins.empty(), "sample_lengths needs at least one bin");
-  std::vector<double> cumulative;
-  double sum = 0;
-  for (const LengthBin& bin : bins) cumulative.push_back(sum += bin.fraction);
-  core::Rng rng(seed);
-  std::vector<int32_t> lengths(static_cast<size_t>(count));
-  for (auto& length : lengths) {
-    const double draw = rng.uniform() * sum;
-    const size_t index = std::min<size_t>(
-        static_cast<size_t>(std::upper_bound(cumulative.begin(), cumulative.end(), draw) - cumulative.begin()),
-        bins.size() - 1);
-    const LengthBin& bin = bins[index];
-    length = static_cast<int32_t>(bin.low + static_cast<int64_t>(rng.below(static_cast<uint64_t>(bin.high - bin.low + 1))));
-  }
-  return lengths;
-}
-
 StepLengths sample_step_lengths(const std::vector<int32_t>& dataset_lengths, const configs::Config& config,
                                 int64_t steps) {
   data::GlobalBatchSampler sampler(dataset_lengths, config.data, static_cast<uint64_t>(config.run.seed));

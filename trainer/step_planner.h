@@ -30,23 +30,8 @@
 namespace chunkflow::trainer {
 
 // ---- Sequence lengths -------------------------------------------------------------------------
-
-// One bin of a length histogram: `fraction` of the sequences have lengths in [low, high].
-struct LengthBin {
-  int64_t low = 0;
-  int64_t high = 0;
-  double fraction = 0;
-};
-
-// Parses a length histogram: one "low high fraction" line per bin; '#' starts a comment, blank
-// lines are skipped. Fractions need not sum to 1 (they are normalized). Throws core::Error naming
-// `source_name`:line for a malformed line, low > high, a negative length or fraction, or no bins.
-std::vector<LengthBin> parse_length_histogram(const std::string& text, const std::string& source_name);
-std::vector<LengthBin> read_length_histogram(const std::string& path);
-
-// `count` lengths drawn from the bins: a bin with probability proportional to its fraction, then
-// a length uniform in [low, high]. Deterministic in `seed`.
-std::vector<int32_t> sample_lengths(std::span<const LengthBin> bins, int64_t count, uint64_t seed);
+// (Lengths drawn from a published histogram instead of a dataset: data::sample_lengths in
+// data/synthetic.h.)
 
 // The sequence lengths of the first `steps` optimizer steps as chunkflow-train samples them
 // (data.batch_*, data.shuffle, run.seed, optim.grad_accumulation global batches per step):

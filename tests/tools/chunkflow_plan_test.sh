@@ -50,14 +50,14 @@ grep -q "no candidate fits in 1.0 MiB" "$work/over.txt" || { cat "$work/over.txt
 [ "$(grep -c 'over budget' "$work/over.txt")" = 4 ] || { cat "$work/over.txt"; fail "rows not marked over budget"; }
 
 # A length histogram instead of the dataset (data.path is not needed then).
-printf '# low high fraction\n1 30 0.9\n100 300 0.1\n' >"$work/lengths.txt"
+printf '# the data/distributions/*.txt format\nbin 1 30 0.9\nbin 100 300 0.1\n' >"$work/lengths.txt"
 "$plan" "${common[@]/data.path=*/data.path=/nonexistent}" --length-histogram "$work/lengths.txt" --histogram-sequences 2000 \
   >"$work/hist.txt"
 grep -q "lengths.txt (2 bins, 2000 sequences drawn)" "$work/hist.txt" || { cat "$work/hist.txt"; fail "histogram not used"; }
 grep -q "^recommended:" "$work/hist.txt" || { cat "$work/hist.txt"; fail "no recommendation from a histogram"; }
-printf '1 30 0.9\n300 100 0.1\n' >"$work/bad.txt"
+printf 'bin 1 30 0.9\nbin 300 100 0.1\n' >"$work/bad.txt"
 if "$plan" "${common[@]}" --length-histogram "$work/bad.txt" >"$work/err.txt" 2>&1; then fail "bad histogram accepted"; fi
-grep -q "bad.txt:2: high must be >= low (300), got 100" "$work/err.txt" || { cat "$work/err.txt"; fail "histogram error lacks file:line"; }
+grep -q "bad.txt:2: bin low must be < high" "$work/err.txt" || { cat "$work/err.txt"; fail "histogram error lacks file:line"; }
 
 # A calibration of another model shape is refused, naming both shapes.
 if "$plan" "${common[@]}" --set model.hidden_size=64 >"$work/err.txt" 2>&1; then fail "foreign calibration accepted"; fi

@@ -109,6 +109,9 @@ TEST(CheckpointTest, KeepsTheLastNAndIgnoresUnfinishedDirectories) {
   // neither is ever picked.
   core::make_directories(root + "/.step-00000011.partial");
   core::make_directories(root + "/" + checkpoint_name(12));
+  // A step number past int64 (found by reading after fuzzing) is not ours and must not overflow.
+  core::make_directories(root + "/step-99999999999999999999");
+  core::write_file_atomic(root + "/step-99999999999999999999/manifest.pb", "x");
   EXPECT_EQ(list_checkpoints(root).back(), root + "/" + checkpoint_name(10));
   config.checkpoint.resume = "auto";
   EXPECT_EQ(resolve_resume(config), root + "/" + checkpoint_name(10));

@@ -173,35 +173,6 @@ TEST(StepPlannerTest, RecommendationIsTheFastestWithinBudgetAndTiesGoToLessMemor
   for (const auto& p : predictions) EXPECT_FALSE(p.within_budget);
 }
 
-TEST(StepPlannerTest, HistogramParsesBinsAndNamesFileAndLineOfAMistake) {
-  const auto bins = parse_length_histogram("# lengths\n0 99 0.75\n\n100 999 0.25  # tail\n", "h.txt");
-  ASSERT_EQ(bins.size(), 2u);
-  EXPECT_EQ(bins[1].low, 100);
-  EXPECT_EQ(bins[1].high, 999);
-  EXPECT_NEAR(bins[0].fraction, 0.75, 1e-12);
-  // Fractions are normalized.
-  EXPECT_NEAR(parse_length_histogram("1 2 3\n3 4 1\n", "h.txt")[0].fraction, 0.75, 1e-12);
-  testing::expect_error_mentions([] { parse_length_histogram("1 2 0.5\n\n5 4 0.5\n", "h.txt"); },
-                                 {"h.txt:3", "high must be >= low"});
-  testing::expect_error_mentions([] { parse_length_histogram("1 2\n", "h.txt"); }, {"h.txt:1", "low high fraction"});
-  testing::expect_error_mentions([] { parse_length_histogram("1 x 0.5\n", "h.txt"); }, {"h.txt:1", "high"});
-  testing::expect_error_mentions([] { parse_length_histogram("1 2 -0.5\n", "h.txt"); }, {"h.txt:1", "fraction"});
-  testing::expect_error_mentions([] { parse_length_histogram("# nothing\n", "h.txt"); }, {"h.txt", "no bins"});
-  testing::expect_error_mentions([] { read_length_histogram("/nonexistent/h.txt"); }, {"/nonexistent/h.txt"});
-}
-
-TEST(StepPlannerTest, SampledLengthsStayInTheirBinsWithTheirFractions) {
-  const auto bins = parse_length_histogram("10 20 0.9\n1000 2000 0.1\n", "h.txt");
-  const std::vector<int32_t> lengths = sample_lengths(bins, 20000, 7);
-  int64_t long_ones = 0;
-  for (const int32_t length : lengths) {
-    EXPECT_TRUE((length >= 10 && length <= 20) || (length >= 1000 && length <= 2000)) << length;
-    long_ones += length >= 1000 ? 1 : 0;
-  }
-  EXPECT_NEAR(static_cast<double>(long_ones) / 20000.0, 0.1, 0.01);
-  EXPECT_EQ(lengths, sample_lengths(bins, 20000, 7));
-}
-
 TEST(StepPlannerTest, ByteSizesTakeBinarySuffixes) {
   EXPECT_EQ(parse_byte_size("512", "--memory-budget"), 512);
   EXPECT_EQ(parse_byte_size("1.5K", "--memory-budget"), 1536);
