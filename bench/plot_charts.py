@@ -25,7 +25,7 @@ def color_of(strategy, seen):
 def baselines_svg(results):
     panels = list(dict.fromkeys((r["dataset"], r["layout"]) for r in results))
     strategies = list(dict.fromkeys(r["strategy"] for r in results))
-    bar, gap, label_w, plot_w, panel_gap = 16, 4, 150, 360, 36
+    bar, gap, label_w, plot_w, panel_gap = 16, 4, 170, 360, 36
     panel_h = len(strategies) * (bar + gap) + 28
     width = label_w + plot_w + 90
     height = 40 + len(panels) * (panel_h + panel_gap)
@@ -34,7 +34,7 @@ def baselines_svg(results):
            f'font-family="sans-serif" font-size="12">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
            '<text x="10" y="22" font-size="15" font-weight="bold">Training throughput, tokens/s '
-           '(higher is better; same model, data and token budget)</text>']
+           '(same model, data, batches)</text>']
     y = 44
     for dataset, layout in panels:
         rows = [r for r in results if r["dataset"] == dataset and r["layout"] == layout]
@@ -73,8 +73,7 @@ def memory_svg(rows):
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'font-family="sans-serif" font-size="12">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
-           '<text x="10" y="22" font-size="15" font-weight="bold">Step peak memory vs sequence length '
-           '(one sequence, above the model\'s own memory)</text>',
+           '<text x="10" y="22" font-size="15" font-weight="bold">Step peak memory vs sequence length</text>',
            f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="black"/>',
            f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="black"/>']
     for length in lengths:
