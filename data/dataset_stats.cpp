@@ -207,13 +207,10 @@ PackingComparison compare_batching(const std::vector<int32_t>& lengths, const co
     // Rows of max_context never split a sequence, so the same packer gives pack-to-max-length.
     const ChunkPlan rows = build_chunk_plan(batch, max_context);
     result.pack_to_max_length.units += static_cast<int64_t>(rows.chunks().size());
-    for (size_t first = 0; first < batch.size(); first += static_cast<size_t>(options.micro_batch_sequences)) {
-      const size_t last = std::min(batch.size(), first + static_cast<size_t>(options.micro_batch_sequences));
-      int64_t widest = 0;
-      for (size_t i = first; i < last; ++i) widest = std::max(widest, batch[i].length);
-      result.pad_to_longest.units += 1;
-      result.pad_to_longest.capacity_tokens += widest * static_cast<int64_t>(last - first);
-    }
+    // The plan chunkflow-train runs for chunking.strategy pad_to_longest.
+    const ChunkPlan padded = build_padded_plan(batch, options.micro_batch_sequences);
+    result.pad_to_longest.units += static_cast<int64_t>(padded.chunks().size());
+    result.pad_to_longest.capacity_tokens += padded.total_tokens() + padded.padding_tokens();
   } while (sampler.position().epoch == 0 && sampler.position().cursor < sampler.dataset_size());
 
   for (BatchingFigures* figures : {&result.chunkflow, &result.pad_to_longest, &result.pack_to_max_length}) {
