@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
     command_line.add_string("config", &config_path, "YAML run config (model, data, parallel, chunking)", true);
     command_line.add_repeated("set", &overrides, "override one key: --set parallel.pp=2");
     command_line.add_string("length-histogram", &histogram_path,
-                            "sequence lengths from 'low high fraction' lines instead of data.path");
+                            "sequence lengths from a histogram file (data/distributions/*.txt format) instead of data.path");
     command_line.add_int("histogram-sequences", &histogram_sequences,
                          "sequences drawn from --length-histogram (default 100000)");
     command_line.add_string("memory-budget", &budget_text, "per-rank memory limit, e.g. 16G (default: none)");
