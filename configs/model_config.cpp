@@ -1,10 +1,93 @@
 // Rules of the `model` section; see model_config.h.
 #include "configs/model_config.h"
 
+#include <initializer_list>
+#include <string>
+#include <vector>
+
 #include "configs/config_error.h"
 #include "core/error.h"
 
 namespace chunkflow::configs {
+
+namespace {
+
+// Sizes with a few digits too many would reach torch as an allocation of exabytes or, past 2^63,
+// overflow the shape arithmetic (projection widths, checkpoint byte counts, FLOP counts) before
+// anything could say which key is wrong. 2^50 parameters is over 500x the largest model trained
+// to date, so the bound refuses only typos.
+constexpr int64_t kMaxParameters = int64_t{1} << 50;
+
+// a * b, or kMaxParameters + 1 once the product passes kMaxParameters (operands are positive).
+int64_t bounded_product(int64_t a, int64_t b) {
+  int64_t product = 0;
+  if (__builtin_mul_overflow(a, b, &product) || product > kMaxParameters) return kMaxParameters + 1;
+  return product;
+}
+
+int64_t bounded_sum(std::initializer_list<int64_t> terms) {
+  int64_t sum = 0;
+  for (const int64_t term : terms) {
+    if (__builtin_add_overflow(sum, term, &sum) || sum > kMaxParameters) return kMaxParameters + 1;
+  }
+  return sum;
+}
+
+// Needs positive sizes (checked before).
+void check_parameter_count(const ModelConfig& config) {
+  const int64_t head_dim = config.effective_head_dim();
+  const int64_t q_width = bounded_product(config.num_attention_heads, head_dim);
+  const int64_t kv_width = bounded_product(config.num_key_value_heads, head_dim);
+  const int64_t hidden = config.hidden_size;
+  const int64_t q_params = bounded_product(q_width, hidden);
+  const int64_t kv_params = bounded_product(kv_width, hidden);
+  const int64_t mlp_params = bounded_product(config.intermediate_size, hidden);
+  // q and o, k and v, gate, up and down projections, two norms, and at most these biases. Every
+  // term is at most kMaxParameters + 1, so the sum cannot overflow.
+  const int64_t per_layer = bounded_sum({q_params, q_params, kv_params, kv_params, mlp_params, mlp_params,
+                                         mlp_params, hidden, hidden, q_width, kv_width, kv_width, hidden});
+  const int64_t embeddings = bounded_product(config.vocab_size, hidden);
+  const int64_t parameters =
+      bounded_sum({embeddings, config.tie_word_embeddings ? 0 : embeddings,
+                   bounded_product(config.num_hidden_layers, per_layer), hidden});
+  if (parameters <= kMaxParameters) return;
+
+  // Name the largest term (the first one on a tie: of several saturated products, the one whose
+  // own sizes are too large comes before the whole-model totals).
+  const std::string head_dim_key = config.head_dim != 0 ? "model.head_dim" : "model.hidden_size";
+  struct Term {
+    int64_t parameters;
+    std::vector<std::string> keys;
+    std::string text;
+  };
+  std::vector<Term> terms = {
+      {embeddings, {"model.vocab_size", "model.hidden_size"},
+       core::str_cat("model.vocab_size x model.hidden_size = ", config.vocab_size, " x ", hidden)},
+      {q_params, {"model.num_attention_heads", head_dim_key, "model.hidden_size"},
+       core::str_cat("model.num_attention_heads x head_dim x model.hidden_size = ", config.num_attention_heads, " x ",
+                     head_dim, " x ", hidden)},
+      {kv_params, {"model.num_key_value_heads", head_dim_key, "model.hidden_size"},
+       core::str_cat("model.num_key_value_heads x head_dim x model.hidden_size = ", config.num_key_value_heads,
+                     " x ", head_dim, " x ", hidden)},
+      {mlp_params, {"model.intermediate_size", "model.hidden_size"},
+       core::str_cat("model.intermediate_size x model.hidden_size = ", config.intermediate_size, " x ", hidden)},
+  };
+  // A layer over the bound on its own is named by its largest projection above.
+  if (per_layer <= kMaxParameters) {
+    terms.push_back({bounded_product(config.num_hidden_layers, per_layer), {"model.num_hidden_layers"},
+                     core::str_cat("model.num_hidden_layers x parameters per layer = ", config.num_hidden_layers,
+                                   " x ", per_layer)});
+  }
+  const Term* largest = &terms.front();
+  for (const Term& term : terms) {
+    if (term.parameters > largest->parameters) largest = &term;
+  }
+  throw ConfigError(largest->keys,
+                    core::str_cat(largest->text, " gives the model over 2^50 (1.1e15) parameters; a size has too "
+                                  "many digits"));
+}
+
+}  // namespace
 
 int64_t ModelConfig::effective_head_dim() const {
   if (head_dim != 0) return head_dim;
@@ -42,6 +125,7 @@ void ModelConfig::validate() const {
         core::str_cat("model.head_dim must be even (RoPE rotates pairs of dimensions), got ",
                       rotary_dim, head_dim == 0 ? " (= hidden_size / num_attention_heads)" : ""));
   }
+  check_parameter_count(*this);
   check_field(rms_norm_eps > 0, "model.rms_norm_eps", "> 0", rms_norm_eps);
   check_field(rope_theta > 0, "model.rope_theta", "> 0", rope_theta);
   check_field(max_position_embeddings > 0, "model.max_position_embeddings", "> 0",

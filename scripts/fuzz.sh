@@ -29,7 +29,7 @@ source "$repo_root/scripts/env.sh"
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
 all_targets=(indexed_dataset_fuzz jsonl_prepare_fuzz safetensors_fuzz config_fuzz
-             checkpoint_manifest_fuzz checkpoint_manifest_payload_fuzz)
+             checkpoint_manifest_fuzz checkpoint_manifest_payload_fuzz hf_model_fuzz)
 runs=1000000
 max_time=600
 targets=("${all_targets[@]}")

@@ -201,9 +201,64 @@ def manifest_seeds():
         write(target, "other_version_no_shards", transform(manifest_payload([], version=2)))
 
 
+# --- Hugging Face model directory (models/hugging_face.h): config.json, index, shards -----------
+TINY_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 8,
+              "hidden_size": 4, "intermediate_size": 8, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-6,
+              "rope_theta": 10000.0, "tie_word_embeddings": True, "hidden_act": "silu",
+              "rope_scaling": None}
+
+
+def tiny_llama_tensors(qkv_bias=False):
+    """(name, shape) of every tensor of TINY_LLAMA, as models::hf_tensor_shapes lists them."""
+    shapes = [("model.embed_tokens.weight", [8, 4])]
+    prefix = "model.layers.0."
+    for name, shape in [("self_attn.q_proj", [4, 4]), ("self_attn.k_proj", [2, 4]), ("self_attn.v_proj", [2, 4])]:
+        shapes.append((prefix + name + ".weight", shape))
+        if qkv_bias:
+            shapes.append((prefix + name + ".bias", shape[:1]))
+    shapes += [(prefix + "self_attn.o_proj.weight", [4, 4]), (prefix + "mlp.gate_proj.weight", [8, 4]),
+               (prefix + "mlp.up_proj.weight", [8, 4]), (prefix + "mlp.down_proj.weight", [4, 8]),
+               (prefix + "input_layernorm.weight", [4]), (prefix + "post_attention_layernorm.weight", [4]),
+               ("model.norm.weight", [4])]
+    return shapes
+
+
+def weights(shapes, dtype="F32"):
+    fmt, size = {"F32": ("f", 4), "F16": ("e", 2)}[dtype]
+    out = []
+    for index, (name, shape) in enumerate(shapes):
+        count = 1
+        for dim in shape:
+            count *= dim
+        out.append((name, dtype, shape, struct.pack("<%d%s" % (count, fmt), *[(index + k) / 16 for k in range(count)])))
+    return out
+
+
+def hf_model_seeds():
+    target = "hf_model_fuzz"
+    config = json.dumps(TINY_LLAMA).encode()
+    single = safetensors(weights(tiny_llama_tensors()), {"format": "pt"})
+    write(target, "llama_single_file", sections(config, b"", single, b""))
+    # Sharded: half of the tensors in model.safetensors, the rest in model-00001-of-00001, as the index says.
+    shapes = tiny_llama_tensors()
+    first, second = shapes[: len(shapes) // 2], shapes[len(shapes) // 2:]
+    index = {"metadata": {"total_size": 0},
+             "weight_map": {**{name: "model.safetensors" for name, _ in first},
+                            **{name: "model-00001-of-00001.safetensors" for name, _ in second}}}
+    write(target, "llama_sharded_index", sections(config, json.dumps(index).encode(),
+                                                 safetensors(weights(first, "F16")), safetensors(weights(second))))
+    qwen = dict(TINY_LLAMA, architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False)
+    write(target, "qwen2_biases", sections(json.dumps(qwen).encode(), b"",
+                                           safetensors(weights(tiny_llama_tensors(qkv_bias=True))), b""))
+    untied = dict(TINY_LLAMA, tie_word_embeddings=False, head_dim=4, rope_scaling={"type": "linear", "factor": 2.0})
+    write(target, "untied_head_dim_rope_scaling", sections(json.dumps(untied).encode(), b"", single, b""))
+
+
 if __name__ == "__main__":
     indexed_dataset_seeds()
     jsonl_seeds()
     safetensors_seeds()
     config_seeds()
     manifest_seeds()
+    hf_model_seeds()

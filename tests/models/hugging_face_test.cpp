@@ -299,6 +299,15 @@ TEST_F(HuggingFaceTest, BrokenDirectoriesNameTheTensorOrKey) {
   const std::string typed = make("typed", [](auto&) {}, edited([](nlohmann::json& json) { json["hidden_size"] = "64"; }));
   EXPECT_TRUE(contains(error_message([&] { read_hf_config(typed); }), "\"hidden_size\" must be an integer, got \"64\""));
 
+  // Found while writing hf_model_fuzz, reproduced with it: a head_dim this large was accepted and
+  // then overflowed int64 in the projection widths (undefined behaviour); the model section now
+  // bounds the parameter count.
+  const std::string huge = make("huge", [](auto&) {}, edited([](nlohmann::json& json) {
+    json["head_dim"] = int64_t{1} << 62;
+  }));
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(huge); }),
+                       "describes a model this build cannot hold: model.num_attention_heads x head_dim x model.hidden_size = 8 x 4611686018427387904 x 64 gives the model over 2^50"));
+
   // Export refuses to overwrite.
   CausalLM model = import(source);
   EXPECT_TRUE(contains(error_message([&] { write_hf_directory(source, hf_named_tensors(model, "float32"), model->config(), {}); }),
