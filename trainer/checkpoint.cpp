@@ -202,6 +202,7 @@ void write_checkpoint(const CheckpointContents& contents, parallel::Communicator
     manifest.mutable_sampler()->set_epoch(contents.sampler.epoch);
     manifest.mutable_sampler()->set_cursor(contents.sampler.cursor);
     manifest.mutable_sampler()->set_step(contents.sampler.step);
+    *manifest.mutable_counters() = contents.counters;
     *manifest.mutable_dataset() = contents.dataset;
     manifest.set_created(utc_now());
     manifest.set_hf_source(config.model.init_from);
@@ -312,6 +313,13 @@ checkpoint::Manifest read_manifest(const std::string& directory) {
   CF_CHECK(manifest.format_version() == kCheckpointFormatVersion, path, ": checkpoint format version ",
            manifest.format_version(), ", this build reads version ", kCheckpointFormatVersion);
   CF_CHECK(manifest.shards_size() > 0, path, ": lists no shards (corrupt)");
+  const checkpoint::Counters& counters = manifest.counters();
+  CF_CHECK(counters.skipped_steps() >= 0 && counters.consecutive_skipped_steps() >= 0 &&
+               counters.consecutive_skipped_steps() <= counters.skipped_steps() &&
+               counters.skipped_steps() <= manifest.step(),
+           path, ": skipped-step counters (", counters.skipped_steps(), " skipped, ",
+           counters.consecutive_skipped_steps(), " in a row, at step ", manifest.step(),
+           ") must satisfy 0 <= in a row <= skipped <= step (corrupt)");
   return manifest;
 }
 

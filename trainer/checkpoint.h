@@ -7,8 +7,8 @@
 //                                "rng/torch_cpu"; written by the stage's dp = cp = 0 rank
 //                                (dp and cp replicas hold identical values)
 //     manifest.pb                protobuf (trainer/checkpoint.proto): step, layout, resolved
-//                                config, sampler position, dataset fingerprint, and the size
-//                                and CRC-32C of every shard
+//                                config, sampler position, dataset fingerprint, run counters
+//                                (skipped steps), and the size and CRC-32C of every shard
 //
 // manifest.pb is framed (magic, CRC-32C, payload) so a corrupt manifest is detected too.
 // Commit protocol: shards go to a hidden `.step-N.partial` directory (each file fsynced), rank 0
@@ -49,6 +49,7 @@ struct CheckpointContents {
   data::SamplerPosition sampler;
   checkpoint::DatasetFingerprint dataset;
   const configs::Config* config = nullptr;
+  checkpoint::Counters counters;
 };
 
 // Saves `contents` under config.checkpoint_dir() and prunes old checkpoints. Collective over

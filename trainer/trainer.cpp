@@ -238,6 +238,8 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
     position.cursor = manifest.sampler().cursor();
     position.step = manifest.sampler().step();
     sampler_->restore(position);
+    skipped_steps_ = manifest.counters().skipped_steps();
+    consecutive_skipped_ = manifest.counters().consecutive_skipped_steps();
     core::log_info("resumed from ", resumed_from_, " at step ", steps_done_, " (saved with dp ",
                    manifest.layout().dp(), " cp ", manifest.layout().cp(), " pp ", manifest.layout().pp(), ")");
   } else if (config_.checkpoint.resume == "auto") {
@@ -254,6 +256,8 @@ void Trainer::save_checkpoint_now() {
   contents.sampler = sampler_->position();
   contents.dataset = dataset_fingerprint(*dataset_, config_.data.path);
   contents.config = &config_;
+  contents.counters.set_skipped_steps(skipped_steps_);
+  contents.counters.set_consecutive_skipped_steps(consecutive_skipped_);
   save_checkpoint(contents, world_ != nullptr && world_->size() > 1 ? world_ : nullptr, mesh_.get());
 }
 

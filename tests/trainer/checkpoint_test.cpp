@@ -1,5 +1,5 @@
 // Checkpoints on a single rank: exact resume (every later loss and the final weights equal the
-// uninterrupted run's), keep_last pruning, unfinished directories never picked, and refusals with
+// uninterrupted run's; skipped-step counters continue), keep_last pruning, unfinished directories never picked, and refusals with
 // clear messages for corrupt or truncated shards, a different model, other data settings and a
 // changed dataset, while the previous checkpoint stays usable. (Multi-rank SIGKILL + resume and
 // re-sharding across layouts: tests/tools/chunkflow_train_resume_test.sh.)
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/crc32c.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "data/synthetic.h"
@@ -91,6 +92,59 @@ TEST(CheckpointTest, ResumeReproducesEveryLaterLossAndTheFinalWeights) {
     EXPECT_EQ(metrics.find(key), metrics.rfind(key)) << "step " << step << " twice";
     EXPECT_NE(metrics.find(key), std::string::npos) << "step " << step << " missing";
   }
+}
+
+TEST(CheckpointTest, SkippedStepCountersContinueAcrossAResume) {
+  testing::TempDir dir;
+  configs::Config config = resumable_run(dir, 8);
+  config.optim.max_skipped_steps = 2;
+  torch::Tensor good_norm;
+  const auto poison = [](Trainer& trainer) {
+    torch::NoGradGuard no_grad;
+    trainer.model()->named_parameters()["model.norm.weight"].fill_(NAN);  // loss and gradients NaN
+  };
+  {
+    Trainer first(config);
+    EXPECT_FALSE(first.train_step().skipped);
+    good_norm = first.model()->named_parameters()["model.norm.weight"].detach().clone();
+    poison(first);
+    EXPECT_EQ(first.train_step().skipped_steps, 1);
+    {
+      torch::NoGradGuard no_grad;
+      first.model()->named_parameters()["model.norm.weight"].copy_(good_norm);
+    }
+    EXPECT_FALSE(first.train_step().skipped);
+    poison(first);
+    const StepMetrics skipped = first.train_step();  // step 4: 2 skipped, 1 in a row
+    EXPECT_EQ(skipped.skipped_steps, 2);
+    first.save_checkpoint_now();
+  }
+  const std::string saved = config.checkpoint_dir() + "/" + checkpoint_name(4);
+  const checkpoint::Manifest manifest = read_manifest(saved);
+  EXPECT_EQ(manifest.counters().skipped_steps(), 2);
+  EXPECT_EQ(manifest.counters().consecutive_skipped_steps(), 1);
+
+  // The checkpoint holds the NaN norm, as the interrupted run did: the streak goes on after the
+  // resume, so the run stops at the third skip in a row (steps 4, 5, 6), as without the restart.
+  config.checkpoint.resume = saved;
+  Trainer resumed(config);
+  const StepMetrics fifth = resumed.train_step();
+  EXPECT_TRUE(fifth.skipped);
+  EXPECT_EQ(fifth.skipped_steps, 3) << "the run's count continues from the checkpoint's 2";
+  EXPECT_TRUE(contains(error_message([&] { resumed.train_step(); }), "3 step(s) in a row"));
+
+  // Counters that cannot be (more in a row than in all) are a corrupt manifest, even with a
+  // valid checksum.
+  checkpoint::Manifest broken = manifest;
+  broken.mutable_counters()->set_consecutive_skipped_steps(3);
+  std::string payload;
+  ASSERT_TRUE(broken.SerializeToString(&payload));
+  const uint32_t crc = core::crc32c(payload.data(), payload.size());
+  std::string framed = "CFCKPT01";
+  for (int index = 0; index < 4; ++index) framed.push_back(static_cast<char>((crc >> (8 * index)) & 0xff));
+  core::write_file_atomic(saved + "/manifest.pb", framed + payload);
+  EXPECT_TRUE(contains(error_message([&] { read_manifest(saved); }),
+                       "skipped-step counters (2 skipped, 3 in a row, at step 4) must satisfy"));
 }
 
 TEST(CheckpointTest, KeepsTheLastNAndIgnoresUnfinishedDirectories) {
