@@ -54,7 +54,11 @@ void check_parameter_count(const ModelConfig& config) {
 
   // Name the largest term (the first one on a tie: of several saturated products, the one whose
   // own sizes are too large comes before the whole-model totals).
-  const std::string head_dim_key = config.head_dim != 0 ? "model.head_dim" : "model.hidden_size";
+  // head_dim derives from hidden_size unless set: then hidden_size is the one key to name.
+  const auto attention_keys = [&](const char* heads_key) {
+    return config.head_dim != 0 ? std::vector<std::string>{heads_key, "model.head_dim", "model.hidden_size"}
+                                : std::vector<std::string>{heads_key, "model.hidden_size"};
+  };
   struct Term {
     int64_t parameters;
     std::vector<std::string> keys;
@@ -63,10 +67,10 @@ void check_parameter_count(const ModelConfig& config) {
   std::vector<Term> terms = {
       {embeddings, {"model.vocab_size", "model.hidden_size"},
        core::str_cat("model.vocab_size x model.hidden_size = ", config.vocab_size, " x ", hidden)},
-      {q_params, {"model.num_attention_heads", head_dim_key, "model.hidden_size"},
+      {q_params, attention_keys("model.num_attention_heads"),
        core::str_cat("model.num_attention_heads x head_dim x model.hidden_size = ", config.num_attention_heads, " x ",
                      head_dim, " x ", hidden)},
-      {kv_params, {"model.num_key_value_heads", head_dim_key, "model.hidden_size"},
+      {kv_params, attention_keys("model.num_key_value_heads"),
        core::str_cat("model.num_key_value_heads x head_dim x model.hidden_size = ", config.num_key_value_heads,
                      " x ", head_dim, " x ", hidden)},
       {mlp_params, {"model.intermediate_size", "model.hidden_size"},
