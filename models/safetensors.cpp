@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/crc32c.h"
 #include "core/error.h"
 #include "core/strings.h"
 
@@ -235,9 +236,9 @@ std::map<std::string, torch::Tensor> load_safetensors_directory(
   return tensors;
 }
 
-void save_safetensors(const std::string& path,
-                      const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+SafetensorsWritten save_safetensors(const std::string& path,
+                                   const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                                   const std::map<std::string, std::string>& metadata) {
   OrderedJson header = OrderedJson::object();
   if (!metadata.empty()) {
     OrderedJson meta = OrderedJson::object();
@@ -264,12 +265,19 @@ void save_safetensors(const std::string& path,
   std::string prefix;
   append_u64_le(prefix, header_text.size());
   core::AtomicFileWriter writer(path);
-  writer.write(prefix);
-  writer.write(header_text);
+  SafetensorsWritten written;
+  const auto write = [&](const void* data, size_t size) {
+    writer.write(data, size);
+    written.crc32c = core::crc32c(data, size, written.crc32c);
+    written.bytes += size;
+  };
+  write(prefix.data(), prefix.size());
+  write(header_text.data(), header_text.size());
   for (const auto& bytes : contiguous) {
-    writer.write(bytes.data_ptr(), static_cast<size_t>(bytes.numel()) * bytes.element_size());
+    write(bytes.data_ptr(), static_cast<size_t>(bytes.numel()) * bytes.element_size());
   }
   writer.commit();
+  return written;
 }
 
 std::vector<std::string> save_safetensors_sharded(

@@ -66,9 +66,16 @@ std::map<std::string, std::string> safetensors_weight_map(const std::string& dir
 std::map<std::string, torch::Tensor> load_safetensors_directory(
     const std::string& directory, const std::function<bool(const std::string&)>& wanted = {});
 
+// The size and CRC-32C (core/crc32c.h) of a file save_safetensors wrote, computed from the bytes
+// as they were written: a caller records the checksum without reading the file back.
+struct SafetensorsWritten {
+  uint64_t bytes = 0;
+  uint32_t crc32c = 0;
+};
+
 // Writes `tensors` (CPU or not; made contiguous; F64/F32/F16/BF16/I64/I32/I16/I8/U8/BOOL) in the
 // given order to `path` atomically, with optional string metadata. Names must be unique.
-void save_safetensors(const std::string& path,
+SafetensorsWritten save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 

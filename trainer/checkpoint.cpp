@@ -154,6 +154,7 @@ void write_checkpoint(const CheckpointContents& contents, parallel::Communicator
 
   // The dp = cp = 0 rank of each stage writes the stage's shard.
   const int stage = mesh != nullptr ? mesh->coordinates().pp : 0;
+  torch::Tensor shard_sums = torch::zeros({config.parallel.pp, 2}, torch::kLong);  // [stage] = (bytes, crc32c)
   const bool writes_shard = mesh == nullptr || (mesh->coordinates().dp == 0 && mesh->coordinates().cp == 0);
   if (writes_shard) {
     // Normally rank 0 made it; a rank that does not see it does not share the file system.
@@ -175,10 +176,16 @@ void write_checkpoint(const CheckpointContents& contents, parallel::Communicator
       }
     }
     tensors.emplace_back("rng/torch_cpu", at::detail::getDefaultCPUGenerator().get_state());
-    models::save_safetensors(partial_dir + "/" + shard_file_name(stage), tensors,
-                             {{"step", std::to_string(contents.step)}, {"pipeline_stage", std::to_string(stage)}});
+    const models::SafetensorsWritten written = models::save_safetensors(
+        partial_dir + "/" + shard_file_name(stage), tensors,
+        {{"step", std::to_string(contents.step)}, {"pipeline_stage", std::to_string(stage)}});
+    shard_sums[stage][0] = static_cast<int64_t>(written.bytes);
+    shard_sums[stage][1] = static_cast<int64_t>(written.crc32c);
   }
-  barrier();
+  // Every writer's size and CRC-32C reach rank 0 (a sum: each stage's row is non-zero on its
+  // writer only), so rank 0 records the shards without reading them back; this also waits
+  // until every shard is written.
+  if (world != nullptr) world->all_reduce(shard_sums, parallel::ReduceOp::kSum);
 
   if (leader) {
     // The source model's tokenizer and generation config travel with every checkpoint, so an
@@ -210,9 +217,17 @@ void write_checkpoint(const CheckpointContents& contents, parallel::Communicator
       auto* shard = manifest.add_shards();
       shard->set_file(shard_file_name(static_cast<int>(index)));
       shard->set_pipeline_stage(static_cast<int32_t>(index));
-      uint64_t bytes = 0;
-      shard->set_crc32c(file_crc32c(partial_dir + "/" + shard->file(), &bytes));
+      const uint64_t bytes = static_cast<uint64_t>(shard_sums[index][0].item<int64_t>());
+      const std::string path = partial_dir + "/" + shard->file();
+      // The size on disk must be what the writer wrote (a cheap stat, no read): anything else
+      // means the ranks do not share the folder, or the file changed under us.
+      std::error_code error;
+      const uintmax_t on_disk = std::filesystem::file_size(path, error);
+      CF_CHECK(!error && on_disk == bytes, "checkpoint shard ", path, ": ",
+               error ? "cannot be read (" + error.message() + ")" : core::str_cat("has ", on_disk, " bytes"),
+               ", its writer wrote ", bytes, " bytes; checkpoint.dir must be a folder every rank shares");
       shard->set_bytes(bytes);
+      shard->set_crc32c(static_cast<uint32_t>(shard_sums[index][1].item<int64_t>()));
     }
     std::string serialized;
     CF_CHECK(manifest.SerializeToString(&serialized), "cannot serialize the checkpoint manifest");

@@ -11,8 +11,9 @@
 //                                (skipped steps), and the size and CRC-32C of every shard
 //
 // manifest.pb is framed (magic, CRC-32C, payload) so a corrupt manifest is detected too.
-// Commit protocol: shards go to a hidden `.step-N.partial` directory (each file fsynced), rank 0
-// checksums them, writes the manifest, renames the directory into place and fsyncs the parent;
+// Commit protocol: shards go to a hidden `.step-N.partial` directory (each file fsynced; each
+// writer computes its shard's CRC-32C from the bytes it writes and all-reduces size and CRC to
+// rank 0, which only stats the files), rank 0 writes the manifest, renames the directory into place and fsyncs the parent;
 // only then are checkpoints beyond checkpoint.keep_last deleted. A crash at any point leaves the
 // previous checkpoints untouched and no directory that resume would pick.
 #pragma once

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/crc32c.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "tests/support/expect_error.h"
@@ -56,7 +57,12 @@ std::vector<std::pair<std::string, torch::Tensor>> sample_tensors() {
 TEST(SafetensorsTest, RoundTripsEveryDtypeShapeAndMetadata) {
   testing::TempDir dir;
   const auto tensors = sample_tensors();
-  save_safetensors(dir.file("a.safetensors"), tensors, {{"format", "pt"}, {"note", "x"}});
+  const SafetensorsWritten written =
+      save_safetensors(dir.file("a.safetensors"), tensors, {{"format", "pt"}, {"note", "x"}});
+  // The size and checksum it reports are the file's (checkpoints record them without a re-read).
+  const std::string bytes = core::read_file(dir.file("a.safetensors"));
+  EXPECT_EQ(written.bytes, bytes.size());
+  EXPECT_EQ(written.crc32c, core::crc32c(bytes.data(), bytes.size()));
   const SafetensorsFile file(dir.file("a.safetensors"));
   ASSERT_EQ(file.entries().size(), tensors.size());
   EXPECT_EQ(file.metadata().at("format"), "pt");
