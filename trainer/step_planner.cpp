@@ -349,18 +349,36 @@ StepCostModel calibrate_time(const configs::ModelConfig& model, const Calibratio
     }
     if (seconds_since(timed_start) + seconds_since(pass_start) > options.seconds) break;
   }
-  const std::vector<double> targets(rows.size(), 1.0);
+  // Only the extra forward of a recomputed piece (resident_chunks 1 vs 2) tells forward from
+  // backward costs: every other forward column equals a backward one. Under timing noise the
+  // fit may then put a whole term on one side (a forward pass of 0 s). A prior row per term pulls
+  // the backward coefficient towards twice the forward one (the FLOP ratio of a backward pass),
+  // weighted like one observation of the term's typical size: it settles the split where the
+  // measurements cannot and barely moves the fitted totals.
+  const size_t observed = rows.size();
+  std::vector<double> targets(observed, 1.0);
+  for (size_t term = 0; term < 5; ++term) {
+    double magnitude = 0;
+    for (size_t index = 0; index < observed; ++index) magnitude += rows[index][term] + rows[index][5 + term];
+    magnitude /= 2.0 * static_cast<double>(observed);
+    if (!(magnitude > 0)) continue;
+    std::vector<double> prior(10, 0.0);
+    prior[term] = -2.0 * magnitude;
+    prior[5 + term] = magnitude;
+    rows.push_back(std::move(prior));
+    targets.push_back(0.0);
+  }
   const std::vector<double> x = nonnegative_least_squares(rows, targets);
   costs.forward = op_cost_from(x, 0);
   costs.backward = op_cost_from(x, 5);
   double squares = 0;
-  for (const auto& row : rows) {
+  for (size_t index = 0; index < observed; ++index) {
     double fitted = 0;
-    for (size_t j = 0; j < x.size(); ++j) fitted += row[j] * x[j];
+    for (size_t j = 0; j < x.size(); ++j) fitted += rows[index][j] * x[j];
     squares += (fitted - 1.0) * (fitted - 1.0);
   }
-  costs.observations = static_cast<int64_t>(rows.size());
-  costs.fit_relative_rms = std::sqrt(squares / static_cast<double>(rows.size()));
+  costs.observations = static_cast<int64_t>(observed);
+  costs.fit_relative_rms = std::sqrt(squares / static_cast<double>(observed));
 
   // Optimizer: clip + AdamW step at each depth (the runs left gradients), median of 5.
   std::vector<std::pair<double, double>> optimizer_points;  // (parameters, seconds)
