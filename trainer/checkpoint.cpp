@@ -36,13 +36,6 @@ constexpr const char* kManifestFile = "manifest.pb";
 // Manifest. Protobuf parsing accepts many corruptions silently; the checksum does not.
 constexpr char kManifestMagic[8] = {'C', 'F', 'C', 'K', 'P', 'T', '0', '1'};
 
-std::string frame_manifest(const std::string& payload) {
-  std::string bytes(kManifestMagic, sizeof(kManifestMagic));
-  const uint32_t crc = core::crc32c(payload.data(), payload.size());
-  for (int index = 0; index < 4; ++index) bytes.push_back(static_cast<char>((crc >> (8 * index)) & 0xff));
-  return bytes + payload;
-}
-
 std::string shard_file_name(int stage) {
   char name[32];
   std::snprintf(name, sizeof(name), "stage-%02d.safetensors", stage);
@@ -114,6 +107,14 @@ std::vector<std::string> differences(const char* section_name, const Section& sa
 }
 
 }  // namespace
+
+std::string frame_manifest(std::string_view payload) {
+  std::string bytes(kManifestMagic, sizeof(kManifestMagic));
+  const uint32_t crc = core::crc32c(payload.data(), payload.size());
+  for (int index = 0; index < 4; ++index) bytes.push_back(static_cast<char>((crc >> (8 * index)) & 0xff));
+  bytes.append(payload);
+  return bytes;
+}
 
 std::string checkpoint_name(int64_t step) {
   char name[32];

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "checkpoint.pb.h"
@@ -67,6 +68,10 @@ std::vector<std::string> list_checkpoints(const std::string& checkpoint_dir);
 // checkpoint yet); the newest checkpoint for "auto"; else the given path (an error when it is not
 // a checkpoint directory).
 std::string resolve_resume(const configs::Config& config);
+
+// The bytes of manifest.pb for a serialized Manifest `payload`: the 8-byte magic "CFCKPT01", the
+// payload's CRC-32C (u32 little-endian), the payload. read_manifest checks all three.
+std::string frame_manifest(std::string_view payload);
 
 // Reads `directory`/manifest.pb. Throws core::Error naming the file when it is missing, corrupt or
 // of another format version.

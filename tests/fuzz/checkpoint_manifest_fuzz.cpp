@@ -19,7 +19,6 @@
 #include <string>
 
 #include "configs/config_loader.h"
-#include "core/crc32c.h"
 #include "core/error.h"
 #include "models/safetensors.h"
 #include "tests/fuzz/fuzz_support.h"
@@ -29,18 +28,6 @@ namespace {
 
 namespace fuzz = chunkflow::fuzz;
 namespace trainer = chunkflow::trainer;
-
-#ifdef CHUNKFLOW_FUZZ_FRAME_PAYLOAD
-// The framing of trainer/checkpoint.cpp: magic, CRC-32C of the payload (u32 little-endian),
-// payload.
-std::string frame(std::string_view payload) {
-  std::string bytes = "CFCKPT01";
-  const uint32_t crc = chunkflow::core::crc32c(payload.data(), payload.size());
-  for (int index = 0; index < 4; ++index) bytes.push_back(static_cast<char>((crc >> (8 * index)) & 0xff));
-  bytes.append(payload);
-  return bytes;
-}
-#endif
 
 }  // namespace
 
@@ -56,7 +43,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string& directory = fuzz::scratch_dir();
   const std::string_view input(reinterpret_cast<const char*>(data), size);
 #ifdef CHUNKFLOW_FUZZ_FRAME_PAYLOAD
-  fuzz::write_bytes(fuzz::scratch_path("manifest.pb"), frame(input));
+  fuzz::write_bytes(fuzz::scratch_path("manifest.pb"), trainer::frame_manifest(input));
 #else
   fuzz::write_bytes(fuzz::scratch_path("manifest.pb"), input);
 #endif

@@ -14,7 +14,6 @@
 #include <string>
 #include <vector>
 
-#include "core/crc32c.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "data/synthetic.h"
@@ -139,10 +138,7 @@ TEST(CheckpointTest, SkippedStepCountersContinueAcrossAResume) {
   broken.mutable_counters()->set_consecutive_skipped_steps(3);
   std::string payload;
   ASSERT_TRUE(broken.SerializeToString(&payload));
-  const uint32_t crc = core::crc32c(payload.data(), payload.size());
-  std::string framed = "CFCKPT01";
-  for (int index = 0; index < 4; ++index) framed.push_back(static_cast<char>((crc >> (8 * index)) & 0xff));
-  core::write_file_atomic(saved + "/manifest.pb", framed + payload);
+  core::write_file_atomic(saved + "/manifest.pb", frame_manifest(payload));
   EXPECT_TRUE(contains(error_message([&] { read_manifest(saved); }),
                        "skipped-step counters (2 skipped, 3 in a row, at step 4) must satisfy"));
 }
