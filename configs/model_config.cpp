@@ -140,6 +140,7 @@ void ModelConfig::validate() const {
               "true when model.family is qwen2", attention_bias,
               "Qwen2 checkpoints carry q/k/v projection biases");
   check_one_of("model.dtype", dtype, {"float32", "bfloat16"});
+  check_one_of("model.attention_backend", attention_backend, {"auto", "chunkflow", "flash", "composite"});
 }
 
 }  // namespace chunkflow::configs

@@ -26,6 +26,7 @@ struct ModelConfig {
   double initializer_range = 0.02;
   std::string init_from;  // "": random init; else a Hugging Face model directory
   std::string dtype = "float32";
+  std::string attention_backend = "auto";
 
   template <typename Visitor>
   void visit_fields(Visitor&& visit) { fields(*this, visit); }
@@ -59,7 +60,9 @@ struct ModelConfig {
     visit("attention_bias", self.attention_bias, "biases on the attention projections");
     visit("initializer_range", self.initializer_range, "std of the random init");
     visit("init_from", self.init_from, "Hugging Face model folder; \"\" = random init");
-    visit("dtype", self.dtype, "float32 | bfloat16");
+    visit("dtype", self.dtype,
+          "compute dtype: float32 | bfloat16 (mixed precision: float32 master weights, gradients and AdamW state)");
+    visit("attention_backend", self.attention_backend, "auto | chunkflow | flash | composite");
   }
 };
 

@@ -13,6 +13,8 @@ void RunConfig::validate() const {
               "use \".\" for the current folder");
   check_field(steps >= 1, "run.steps", ">= 1", steps);
   check_one_of("run.device", device, {"auto", "cpu", "cuda"});
+  check_field(peak_tflops > 0 && peak_tflops < 1e7, "run.peak_tflops", "in (0, 1e7)", peak_tflops,
+              "the GPU's peak TFLOP/s in the run's precision, e.g. 989 for an H100/H200 in bf16");
 }
 
 }  // namespace chunkflow::configs

@@ -14,6 +14,7 @@ struct RunConfig {
   int64_t seed = 1234;
   int64_t steps = 100;
   std::string device = "auto";
+  double peak_tflops = 989.0;
 
   // visit(name, field&, meaning) for every key, in file order; shared by the loader, the YAML
   // dump and the docs check.
@@ -37,7 +38,9 @@ struct RunConfig {
     visit("output_dir", self.output_dir, "parent folder of all runs");
     visit("seed", self.seed, "seed for sampling order and random init");
     visit("steps", self.steps, "optimizer steps to train");
-    visit("device", self.device, "auto | cpu | cuda");
+    visit("device", self.device, "auto | cpu | cuda (auto: a GPU when this build has CUDA kernels and one is visible)");
+    visit("peak_tflops", self.peak_tflops,
+          "one GPU's peak TFLOP/s, the denominator of the MFU metric (989: H100/H200 SXM dense bf16)");
   }
 };
 

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "kernels/attention_backends.h"
 #include "kernels/varlen_attention.h"
 
 #ifdef CHUNKFLOW_WITH_CUDA
@@ -138,20 +139,27 @@ void fill_common(Params& params, const Inputs& inputs) {
   params.dtype = inputs.dtype;
 }
 
+// Device copies of the offsets (CUDA launchers read them in device memory); undefined on the CPU.
+struct DeviceOffsets {
+  torch::Tensor cu_seqlens_q, cu_seqlens_k;
+};
+
 #ifdef CHUNKFLOW_WITH_CUDA
 // The CUDA launchers read offsets in device memory: check the host copies (check_params reads
 // them), then point the params at device copies that live as long as the returned tensors are
 // in use (the caller holds them until the launch is enqueued; the caching allocator keeps the
 // memory valid for work already on the stream).
-struct DeviceOffsets {
-  torch::Tensor cu_seqlens_q, cu_seqlens_k;
-};
-
+// Offsets already on the device (one copy per chunk, made by the caller) are used as they are;
+// otherwise they are copied here, which blocks the host until the copy is done.
 template <typename Params>
-DeviceOffsets to_device_offsets(Params& params, const Inputs& inputs) {
+DeviceOffsets to_device_offsets(Params& params, const Inputs& inputs, const DeviceOffsets& given) {
   check_params(params, OffsetsIn::kHostMemory);
-  DeviceOffsets offsets{inputs.cu_seqlens_q.to(inputs.q.device(), /*non_blocking=*/false),
-                        inputs.cu_seqlens_k.to(inputs.q.device(), /*non_blocking=*/false)};
+  const auto on_device = [&](const torch::Tensor& device_copy, const torch::Tensor& host) {
+    if (device_copy.defined() && device_copy.device() == inputs.q.device()) return device_copy;
+    return host.to(inputs.q.device(), /*non_blocking=*/false);
+  };
+  DeviceOffsets offsets{on_device(given.cu_seqlens_q, inputs.cu_seqlens_q),
+                        on_device(given.cu_seqlens_k, inputs.cu_seqlens_k)};
   params.cu_seqlens_q = offsets.cu_seqlens_q.template data_ptr<int32_t>();
   params.cu_seqlens_k = offsets.cu_seqlens_k.template data_ptr<int32_t>();
   return offsets;
@@ -162,7 +170,7 @@ void* current_stream(const torch::Tensor& tensor) {
 }
 #endif
 
-std::tuple<torch::Tensor, torch::Tensor> run_forward(const Inputs& inputs) {
+std::tuple<torch::Tensor, torch::Tensor> run_forward(const Inputs& inputs, const DeviceOffsets& device_offsets = {}) {
   torch::Tensor out = torch::empty_like(inputs.q);
   torch::Tensor lse = torch::empty({inputs.heads, inputs.q.size(0)},
                                    inputs.q.options().dtype(torch::kFloat));
@@ -175,7 +183,7 @@ std::tuple<torch::Tensor, torch::Tensor> run_forward(const Inputs& inputs) {
 #ifdef CHUNKFLOW_WITH_CUDA
   if (inputs.q.is_cuda()) {
     const c10::cuda::CUDAGuard device_guard(inputs.q.device());
-    const DeviceOffsets offsets = to_device_offsets(params, inputs);
+    const DeviceOffsets offsets = to_device_offsets(params, inputs, device_offsets);
     varlen_attention_forward_cuda(params, current_stream(inputs.q));
     return {out, lse};
   }
@@ -189,13 +197,15 @@ class VarlenAttentionFunction : public torch::autograd::Function<VarlenAttention
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
                                const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& cu_seqlens_q,
-                               const torch::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                               const torch::Tensor& cu_seqlens_k, const torch::Tensor& device_cu_seqlens_q,
+                               const torch::Tensor& device_cu_seqlens_k, int64_t max_seqlen_q,
                                int64_t max_seqlen_k, double softmax_scale, bool causal) {
     const Inputs inputs = check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                        max_seqlen_k, softmax_scale, causal);
-    auto [out, lse] = run_forward(inputs);
-    ctx->save_for_backward(
-        {inputs.q, inputs.k, inputs.v, out, lse, inputs.cu_seqlens_q, inputs.cu_seqlens_k});
+    const DeviceOffsets device_offsets{device_cu_seqlens_q, device_cu_seqlens_k};
+    auto [out, lse] = run_forward(inputs, device_offsets);
+    ctx->save_for_backward({inputs.q, inputs.k, inputs.v, out, lse, inputs.cu_seqlens_q, inputs.cu_seqlens_k,
+                            device_cu_seqlens_q, device_cu_seqlens_k});
     ctx->saved_data["max_seqlen_q"] = max_seqlen_q;
     ctx->saved_data["max_seqlen_k"] = max_seqlen_k;
     ctx->saved_data["softmax_scale"] = softmax_scale;
@@ -221,7 +231,7 @@ class VarlenAttentionFunction : public torch::autograd::Function<VarlenAttention
     if (inputs.q.size(0) == 0) {
       // No query read any key.
       return {dq, torch::zeros_like(inputs.k), torch::zeros_like(inputs.v), torch::Tensor(), torch::Tensor(),
-              torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+              torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
     }
     torch::Tensor dk = torch::empty_like(inputs.k);
     torch::Tensor dv = torch::empty_like(inputs.v);
@@ -241,26 +251,61 @@ class VarlenAttentionFunction : public torch::autograd::Function<VarlenAttention
       const torch::Tensor softmax_d = torch::empty_like(lse);
       params.dq_accum = dq_accum.data_ptr<float>();
       params.softmax_d = softmax_d.data_ptr<float>();
-      const DeviceOffsets offsets = to_device_offsets(params, inputs);
+      const DeviceOffsets offsets = to_device_offsets(params, inputs, DeviceOffsets{saved[7], saved[8]});
       varlen_attention_backward_cuda(params, current_stream(inputs.q));
       return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
-              torch::Tensor(), torch::Tensor()};
+              torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
     }
 #endif
     varlen_attention_backward_cpu(params);
     return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
-            torch::Tensor(), torch::Tensor()};
+            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
+// The chunkflow backend with optional device copies of the offsets. On the CPU, bfloat16/float16
+// inputs are computed in float32 (as the CUDA kernels accumulate) and the output rounded back;
+// autograd rounds the gradients back the same way.
+torch::Tensor chunkflow_varlen_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const VarlenOffsets& offsets, double softmax_scale, bool causal) {
+  if (q.device().is_cpu() && q.defined() && (q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kHalf)) {
+    return chunkflow_varlen_attention(q.to(torch::kFloat), k.to(torch::kFloat), v.to(torch::kFloat), offsets, softmax_scale,
+                               causal)
+        .to(q.scalar_type());
+  }
+  // Autograd functions take defined tensors only: without device copies the host offsets stand
+  // in (to_device_offsets then copies them, as they are not on q's device).
+  const auto device_copy = [](const torch::Tensor& copy, const torch::Tensor& host) { return copy.defined() ? copy : host; };
+  return VarlenAttentionFunction::apply(q, k, v, offsets.cu_seqlens_q, offsets.cu_seqlens_k,
+                                        device_copy(offsets.device_cu_seqlens_q, offsets.cu_seqlens_q),
+                                        device_copy(offsets.device_cu_seqlens_k, offsets.cu_seqlens_k),
+                                        offsets.max_seqlen_q, offsets.max_seqlen_k, softmax_scale, causal);
+}
+
 torch::Tensor varlen_attention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& cu_seqlens_q,
                                const torch::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
                                int64_t max_seqlen_k, double softmax_scale, bool causal) {
-  return VarlenAttentionFunction::apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                        max_seqlen_k, softmax_scale, causal);
+  VarlenOffsets offsets;
+  offsets.cu_seqlens_q = cu_seqlens_q;
+  offsets.cu_seqlens_k = cu_seqlens_k;
+  offsets.max_seqlen_q = max_seqlen_q;
+  offsets.max_seqlen_k = max_seqlen_k;
+  return chunkflow_varlen_attention(q, k, v, offsets, softmax_scale, causal);
+}
+
+torch::Tensor varlen_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const VarlenOffsets& offsets, double softmax_scale, AttentionBackend backend) {
+  // One contract for every backend: the same checks before any of them runs.
+  check_inputs(q, k, v, offsets.cu_seqlens_q, offsets.cu_seqlens_k, offsets.max_seqlen_q, offsets.max_seqlen_k,
+               softmax_scale, true);
+  switch (resolve_attention_backend(backend, q.device(), q.scalar_type(), q.size(2))) {
+    case AttentionBackend::kFlash: return flash_varlen_attention(q, k, v, offsets, softmax_scale);
+    case AttentionBackend::kComposite: return composite_varlen_attention(q, k, v, offsets, softmax_scale);
+    default: return chunkflow_varlen_attention(q, k, v, offsets, softmax_scale, true);
+  }
 }
 
 std::tuple<torch::Tensor, torch::Tensor> varlen_attention_forward(

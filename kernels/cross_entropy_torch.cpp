@@ -217,9 +217,17 @@ torch::Tensor tiled_cross_entropy_sum(const torch::Tensor& hidden, const torch::
              " and weight ", weight.scalar_type());
     kernel_dtype(hidden.scalar_type());  // throws for any other dtype
   } else {
+    const auto low_precision = [](torch::ScalarType dtype) {
+      return dtype == torch::kBFloat16 || dtype == torch::kFloat16;
+    };
+    if (hidden.scalar_type() == weight.scalar_type() && low_precision(hidden.scalar_type())) {
+      // The CPU kernel computes in float32, as the CUDA kernel accumulates: widen the inputs and
+      // let autograd round the gradients back to their dtype.
+      return tiled_cross_entropy_sum(hidden.to(torch::kFloat32), weight.to(torch::kFloat32), labels, tile_tokens);
+    }
     CF_CHECK(hidden.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32,
-             kWhat, ": the CPU path supports float32 only, got hidden ", hidden.scalar_type(),
-             " and weight ", weight.scalar_type(), "; convert with .to(torch::kFloat32)");
+             kWhat, ": the CPU path takes float32 (or bfloat16/float16 for both, computed in float32), got hidden ",
+             hidden.scalar_type(), " and weight ", weight.scalar_type(), "; convert with .to(torch::kFloat32)");
   }
   CF_CHECK(tile_tokens > 0, kWhat, ": tile_tokens must be > 0, got ", tile_tokens);
   const torch::Tensor device_labels = checked_labels(labels, hidden.size(0), hidden.device());

@@ -13,8 +13,9 @@ namespace chunkflow::kernels {
 // (which recomputes each tile's logits from hidden, weight and the saved per-token lse).
 //   hidden      [tokens, hidden_size] (flatten [batch, seq, hidden] with view first)
 //   weight      [vocab, hidden_size] (the LM head, or the tied embedding), on hidden's device
-//               CPU: float32 only. CUDA (builds with CHUNKFLOW_WITH_CUDA): float32, bfloat16 or
-//               float16, one dtype for both; logits, lse and loss are fp32 whatever the dtype.
+//               One dtype for both: float32, bfloat16 or float16 (on the CPU the last two are
+//               widened to float32 first; CUDA builds take all three natively); logits, lse and
+//               loss are fp32 whatever the dtype.
 //   labels      [tokens] int64 or int32 (converted); each in [0, vocab) or kIgnoreIndex (-100).
 //               CPU path: on the CPU. CUDA path: anywhere, moved to hidden's device.
 //   tile_tokens > 0, tokens per tile

@@ -6,8 +6,10 @@
 #include <array>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "data/chunk_inputs.h"
+#include "kernels/attention_torch.h"
 
 namespace chunkflow::models {
 
@@ -18,7 +20,11 @@ struct AttentionPass {
   torch::Tensor query_rows;    // int64 [queries]: this rank's rows that are this call's queries
   torch::Tensor cu_seqlens_q;  // [segments + 1] int32, CPU
   torch::Tensor cu_seqlens_k;  // [segments + 1] int32, CPU; ends at prefix + chunk tokens
+  torch::Tensor device_cu_seqlens_q, device_cu_seqlens_k;  // the same on a CUDA device; else undefined
   int64_t max_seqlen_q = 0, max_seqlen_k = 0;
+  kernels::VarlenOffsets offsets() const {
+    return {cu_seqlens_q, cu_seqlens_k, device_cu_seqlens_q, device_cu_seqlens_k, max_seqlen_q, max_seqlen_k};
+  }
 };
 
 // Context parallelism (parallel/context_parallel.h): this rank holds only some rows of a chunk —
@@ -41,8 +47,14 @@ struct ChunkBatch {
   torch::Tensor labels;        // [tokens] int64: next token or -100
   torch::Tensor cu_seqlens_q;  // [segments + 1] int32, CPU
   torch::Tensor cu_seqlens_k;  // [segments + 1] int32, CPU; includes the K/V prefix
+  // The offsets on the batch's CUDA device (copied once per chunk, not once per layer call);
+  // undefined on the CPU.
+  torch::Tensor device_cu_seqlens_q, device_cu_seqlens_k;
   int64_t max_seqlen_q = 0;
   int64_t max_seqlen_k = 0;
+  // Host copies of this rank's labels and positions: loss-token counts and far-token rows come
+  // from them without reading the device.
+  std::vector<int32_t> host_labels, host_positions;
   // K/V rows of the first segment that come from earlier chunks (0 = no prefix). Only a chunk's
   // first segment may have a prefix: the plan puts a split sequence's piece first.
   int64_t prefix_len = 0;
@@ -51,10 +63,22 @@ struct ChunkBatch {
   // max_seqlen_k stay the whole chunk's, and attention runs ContextShard::passes instead.
   std::shared_ptr<const ContextShard> context;
   int64_t tokens() const { return input_ids.size(0); }
+  kernels::VarlenOffsets offsets() const {
+    return {cu_seqlens_q, cu_seqlens_k, device_cu_seqlens_q, device_cu_seqlens_k, max_seqlen_q, max_seqlen_k};
+  }
+  // Rows whose label is not the ignore index (host count).
+  int64_t loss_tokens() const;
 };
 
-// Converts gathered chunk inputs to tensors on `device` (the cu_seqlens stay on the CPU for the
-// CPU kernels and are copied by the CUDA adapter). Checks the one-prefix rule above.
+// Converts gathered chunk inputs to tensors on `device`: one host-to-device copy per tensor, from
+// pinned memory and asynchronous on the current stream when `device` is CUDA (the cu_seqlens stay
+// on the CPU too, for the host checks and the CPU kernels). Checks the one-prefix rule above.
 ChunkBatch make_chunk_batch(const data::ChunkInputs& inputs, const torch::Device& device);
+
+// host int32 values -> a tensor of `dtype` on `device`: through pinned memory and non-blocking
+// on CUDA (the pinned buffer stays alive until the copy ran: the caching host allocator records
+// the stream), a plain tensor on the CPU.
+torch::Tensor to_device(const std::vector<int32_t>& values, torch::ScalarType dtype, const torch::Device& device);
+torch::Tensor to_device(const std::vector<int64_t>& values, torch::ScalarType dtype, const torch::Device& device);
 
 }  // namespace chunkflow::models

@@ -57,17 +57,25 @@ torch::Tensor attach_prefix(const torch::Tensor& own, const torch::Tensor& state
   return AttachPrefix::apply(own, state, gradient, rows);
 }
 
-RMSNormImpl::RMSNormImpl(int64_t hidden_size, double eps) : eps_(eps) {
+torch::Tensor project(ComputeWeights& weights, const torch::nn::Linear& layer, const torch::Tensor& x) {
+  return torch::nn::functional::linear(x, weights(layer->weight), weights(layer->bias));
+}
+
+RMSNormImpl::RMSNormImpl(int64_t hidden_size, double eps, SharedComputeWeights weights)
+    : eps_(eps), weights_(std::move(weights)) {
   weight = register_parameter("weight", torch::ones({hidden_size}));
 }
 
-torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) { return kernels::rms_norm(x, weight, eps_); }
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) { return kernels::rms_norm(x, (*weights_)(weight), eps_); }
 
-AttentionImpl::AttentionImpl(const configs::ModelConfig& config)
+AttentionImpl::AttentionImpl(const configs::ModelConfig& config, SharedComputeWeights weights,
+                             kernels::AttentionBackend backend)
     : heads_(config.num_attention_heads),
       kv_heads_(config.num_key_value_heads),
       head_dim_(config.effective_head_dim()),
-      rope_theta_(config.rope_theta) {
+      rope_theta_(config.rope_theta),
+      weights_(std::move(weights)),
+      backend_(backend) {
   const bool qkv_bias = config.attention_bias;
   // Llama's attention_bias covers o_proj too; Qwen2 has q/k/v biases only.
   const bool o_bias = config.attention_bias && config.family == "llama";
@@ -81,10 +89,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& b
                                      LayerKV* own_kv) {
   const int64_t tokens = x.size(0);
   const torch::Tensor q =
-      kernels::apply_rotary(q_proj(x).view({tokens, heads_, head_dim_}), batch.positions, rope_theta_);
-  const torch::Tensor k =
-      kernels::apply_rotary(k_proj(x).view({tokens, kv_heads_, head_dim_}), batch.positions, rope_theta_);
-  const torch::Tensor v = v_proj(x).view({tokens, kv_heads_, head_dim_});
+      kernels::apply_rotary(project(*weights_, q_proj, x).view({tokens, heads_, head_dim_}), batch.positions, rope_theta_);
+  const torch::Tensor k = kernels::apply_rotary(project(*weights_, k_proj, x).view({tokens, kv_heads_, head_dim_}),
+                                                batch.positions, rope_theta_);
+  const torch::Tensor v = project(*weights_, v_proj, x).view({tokens, kv_heads_, head_dim_});
   // Under context parallelism the attention reads every cp rank's K/V: this chunk's "own" K/V
   // (what the K/V state stores and what later chunks send gradients to) are the gathered rows.
   const ContextShard* context = batch.context.get();
@@ -106,34 +114,34 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& b
     // queries, so that every cp rank's graph reaches the K/V gather's backward (a collective).
     std::vector<torch::Tensor> outputs;
     for (const AttentionPass& pass : context->passes) {
-      outputs.push_back(kernels::varlen_attention(q.index_select(0, pass.query_rows), keys, values, pass.cu_seqlens_q,
-                                                  pass.cu_seqlens_k, pass.max_seqlen_q, pass.max_seqlen_k, scale,
-                                                  true));
+      outputs.push_back(
+          kernels::varlen_attention(q.index_select(0, pass.query_rows), keys, values, pass.offsets(), scale, backend_));
     }
     attended = torch::cat(outputs, 0).index_select(0, context->output_order);
   } else {
-    attended = kernels::varlen_attention(q, keys, values, batch.cu_seqlens_q, batch.cu_seqlens_k, batch.max_seqlen_q,
-                                         batch.max_seqlen_k, scale, true);
+    attended = kernels::varlen_attention(q, keys, values, batch.offsets(), scale, backend_);
   }
-  return o_proj(attended.reshape({tokens, heads_ * head_dim_}));
+  return project(*weights_, o_proj, attended.reshape({tokens, heads_ * head_dim_}));
 }
 
-MLPImpl::MLPImpl(const configs::ModelConfig& config) {
+MLPImpl::MLPImpl(const configs::ModelConfig& config, SharedComputeWeights weights) : weights_(std::move(weights)) {
   gate_proj = register_module("gate_proj", linear(config.hidden_size, config.intermediate_size, false));
   up_proj = register_module("up_proj", linear(config.hidden_size, config.intermediate_size, false));
   down_proj = register_module("down_proj", linear(config.intermediate_size, config.hidden_size, false));
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return down_proj(kernels::swiglu(gate_proj(x), up_proj(x)));
+  return project(*weights_, down_proj,
+                 kernels::swiglu(project(*weights_, gate_proj, x), project(*weights_, up_proj, x)));
 }
 
-DecoderLayerImpl::DecoderLayerImpl(const configs::ModelConfig& config) {
-  self_attn = register_module("self_attn", Attention(config));
-  mlp = register_module("mlp", MLP(config));
-  input_layernorm = register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps));
+DecoderLayerImpl::DecoderLayerImpl(const configs::ModelConfig& config, const SharedComputeWeights& weights,
+                                   kernels::AttentionBackend backend) {
+  self_attn = register_module("self_attn", Attention(config, weights, backend));
+  mlp = register_module("mlp", MLP(config, weights));
+  input_layernorm = register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, weights));
   post_attention_layernorm =
-      register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps));
+      register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, weights));
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const KVPrefix& state,
@@ -156,7 +164,9 @@ ModelStage pipeline_stage(const configs::ModelConfig& config, int stage, int sta
   return result;
 }
 
-DecoderImpl::DecoderImpl(const configs::ModelConfig& config, const ModelStage& stage) {
+DecoderImpl::DecoderImpl(const configs::ModelConfig& config, const ModelStage& stage,
+                         const SharedComputeWeights& weights) {
+  const kernels::AttentionBackend backend = kernels::parse_attention_backend(config.attention_backend);
   // The last stage of a tied model needs the embedding matrix as its LM head.
   if (stage.input_embedding || (stage.output_head && config.tie_word_embeddings)) {
     embed_tokens = register_module("embed_tokens", torch::nn::Embedding(config.vocab_size, config.hidden_size));
@@ -166,16 +176,17 @@ DecoderImpl::DecoderImpl(const configs::ModelConfig& config, const ModelStage& s
   CF_ASSERT(stage.first_layer >= 0 && stage.first_layer <= end && end <= config.num_hidden_layers,
             "stage layers [", stage.first_layer, ", ", end, ") of ", config.num_hidden_layers);
   for (int64_t i = stage.first_layer; i < end; ++i) {
-    layer_list.push_back(DecoderLayer(config));
+    layer_list.push_back(DecoderLayer(config, weights, backend));
     layers->register_module(std::to_string(i), layer_list.back());
   }
-  if (stage.output_head) norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps));
+  if (stage.output_head) norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, weights));
 }
 
 CausalLMImpl::CausalLMImpl(const configs::ModelConfig& config, const ModelStage& stage,
                            std::optional<uint64_t> init_seed)
     : config_(config), stage_(stage) {
   config_.validate();
+  weights_ = std::make_shared<ComputeWeights>(parse_dtype(config_.dtype, "model.dtype"));
   if (!init_seed) {
     // One draw from torch's default generator keeps construction deterministic under
     // manual_seed. It comes first: building the modules below draws from the same generator (their
@@ -183,7 +194,7 @@ CausalLMImpl::CausalLMImpl(const configs::ModelConfig& config, const ModelStage&
     init_seed = static_cast<uint64_t>(torch::randint(0, int64_t{1} << 62, {1}, torch::kInt64).item<int64_t>());
   }
   if (stage_.end_layer < 0) stage_.end_layer = config_.num_hidden_layers;
-  model = register_module("model", Decoder(config_, stage_));
+  model = register_module("model", Decoder(config_, stage_, weights_));
   if (stage_.output_head && !config_.tie_word_embeddings) {
     lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size, false));
   }
@@ -212,12 +223,14 @@ void CausalLMImpl::initialize_parameters(uint64_t init_seed) {
 
 torch::Tensor CausalLMImpl::lm_head_weight() {
   CF_ASSERT(stage_.output_head, "this pipeline stage has no LM head");
-  return config_.tie_word_embeddings ? model->embed_tokens->weight : lm_head->weight;
+  return (*weights_)(config_.tie_word_embeddings ? model->embed_tokens->weight : lm_head->weight);
 }
 
 torch::Tensor CausalLMImpl::embed(const ChunkBatch& batch) {
   CF_ASSERT(stage_.input_embedding, "this pipeline stage does not embed tokens");
-  return model->embed_tokens(batch.input_ids);
+  // Gathered from the float32 table and then rounded: the same values as gathering from a rounded
+  // table, and the backward scatters float32 gradients without a [vocab, hidden] transient.
+  return weights_->activations(model->embed_tokens(batch.input_ids));
 }
 
 namespace {

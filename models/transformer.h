@@ -15,6 +15,8 @@
 
 #include "configs/model_config.h"
 #include "models/chunk_batch.h"
+#include "models/mixed_precision.h"
+#include "kernels/attention_torch.h"
 
 namespace chunkflow::models {
 
@@ -39,22 +41,32 @@ struct KVPrefix {
 torch::Tensor attach_prefix(const torch::Tensor& own, const torch::Tensor& state, const torch::Tensor& gradient,
                             int64_t rows);
 
+// Every module below computes with weights(parameter): the float32 parameter itself, or its
+// compute-dtype copy under mixed precision (models/mixed_precision.h); activations between them
+// are in the compute dtype. One ComputeWeights is shared by the whole model.
+using SharedComputeWeights = std::shared_ptr<ComputeWeights>;
+
+// x @ weight^T + bias with the weights in the compute dtype.
+torch::Tensor project(ComputeWeights& weights, const torch::nn::Linear& layer, const torch::Tensor& x);
+
 // Hugging Face's RMSNorm (normalized in fp32, rounded to x's dtype, then times the weight), fused:
 // kernels::rms_norm.
 class RMSNormImpl : public torch::nn::Module {
  public:
-  RMSNormImpl(int64_t hidden_size, double eps);
+  RMSNormImpl(int64_t hidden_size, double eps, SharedComputeWeights weights);
   torch::Tensor forward(const torch::Tensor& x);  // [tokens, hidden] -> same
   torch::Tensor weight;
 
  private:
   double eps_;
+  SharedComputeWeights weights_;
 };
 TORCH_MODULE(RMSNorm);
 
 class AttentionImpl : public torch::nn::Module {
  public:
-  explicit AttentionImpl(const configs::ModelConfig& config);
+  // backend: model.attention_backend (kernels::AttentionBackend), resolved per call.
+  AttentionImpl(const configs::ModelConfig& config, SharedComputeWeights weights, kernels::AttentionBackend backend);
   // x [tokens, hidden]; state: the split sequence's K/V state for the batch's first segment
   // (undefined tensors for a standalone chunk). Queries and keys are rotated by batch.positions
   // (kernels::apply_rotary). Writes this chunk's own K/V into *own_kv. Returns [tokens, hidden].
@@ -64,20 +76,26 @@ class AttentionImpl : public torch::nn::Module {
  private:
   int64_t heads_, kv_heads_, head_dim_;
   double rope_theta_;
+  SharedComputeWeights weights_;
+  kernels::AttentionBackend backend_;
 };
 TORCH_MODULE(Attention);
 
 class MLPImpl : public torch::nn::Module {
  public:
-  explicit MLPImpl(const configs::ModelConfig& config);
+  MLPImpl(const configs::ModelConfig& config, SharedComputeWeights weights);
   torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x)), the product fused
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+
+ private:
+  SharedComputeWeights weights_;
 };
 TORCH_MODULE(MLP);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  explicit DecoderLayerImpl(const configs::ModelConfig& config);
+  DecoderLayerImpl(const configs::ModelConfig& config, const SharedComputeWeights& weights,
+                   kernels::AttentionBackend backend);
   torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const KVPrefix& state, LayerKV* own_kv);
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
@@ -105,7 +123,7 @@ ModelStage pipeline_stage(const configs::ModelConfig& config, int stage, int sta
 // index in their names ("layers.5") whichever stage holds them.
 class DecoderImpl : public torch::nn::Module {
  public:
-  DecoderImpl(const configs::ModelConfig& config, const ModelStage& stage);
+  DecoderImpl(const configs::ModelConfig& config, const ModelStage& stage, const SharedComputeWeights& weights);
   torch::nn::Embedding embed_tokens{nullptr};  // null on stages that neither embed nor tie the head to it
   std::shared_ptr<torch::nn::Module> layers;
   RMSNorm norm{nullptr};                       // null unless the stage has the output head
@@ -120,7 +138,9 @@ struct ChunkForward {
 
 class CausalLMImpl : public torch::nn::Module {
  public:
-  // Builds `stage` of the model (default: all of it) and initializes it. Each parameter draws
+  // Builds `stage` of the model (default: all of it) and initializes it. Parameters are float32;
+  // config.dtype is the compute dtype (mixed precision when not float32) and
+  // config.attention_backend chooses the attention implementation. Each parameter draws
   // from its own generator seeded by init_seed and the parameter's name, so every stage of a
   // pipeline holds exactly the values the whole model would; without init_seed the seed is drawn
   // from torch's default generator (deterministic under torch::manual_seed).
@@ -150,7 +170,7 @@ class CausalLMImpl : public torch::nn::Module {
   // Summed token cross-entropy of hidden [tokens, hidden] against labels [tokens] (-100 ignored),
   // computed in token tiles through the LM head (never the whole chunk x vocab in fp32).
   torch::Tensor loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels);
-  // The LM head matrix [vocab, hidden] (the embedding when tied).
+  // The LM head matrix [vocab, hidden] (the embedding when tied), in the compute dtype.
   torch::Tensor lm_head_weight();
 
   // Normal(0, initializer_range) for projections and embeddings, ones for norms, zero biases;
@@ -158,6 +178,10 @@ class CausalLMImpl : public torch::nn::Module {
   void initialize_parameters(uint64_t init_seed);
 
   const configs::ModelConfig& config() const { return config_; }
+  // The compute-dtype weights (mixed precision) shared by the modules.
+  ComputeWeights& compute_weights() { return *weights_; }
+  // Activations' dtype: config.dtype.
+  torch::ScalarType compute_dtype() const { return weights_->dtype(); }
 
   Decoder model{nullptr};
   torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings or without the output head
@@ -165,6 +189,7 @@ class CausalLMImpl : public torch::nn::Module {
  private:
   configs::ModelConfig config_;
   ModelStage stage_;
+  SharedComputeWeights weights_;
 };
 TORCH_MODULE(CausalLM);
 

@@ -1,5 +1,6 @@
-// Collective communication over one process group. One interface, real backends: MPI for CPU
-// tensors (mpi_communicator.h; what tests on CPU machines use) and, later, NCCL for CUDA tensors.
+// Collective communication over one process group. One interface, real backends: MPI
+// (mpi_communicator.h: CPU tensors, and CUDA tensors staged through host memory) and, later, NCCL
+// for CUDA tensors.
 // Every call is collective over the group unless it says otherwise; failures throw core::Error
 // naming the rank, host, operation and the library's own error string.
 #pragma once

@@ -150,15 +150,17 @@ models::ChunkBatch shard_chunk_batch(const models::ChunkBatch& chunk, Communicat
     chunk_order[static_cast<size_t>(rank_order_rows[position])] = static_cast<int64_t>(position);
   }
 
-  const auto int64_tensor = [](const std::vector<int64_t>& values) {
-    return torch::tensor(values, torch::dtype(torch::kInt64));
-  };
   const torch::Device device = chunk.input_ids.device();
-  const torch::Tensor rows = int64_tensor(mine.rows).to(device);
+  const auto on_device = [&](const std::vector<int64_t>& values) { return models::to_device(values, torch::kInt64, device); };
+  const torch::Tensor rows = on_device(mine.rows);
   models::ChunkBatch local;
   local.input_ids = chunk.input_ids.index_select(0, rows);
   local.positions = chunk.positions.index_select(0, rows);
   local.labels = chunk.labels.index_select(0, rows);
+  for (const int64_t row : mine.rows) {
+    local.host_labels.push_back(chunk.host_labels.at(static_cast<size_t>(row)));
+    local.host_positions.push_back(chunk.host_positions.at(static_cast<size_t>(row)));
+  }
   local.prefix_len = chunk.prefix_len;
 
   auto shard = std::make_shared<models::ContextShard>();
@@ -167,9 +169,13 @@ models::ChunkBatch shard_chunk_batch(const models::ChunkBatch& chunk, Communicat
   for (size_t which = 0; which < 2; ++which) {
     const ContextPass& pass = mine.passes[which];
     models::AttentionPass& out = shard->passes[which];
-    out.query_rows = int64_tensor(pass.query_rows).to(device);
+    out.query_rows = on_device(pass.query_rows);
     out.cu_seqlens_q = torch::tensor(pass.cu_seqlens_q, torch::dtype(torch::kInt32));
     out.cu_seqlens_k = torch::tensor(pass.cu_seqlens_k, torch::dtype(torch::kInt32));
+    if (device.is_cuda()) {
+      out.device_cu_seqlens_q = models::to_device(pass.cu_seqlens_q, torch::kInt32, device);
+      out.device_cu_seqlens_k = models::to_device(pass.cu_seqlens_k, torch::kInt32, device);
+    }
     out.max_seqlen_q = pass.max_seqlen_q;
     out.max_seqlen_k = pass.max_seqlen_k;
     pass_order.insert(pass_order.end(), pass.query_rows.begin(), pass.query_rows.end());
@@ -178,13 +184,13 @@ models::ChunkBatch shard_chunk_batch(const models::ChunkBatch& chunk, Communicat
   for (size_t position = 0; position < pass_order.size(); ++position) {
     output_order[static_cast<size_t>(pass_order[position])] = static_cast<int64_t>(position);
   }
-  shard->output_order = int64_tensor(output_order).to(device);
+  shard->output_order = on_device(output_order);
   // The whole-chunk offsets stay for reference; attention uses the passes.
   local.cu_seqlens_q = torch::tensor(mine.cu_seqlens_q, torch::dtype(torch::kInt32));
   local.cu_seqlens_k = chunk.cu_seqlens_k;
   local.max_seqlen_q = std::max(mine.passes[0].max_seqlen_q, mine.passes[1].max_seqlen_q);
   local.max_seqlen_k = chunk.max_seqlen_k;
-  const torch::Tensor order = int64_tensor(chunk_order).to(device);
+  const torch::Tensor order = on_device(chunk_order);
   Communicator* group_pointer = &group;
   shard->gather_chunk_rows = [group_pointer, rows_of_rank, order](const torch::Tensor& local_rows) {
     return all_gather_rows(local_rows, *group_pointer, rows_of_rank).index_select(0, order);

@@ -421,11 +421,16 @@ checkpoint::Manifest load_checkpoint(const std::string& directory, const configs
     parameter.value().copy_(found->second);
     const std::string prefix = "optim/" + parameter.key() + "/";
     if (!tensors.count(prefix + "step")) continue;
+    // A fresh copy on the parameter's device (a GPU run resumes with its AdamW state on the GPU).
+    const auto moment = [&](const std::string& name) {
+      const torch::Tensor& stored = tensors.at(prefix + name);
+      return stored.to(parameter.value().device(), stored.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+    };
     auto state = std::make_unique<torch::optim::AdamWParamState>();
     state->step(tensors.at(prefix + "step").item<int64_t>());
-    state->exp_avg(tensors.at(prefix + "exp_avg").clone());
-    state->exp_avg_sq(tensors.at(prefix + "exp_avg_sq").clone());
-    if (tensors.count(prefix + "max_exp_avg_sq")) state->max_exp_avg_sq(tensors.at(prefix + "max_exp_avg_sq").clone());
+    state->exp_avg(moment("exp_avg"));
+    state->exp_avg_sq(moment("exp_avg_sq"));
+    if (tensors.count(prefix + "max_exp_avg_sq")) state->max_exp_avg_sq(moment("max_exp_avg_sq"));
     optimizer_state[parameter.value().unsafeGetTensorImpl()] = std::move(state);
   }
   if (tensors.count("rng/torch_cpu")) {

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/strings.h"
+#include "data/chunk_inputs.h"
 #include "parallel/pipeline_schedule.h"
 #include "trainer/kv_state_store.h"
 
@@ -58,9 +59,12 @@ class StageRun {
     while (!sends_.empty() && sends_.front()->done()) sends_.pop_front();
   }
 
+  // Waits for the sends, then reads the loss sums: the one device-to-host read of the call.
   void finish() {
     for (auto& send : sends_) send->wait();
     sends_.clear();
+    if (loss_sum_.defined()) totals.loss_sum = loss_sum_.item<double>();
+    if (far_loss_sum_.defined()) totals.far_loss_sum = far_loss_sum_.item<double>();
     CF_ASSERT(live_.empty() && kept_inputs_.empty() && states_.empty(), "pipeline schedule left ", live_.size(),
               " chunks without backward");
   }
@@ -95,10 +99,14 @@ class StageRun {
     auto found = states_.find(where.group_index);
     if (found == states_.end()) {
       const configs::ModelConfig& config = model_->config();
+      // K/V in the activations' dtype; their gradients accumulate over later chunks in float32.
+      const auto device = model_->parameters().front().device();
       found = states_
-                  .emplace(where.group_index, KVStateStore(model_->stage_layers(), where.group->chunk_count * plan_.chunk_size(),
-                                               config.num_key_value_heads, config.effective_head_dim(),
-                                               model_->parameters().front().options()))
+                  .emplace(where.group_index,
+                           KVStateStore(model_->stage_layers(), where.group->chunk_count * plan_.chunk_size(),
+                                        config.num_key_value_heads, config.effective_head_dim(),
+                                        torch::TensorOptions().dtype(model_->compute_dtype()).device(device),
+                                        torch::TensorOptions().dtype(torch::kFloat).device(device)))
                   .first;
       int64_t held = 0;
       for (const auto& entry : states_) held += entry.second.bytes();
@@ -111,7 +119,9 @@ class StageRun {
   torch::Tensor receive(int64_t rows, int peer, int tag) {
     const auto start = Clock::now();
     const configs::ModelConfig& config = model_->config();
-    torch::Tensor tensor = torch::empty({rows, config.hidden_size}, model_->parameters().front().options());
+    torch::Tensor tensor = torch::empty(
+        {rows, config.hidden_size},
+        torch::TensorOptions().dtype(model_->compute_dtype()).device(model_->parameters().front().device()));
     pipeline_.group->recv(tensor, peer, tag);
     waited_ += seconds_since(start);
     if (pipeline_.trace != nullptr) {
@@ -121,15 +131,25 @@ class StageRun {
     return tensor;
   }
 
+  // Adds `value` (a 0-dim device tensor) to `sum` in float64 on the device, without reading it.
+  static void accumulate(torch::Tensor& sum, const torch::Tensor& value) {
+    const torch::Tensor wide = value.detach().to(torch::kFloat64);
+    sum = sum.defined() ? sum + wide : wide;
+  }
+
+  // Far rows come from the host copies of positions and labels: no device read.
   void measure_far_loss(const models::ChunkBatch& batch, const torch::Tensor& hidden) {
+    std::vector<int64_t> far_rows;
+    for (size_t row = 0; row < batch.host_labels.size(); ++row) {
+      if (batch.host_labels[row] != data::kIgnoreLabel && batch.host_positions[row] + 1 >= plan_.chunk_size()) {
+        far_rows.push_back(static_cast<int64_t>(row));
+      }
+    }
+    if (far_rows.empty()) return;
     torch::NoGradGuard no_grad;
-    const torch::Tensor far = (batch.positions + 1 >= plan_.chunk_size()).logical_and(batch.labels != -100);
-    const int64_t count = far.sum().item<int64_t>();
-    if (count == 0) return;
-    const torch::Tensor rows = far.nonzero().squeeze(1);
-    totals.far_loss_sum +=
-        model_->loss_sum(hidden.detach().index_select(0, rows), batch.labels.index_select(0, rows)).item<double>();
-    totals.far_tokens += count;
+    const torch::Tensor rows = models::to_device(far_rows, torch::kInt64, hidden.device());
+    accumulate(far_loss_sum_, model_->loss_sum(hidden.detach().index_select(0, rows), batch.labels.index_select(0, rows)));
+    totals.far_tokens += static_cast<int64_t>(far_rows.size());
   }
 
   // Forward of this stage's layers. input: the received activations (not the first stage).
@@ -162,8 +182,8 @@ class StageRun {
     if (recompute) {
       ++totals.chunk_recomputes;
     } else {
-      totals.loss_sum += live.loss.item<double>();
-      totals.loss_tokens += (live.batch.labels != -100).sum().item<int64_t>();
+      accumulate(loss_sum_, live.loss);
+      totals.loss_tokens += live.batch.loss_tokens();
       const int64_t padding = plan_.chunks().at(static_cast<size_t>(chunk)).padding_tokens;
       CF_ASSERT(padding == 0 || live.batch.context == nullptr, "padded chunks are not split over context ranks");
       totals.real_tokens += live.batch.tokens() - padding;
@@ -213,11 +233,12 @@ class StageRun {
     const ChunkPlace where = place(op.chunk);
     if (where.split() && where.piece + 1 < where.group->chunk_count) {
       const auto accumulated = states_.at(where.group_index).gradients(where.piece * plan_.chunk_size(), plan_.chunk_size());
+      // The accumulators are float32; the K/V they belong to are in the activations' dtype.
       for (size_t layer = 0; layer < accumulated.size(); ++layer) {
         outputs.push_back(live.own_kv[layer].k);
-        gradients.push_back(accumulated[layer].k);
+        gradients.push_back(accumulated[layer].k.to(live.own_kv[layer].k.scalar_type()));
         outputs.push_back(live.own_kv[layer].v);
-        gradients.push_back(accumulated[layer].v);
+        gradients.push_back(accumulated[layer].v.to(live.own_kv[layer].v.scalar_type()));
       }
     }
     // The prefix rows' gradient goes straight into the state's accumulators (attach_prefix).
@@ -238,6 +259,7 @@ class StageRun {
   double loss_scale_;
   bool first_stage_ = true, last_stage_ = true;
   double waited_ = 0;
+  torch::Tensor loss_sum_, far_loss_sum_;  // float64 on the device, read once in finish()
   std::map<int32_t, KVStateStore> states_;  // by plan group: split sequences in flight
   std::map<int32_t, Live> live_;            // by chunk: forwarded with activations
   struct Kept {

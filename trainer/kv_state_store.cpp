@@ -6,13 +6,14 @@
 namespace chunkflow::trainer {
 
 KVStateStore::KVStateStore(int64_t layers, int64_t rows, int64_t kv_heads, int64_t head_dim,
-                           torch::TensorOptions options) {
+                           torch::TensorOptions state_options, torch::TensorOptions gradient_options) {
   for (int64_t layer = 0; layer < layers; ++layer) {
     models::KVPrefix handle;
-    handle.k_state = torch::zeros({rows, kv_heads, head_dim}, options);
-    handle.v_state = torch::zeros({rows, kv_heads, head_dim}, options);
-    handle.k_gradient = torch::zeros({rows, kv_heads, head_dim}, options);
-    handle.v_gradient = torch::zeros({rows, kv_heads, head_dim}, options);
+    // K/V rows are written before they are read; only the accumulators need zeros.
+    handle.k_state = torch::empty({rows, kv_heads, head_dim}, state_options);
+    handle.v_state = torch::empty({rows, kv_heads, head_dim}, state_options);
+    handle.k_gradient = torch::zeros({rows, kv_heads, head_dim}, gradient_options);
+    handle.v_gradient = torch::zeros({rows, kv_heads, head_dim}, gradient_options);
     layers_.push_back(std::move(handle));
   }
 }

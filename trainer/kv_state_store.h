@@ -17,8 +17,11 @@ namespace chunkflow::trainer {
 class KVStateStore {
  public:
   // rows: capacity, at least the sequence's pieces x chunk_size (the last chunk's packed
-  // neighbours are written after its piece); options: dtype/device of K and V.
-  KVStateStore(int64_t layers, int64_t rows, int64_t kv_heads, int64_t head_dim, torch::TensorOptions options);
+  // neighbours are written after its piece); state_options: dtype/device of K and V (the
+  // activations'); gradient_options: of their gradient accumulators (float32 under mixed
+  // precision, so that many later chunks' contributions add up without bf16 rounding).
+  KVStateStore(int64_t layers, int64_t rows, int64_t kv_heads, int64_t head_dim, torch::TensorOptions state_options,
+               torch::TensorOptions gradient_options);
 
   // The per-layer prefix handles for a chunk whose split piece starts at row `prefix_rows`.
   std::vector<models::KVPrefix> prefix(int64_t prefix_rows);

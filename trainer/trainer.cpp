@@ -9,50 +9,60 @@
 #include <cstdlib>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
+#include "configs/config_error.h"
 #include "configs/config_loader.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/logging.h"
 #include "core/strings.h"
+#include "kernels/attention_torch.h"
 #include "data/chunk_inputs.h"
 #include "data/chunk_plan.h"
 #include "models/chunk_batch.h"
 #include "models/hugging_face.h"
+#include "models/mixed_precision.h"
 #include "parallel/context_parallel.h"
 #include "parallel/pipeline_schedule.h"
 #include "trainer/checkpoint.h"
+#include "trainer/device_setup.h"
 #include "trainer/flops.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/memory_stats.h"
 #include "trainer/tensorboard_writer.h"
 
 namespace chunkflow::trainer {
-namespace {
-
-std::string json_number(double value) {
-  if (!std::isfinite(value)) return "null";
-  char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), "%.9g", value);
-  return buffer;
-}
-
-}  // namespace
-
 std::string StepMetrics::to_json() const {
-  return core::str_cat("{\"step\": ", step, ", \"loss\": ", json_number(loss), ", \"far_loss\": ", json_number(far_loss),
-                       ", \"lr\": ", json_number(learning_rate), ", \"grad_norm\": ", json_number(grad_norm),
-                       ", \"seconds\": ", json_number(seconds), ", \"tokens_per_second\": ", json_number(tokens_per_second),
-                       ", \"tflops\": ", json_number(tflops), ", \"tokens\": ", tokens, ", \"loss_tokens\": ", loss_tokens,
-                       ", \"far_tokens\": ", far_tokens, ", \"sequences\": ", sequences, ", \"chunks\": ", chunks,
-                       ", \"recomputed_chunks\": ", recomputed_chunks, ", \"peak_rss_bytes\": ", peak_rss_bytes,
-                       ", \"peak_kv_state_bytes\": ", peak_kv_state_bytes,
-                       ", \"overlapped_buckets\": ", overlapped_buckets,
-                       ", \"dp_imbalance\": ", json_number(dp_imbalance),
-                       ", \"pipeline_bubble\": ", json_number(pipeline_bubble),
-                       ", \"pipeline_bubble_simulated\": ", json_number(pipeline_bubble_simulated),
-                       ", \"cost_per_token\": ", json_number(cost_per_token),
-                       ", \"cost_per_attention_entry\": ", json_number(cost_per_attention_entry),
-                       ", \"skipped\": ", skipped ? "true" : "false", ", \"skipped_steps\": ", skipped_steps, "}");
+  // Non-finite values (a far loss without far tokens, MFU on the CPU) are written as null.
+  nlohmann::ordered_json line;
+  line["step"] = step;
+  line["loss"] = loss;
+  line["far_loss"] = far_loss;
+  line["lr"] = learning_rate;
+  line["grad_norm"] = grad_norm;
+  line["seconds"] = seconds;
+  line["tokens_per_second"] = tokens_per_second;
+  line["tflops"] = tflops;
+  line["mfu"] = mfu;
+  line["tokens"] = tokens;
+  line["loss_tokens"] = loss_tokens;
+  line["far_tokens"] = far_tokens;
+  line["sequences"] = sequences;
+  line["chunks"] = chunks;
+  line["recomputed_chunks"] = recomputed_chunks;
+  line["peak_rss_bytes"] = peak_rss_bytes;
+  line["peak_device_memory_bytes"] = peak_device_memory_bytes;
+  line["peak_kv_state_bytes"] = peak_kv_state_bytes;
+  line["overlapped_buckets"] = overlapped_buckets;
+  line["dp_imbalance"] = dp_imbalance;
+  line["pipeline_bubble"] = pipeline_bubble;
+  line["pipeline_bubble_simulated"] = pipeline_bubble_simulated;
+  line["cost_per_token"] = cost_per_token;
+  line["cost_per_attention_entry"] = cost_per_attention_entry;
+  line["skipped"] = skipped;
+  line["skipped_steps"] = skipped_steps;
+  return line.dump();
 }
 
 data::ChunkPlan build_step_plan(const configs::ChunkingConfig& chunking, std::span<const data::PlanSequence> sequences) {
@@ -89,16 +99,17 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, con
 }
 
 double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group) {
-  std::vector<torch::Tensor> gradients;
-  double squares = 0;
+  std::vector<torch::Tensor> gradients, per_tensor_squares;
   for (const auto& item : model->named_parameters()) {
     const torch::Tensor& gradient = item.value().grad();
     if (!gradient.defined()) continue;
     gradients.push_back(gradient);
     // The last stage's copy of a tied embedding is the first stage's parameter again.
     const bool tied_copy = !model->stage().input_embedding && item.key() == "model.embed_tokens.weight";
-    if (!tied_copy) squares += gradient.to(torch::kFloat64).square().sum().item<double>();
+    if (!tied_copy) per_tensor_squares.push_back(gradient.to(torch::kFloat64).square().sum());
   }
+  // One device-to-host read for the whole model (the optimizer step needs the norm on the host).
+  double squares = per_tensor_squares.empty() ? 0.0 : torch::stack(per_tensor_squares).sum().item<double>();
   if (pipeline_group != nullptr && pipeline_group->size() > 1) {
     torch::Tensor total = torch::tensor({squares}, torch::kFloat64);
     pipeline_group->all_reduce(total, parallel::ReduceOp::kSum);
@@ -165,9 +176,15 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   config_.validate();
   // Fine-tuning from a Hugging Face directory: its config.json defines the architecture.
   if (!config_.model.init_from.empty()) config_.model = models::merge_hf_config(config_.model);
-  CF_CHECK(config_.run.device != "cuda", "run.device = cuda: this build runs the CPU kernels only; use auto or cpu");
-  CF_CHECK(config_.model.dtype == "float32", "model.dtype = ", config_.model.dtype,
-           ": the CPU path trains in float32; bfloat16 needs the CUDA kernels");
+  device_ = resolve_training_device(config_.run.device, local_rank_from_environment());
+  // An attention backend that cannot run this device / dtype / head size fails now, not at step 1.
+  attention_backend_ = kernels::attention_backend_name(kernels::resolve_attention_backend(
+      kernels::parse_attention_backend(config_.model.attention_backend), device_,
+      models::parse_dtype(config_.model.dtype, "model.dtype"), config_.model.effective_head_dim()));
+  if (config_.parallel.backend == "nccl") {
+    throw configs::ConfigError("parallel.backend", "parallel.backend = nccl: the NCCL backend is not built yet; use auto "
+                                                   "or mpi (MPI carries CUDA tensors through pinned host memory)");
+  }
   if (world_ != nullptr && world_->size() > 1) {
     mesh_ = std::make_unique<parallel::DeviceMesh>(config_.parallel, *world_);
     pipeline_stage_ = mesh_->coordinates().pp;
@@ -201,13 +218,7 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   }
   sampler_ = std::make_unique<data::GlobalBatchSampler>(dataset_->lengths(), config_.data,
                                                          static_cast<uint64_t>(config_.run.seed));
-  // Every stage draws the same initialization seed, so a pipeline holds the single-rank weights.
-  torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
-  model_ = models::CausalLM(config_.model, stage);
-  if (!config_.model.init_from.empty()) {
-    models::load_hf_weights(model_, config_.model.init_from);
-    core::log_info("loaded ", model_->parameters().size(), " weight tensors from ", config_.model.init_from);
-  }
+  build_model(stage);
   optimizer_ = make_optimizer(model_, config_.optim);
   PipelineStage pipeline;
   pipeline.stage = pipeline_stage_;
@@ -244,6 +255,30 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
                    manifest.layout().dp(), " cp ", manifest.layout().cp(), " pp ", manifest.layout().pp(), ")");
   } else if (config_.checkpoint.resume == "auto") {
     core::log_info("checkpoint.resume = auto: no checkpoint in ", config_.checkpoint_dir(), ", starting fresh");
+  }
+}
+
+// Initializes (or loads) the float32 master weights on the CPU — the same values whatever the
+// device — then moves them to the training device.
+void Trainer::build_model(const models::ModelStage& stage) {
+  // Every stage draws the same initialization seed, so a pipeline holds the single-rank weights.
+  torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
+  model_ = models::CausalLM(config_.model, stage);
+  if (!config_.model.init_from.empty()) {
+    models::load_hf_weights(model_, config_.model.init_from);
+    core::log_info("loaded ", model_->parameters().size(), " weight tensors from ", config_.model.init_from);
+  }
+  model_->to(device_);
+  if (writes_outputs()) {
+    core::log_info("device ", describe_training_device(device_), "; ",
+                   model_->compute_weights().mixed() ? "mixed precision: " + config_.model.dtype +
+                                                           " compute, float32 master weights, gradients and AdamW state"
+                                                     : std::string("float32"),
+                   "; attention backend ", attention_backend_, " (model.attention_backend = ", config_.model.attention_backend, ")");
+    if (device_.is_cpu() && model_->compute_weights().mixed()) {
+      core::log_warn("model.dtype = ", config_.model.dtype, " on the CPU: the kernels compute in float32 and round, "
+                     "which is slower than float32 training; meant for tests");
+    }
   }
 }
 
@@ -284,25 +319,44 @@ void Trainer::after_step() {
 Trainer::~Trainer() = default;
 
 
+// One global batch of a step: the sampler's draw, its loss masks and its chunk plan.
+struct Trainer::PlannedBatch {
+  data::GlobalBatch batch;
+  std::vector<std::vector<uint8_t>> masks;
+  std::vector<data::PlanSequence> sequences;
+  data::ChunkPlan plan;
+};
+
+// What the step's batches ran on this rank, before the sums over the mesh.
+struct Trainer::StepWork {
+  LossTotals totals;
+  std::vector<int64_t> lengths;            // every sequence of the step (for the FLOP count)
+  double my_tokens = 0, my_entries = 0;    // this DP rank's work, for the cost calibration
+  double simulated_seconds = 0, simulated_busy = 0;  // the pipeline simulator's prediction
+};
+
 StepMetrics Trainer::train_step() {
   const auto start = std::chrono::steady_clock::now();
+  reset_peak_device_memory(device_);
   StepMetrics metrics;
   metrics.step = steps_done_ + 1;
   metrics.learning_rate = learning_rate(config_.optim, steps_done_, config_.run.steps);
   for (auto& group : optimizer_->param_groups()) {
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(metrics.learning_rate);
   }
+  StepWork work;
+  std::vector<PlannedBatch> planned = plan_step(metrics, work);
+  run_step(planned, metrics, work);
+  if (mesh_ != nullptr) reduce_step(metrics, work);
+  apply_update(planned, metrics, work.totals);
+  ++steps_done_;
+  finish_metrics(metrics, work, start);
+  return metrics;
+}
 
-  // Plan every global batch of the step first: the loss divisor is the step's loss-token count.
-  struct PlannedBatch {
-    data::GlobalBatch batch;
-    std::vector<std::vector<uint8_t>> masks;
-    std::vector<data::PlanSequence> sequences;
-    data::ChunkPlan plan;
-  };
+// Plans every global batch of the step first: the loss divisor is the step's loss-token count.
+std::vector<Trainer::PlannedBatch> Trainer::plan_step(StepMetrics& metrics, StepWork& work) {
   std::vector<PlannedBatch> planned(static_cast<size_t>(config_.optim.grad_accumulation));
-  int64_t step_loss_tokens = 0;
-  std::vector<int64_t> lengths;
   const auto plan_start = TraceRecorder::Clock::now();
   for (auto& entry : planned) {
     entry.batch = sampler_->next();
@@ -311,10 +365,9 @@ StepMetrics Trainer::train_step() {
       const int64_t index = entry.batch.sequences[i];
       if (loss_mask_) entry.masks[i] = loss_mask_->read(index);
       entry.sequences.push_back({dataset_->length(index), entry.masks[i]});
-      lengths.push_back(dataset_->length(index));
+      work.lengths.push_back(dataset_->length(index));
     }
     entry.plan = build_step_plan(config_.chunking, entry.sequences);
-    step_loss_tokens += entry.plan.loss_tokens();
     metrics.sequences += static_cast<int64_t>(entry.batch.sequences.size());
     metrics.chunks += static_cast<int64_t>(entry.plan.chunks().size());
   }
@@ -322,107 +375,132 @@ StepMetrics Trainer::train_step() {
     trace_->add(core::str_cat("plan step ", metrics.step), "plan", TraceRecorder::kStep, plan_start,
                 TraceRecorder::Clock::now(), core::str_cat("\"chunks\": ", metrics.chunks, ", \"sequences\": ", metrics.sequences));
   }
+  return planned;
+}
 
+// The plan groups this DP rank runs of one batch (all of them without data parallelism).
+std::vector<int32_t> Trainer::groups_of_this_rank(const data::ChunkPlan& plan, StepMetrics& metrics, StepWork& work) {
+  std::vector<int32_t> groups;
+  if (mesh_ == nullptr || config_.parallel.dp == 1) {
+    groups.resize(plan.groups().size());
+    for (size_t group = 0; group < groups.size(); ++group) groups[group] = static_cast<int32_t>(group);
+    return groups;
+  }
+  const parallel::DpAssignment assignment =
+      parallel::balance_chunk_groups(plan, static_cast<int>(config_.parallel.dp), cost_model_);
+  metrics.dp_imbalance = std::max(metrics.dp_imbalance, assignment.imbalance());
+  groups = assignment.groups_of_rank[static_cast<size_t>(mesh_->coordinates().dp)];
+  for (const int32_t group : groups) {
+    work.my_tokens += static_cast<double>(plan.groups()[static_cast<size_t>(group)].tokens);
+    work.my_entries += static_cast<double>(plan.groups()[static_cast<size_t>(group)].attention_entries);
+  }
+  return groups;
+}
+
+// Builds the chunk batches of `entry` on the training device (this rank's cp rows when cp > 1).
+ChunkBatchSource Trainer::chunk_source(const PlannedBatch& entry) {
+  const data::TokenReader reader = [this, &entry](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
+    const int64_t index = entry.batch.sequences[static_cast<size_t>(sequence)];
+    dataset_->read(index, begin, count, out);
+    // An id past the embedding would fail deep inside LibTorch without naming the data.
+    for (int64_t i = 0; i < count; ++i) {
+      if (out[i] < 0 || out[i] >= config_.model.vocab_size) {
+        CF_FAIL("token id ", out[i], " at position ", begin + i, " of sequence ", index, " in ", config_.data.path,
+                " is outside [0, model.vocab_size = ", config_.model.vocab_size,
+                "); the dataset was tokenized for another vocabulary (chunkflow-data prepare --vocab-size checks this)");
+      }
+    }
+  };
+  return [this, &entry, reader](int32_t chunk) {
+    models::ChunkBatch batch =
+        models::make_chunk_batch(data::gather_chunk_inputs(entry.plan, chunk, entry.sequences, reader), device_);
+    if (mesh_ != nullptr && config_.parallel.cp > 1) batch = parallel::shard_chunk_batch(batch, mesh_->cp_group());
+    return batch;
+  };
+}
+
+// Forward and backward of this rank's share of every batch; gradients accumulate in .grad.
+void Trainer::run_step(std::vector<PlannedBatch>& planned, StepMetrics& metrics, StepWork& work) {
   optimizer_->zero_grad();
-  LossTotals totals;
+  int64_t step_loss_tokens = 0;
+  for (const auto& entry : planned) step_loss_tokens += entry.plan.loss_tokens();
   const double loss_scale = 1.0 / static_cast<double>(std::max<int64_t>(step_loss_tokens, 1));
   const int stages = static_cast<int>(config_.parallel.pp);
-  double simulated_seconds = 0, simulated_busy = 0;
-  const bool balancing = mesh_ != nullptr && config_.parallel.dp > 1;
-  double my_tokens = 0, my_entries = 0;  // this DP rank's work, for the cost calibration
-  if (balancing) {
+  if (mesh_ != nullptr && config_.parallel.dp > 1) {
     if (config_.parallel.calibrate_costs) cost_model_ = calibration_->model();
     metrics.cost_per_token = cost_model_.per_token;
     metrics.cost_per_attention_entry = cost_model_.per_attention_entry;
   }
   for (auto& entry : planned) {
-    const data::TokenReader reader = [&](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
-      const int64_t index = entry.batch.sequences[static_cast<size_t>(sequence)];
-      dataset_->read(index, begin, count, out);
-      // An id past the embedding would fail deep inside LibTorch without naming the data.
-      for (int64_t i = 0; i < count; ++i) {
-        if (out[i] < 0 || out[i] >= config_.model.vocab_size) {
-          CF_FAIL("token id ", out[i], " at position ", begin + i, " of sequence ", index, " in ", config_.data.path,
-                  " is outside [0, model.vocab_size = ", config_.model.vocab_size,
-                  "); the dataset was tokenized for another vocabulary (chunkflow-data prepare --vocab-size checks this)");
-        }
-      }
-    };
-    const ChunkBatchSource source = [&](int32_t chunk) {
-      models::ChunkBatch batch =
-          models::make_chunk_batch(data::gather_chunk_inputs(entry.plan, chunk, entry.sequences, reader), torch::kCPU);
-      if (mesh_ != nullptr && config_.parallel.cp > 1) batch = parallel::shard_chunk_batch(batch, mesh_->cp_group());
-      return batch;
-    };
-    std::vector<int32_t> groups;
-    if (mesh_ == nullptr || config_.parallel.dp == 1) {
-      groups.resize(entry.plan.groups().size());
-      for (size_t group = 0; group < groups.size(); ++group) groups[group] = static_cast<int32_t>(group);
-    } else {
-      const parallel::DpAssignment assignment =
-          parallel::balance_chunk_groups(entry.plan, static_cast<int>(config_.parallel.dp), cost_model_);
-      metrics.dp_imbalance = std::max(metrics.dp_imbalance, assignment.imbalance());
-      groups = assignment.groups_of_rank[static_cast<size_t>(mesh_->coordinates().dp)];
-      for (const int32_t group : groups) {
-        my_tokens += static_cast<double>(entry.plan.groups()[static_cast<size_t>(group)].tokens);
-        my_entries += static_cast<double>(entry.plan.groups()[static_cast<size_t>(group)].attention_entries);
-      }
-    }
+    const std::vector<int32_t> groups = groups_of_this_rank(entry.plan, metrics, work);
     // The step's last backward on this rank can overlap the gradient all-reduce.
-    const bool last_batch = &entry == &planned.back();
+    const bool overlap = &entry == &planned.back() && reducer_ && config_.parallel.overlap_gradient_reduce;
     const std::function<void()> arm = [&] { reducer_->arm(); };
-    totals.add(scheduler_->run_groups(entry.plan, groups, source, loss_scale,
-                                      last_batch && reducer_ && config_.parallel.overlap_gradient_reduce
-                                          ? arm
-                                          : std::function<void()>()));
+    work.totals.add(
+        scheduler_->run_groups(entry.plan, groups, chunk_source(entry), loss_scale, overlap ? arm : std::function<void()>()));
     if (stages > 1) {
       // The simulator's prediction for the same schedule.
-      const auto schedule =
-          parallel::pipeline_schedule(entry.plan, groups, config_.chunking.resident_chunks, stages,
-                                      config_.parallel.pipeline_extra_in_flight);
+      const auto schedule = parallel::pipeline_schedule(entry.plan, groups, config_.chunking.resident_chunks, stages,
+                                                        config_.parallel.pipeline_extra_in_flight);
       const parallel::PipelineSimulation simulation =
           parallel::simulate_pipeline(schedule, pipeline_op_cost(config_.model, cost_model_, entry.plan, stages));
-      simulated_seconds += simulation.step_seconds;
-      for (const double busy : simulation.busy_seconds) simulated_busy += busy;
+      work.simulated_seconds += simulation.step_seconds;
+      for (const double busy : simulation.busy_seconds) work.simulated_busy += busy;
     }
   }
-  if (mesh_ != nullptr) {
-    const TraceSpan reduce_span(trace_.get(), "gradient all-reduce + loss sums", "communication", TraceRecorder::kStep);
-    reduce_gradients(model_, *mesh_, reducer_.get());
-    if (reducer_) metrics.overlapped_buckets = reducer_->overlapped_buckets();
-    if (balancing && config_.parallel.calibrate_costs) {
-      // Pool every rank's (work, compute seconds) of this step; rank 0's sums are broadcast so
-      // that every rank fits bit-identical coefficients and computes the same assignment.
-      torch::Tensor observed = parallel::CostCalibration::observation(my_tokens, my_entries, totals.busy_seconds);
-      world_->all_reduce(observed, parallel::ReduceOp::kSum);
-      world_->broadcast(observed, 0);
-      calibration_->add_step(observed);
-    }
-    // Losses live on the last stages, spread over dp and cp ranks: sum over the world.
-    torch::Tensor sums = torch::tensor({totals.loss_sum, static_cast<double>(totals.loss_tokens), totals.far_loss_sum,
-                                        static_cast<double>(totals.far_tokens), static_cast<double>(totals.real_tokens),
-                                        // Every cp rank recomputes the same chunks: count them once.
-                                        static_cast<double>(mesh_->coordinates().cp == 0 ? totals.chunk_recomputes : 0),
-                                        totals.busy_seconds,
-                                        simulated_busy > 0 ? 1.0 - simulated_busy / (stages * simulated_seconds) : 0.0},
+}
+
+// Sums gradients over dp x cp (and the tied embedding over the pipeline ends), feeds the cost
+// calibration, and sums / maxes the step's loss figures over the world.
+void Trainer::reduce_step(StepMetrics& metrics, StepWork& work) {
+  const TraceSpan reduce_span(trace_.get(), "gradient all-reduce + loss sums", "communication", TraceRecorder::kStep);
+  LossTotals& totals = work.totals;
+  const int stages = static_cast<int>(config_.parallel.pp);
+  reduce_gradients(model_, *mesh_, reducer_.get());
+  if (reducer_) metrics.overlapped_buckets = reducer_->overlapped_buckets();
+  if (config_.parallel.dp > 1 && config_.parallel.calibrate_costs) {
+    // Pool every rank's (work, compute seconds) of this step; rank 0's sums are broadcast so
+    // that every rank fits bit-identical coefficients and computes the same assignment.
+    torch::Tensor observed = parallel::CostCalibration::observation(work.my_tokens, work.my_entries, totals.busy_seconds);
+    world_->all_reduce(observed, parallel::ReduceOp::kSum);
+    world_->broadcast(observed, 0);
+    calibration_->add_step(observed);
+  }
+  // Losses live on the last stages, spread over dp and cp ranks: sum over the world. Host
+  // figures travel as one CPU tensor whatever the training device.
+  const double simulated_bubble =
+      work.simulated_busy > 0 ? 1.0 - work.simulated_busy / (stages * work.simulated_seconds) : 0.0;
+  torch::Tensor sums = torch::tensor({totals.loss_sum, static_cast<double>(totals.loss_tokens), totals.far_loss_sum,
+                                      static_cast<double>(totals.far_tokens), static_cast<double>(totals.real_tokens),
+                                      // Every cp rank recomputes the same chunks: count them once.
+                                      static_cast<double>(mesh_->coordinates().cp == 0 ? totals.chunk_recomputes : 0),
+                                      totals.busy_seconds, simulated_bubble},
+                                     torch::kFloat64);
+  world_->all_reduce(sums, parallel::ReduceOp::kSum);
+  const double* summed = sums.data_ptr<double>();
+  totals.loss_sum = summed[0];
+  totals.loss_tokens = static_cast<int64_t>(summed[1]);
+  totals.far_loss_sum = summed[2];
+  totals.far_tokens = static_cast<int64_t>(summed[3]);
+  totals.real_tokens = static_cast<int64_t>(summed[4]);
+  totals.chunk_recomputes = static_cast<int64_t>(summed[5]);
+  torch::Tensor maxima = torch::tensor({static_cast<double>(totals.peak_state_bytes), totals.pipeline_seconds,
+                                        static_cast<double>(peak_device_memory_bytes(device_))},
                                        torch::kFloat64);
-    world_->all_reduce(sums, parallel::ReduceOp::kSum);
-    totals.loss_sum = sums[0].item<double>();
-    totals.loss_tokens = static_cast<int64_t>(sums[1].item<double>());
-    totals.far_loss_sum = sums[2].item<double>();
-    totals.far_tokens = static_cast<int64_t>(sums[3].item<double>());
-    totals.real_tokens = static_cast<int64_t>(sums[4].item<double>());
-    totals.chunk_recomputes = static_cast<int64_t>(sums[5].item<double>());
-    torch::Tensor maxima = torch::tensor({static_cast<double>(totals.peak_state_bytes), totals.pipeline_seconds},
-                                         torch::kFloat64);
-    world_->all_reduce(maxima, parallel::ReduceOp::kMax);
-    totals.peak_state_bytes = static_cast<int64_t>(maxima[0].item<double>());
-    if (stages > 1) {
-      const double ranks = static_cast<double>(world_->size());
-      metrics.pipeline_bubble = 1.0 - sums[6].item<double>() / (ranks * maxima[1].item<double>());
-      metrics.pipeline_bubble_simulated = sums[7].item<double>() / ranks;
-    }
+  world_->all_reduce(maxima, parallel::ReduceOp::kMax);
+  const double* largest = maxima.data_ptr<double>();
+  totals.peak_state_bytes = static_cast<int64_t>(largest[0]);
+  metrics.peak_device_memory_bytes = static_cast<int64_t>(largest[2]);
+  if (stages > 1) {
+    const double ranks = static_cast<double>(world_->size());
+    metrics.pipeline_bubble = 1.0 - summed[6] / (ranks * largest[1]);
+    metrics.pipeline_bubble_simulated = summed[7] / ranks;
   }
+}
+
+// Clips and steps, or skips a step whose loss or gradient norm is not finite (every rank decides
+// alike, from the all-reduced loss and the collective gradient norm).
+void Trainer::apply_update(const std::vector<PlannedBatch>& planned, StepMetrics& metrics, const LossTotals& totals) {
   const TraceSpan optimizer_span(trace_.get(), core::str_cat("optimizer step ", metrics.step), "optimizer",
                                   TraceRecorder::kStep);
   metrics.grad_norm =
@@ -430,40 +508,49 @@ StepMetrics Trainer::train_step() {
   if (std::isfinite(metrics.grad_norm) && std::isfinite(totals.loss_sum)) {
     optimizer_->step();
     consecutive_skipped_ = 0;
-  } else {
-    // Skip the update (the optimizer state stays as it was); every rank decides alike, from the
-    // all-reduced loss and the collective gradient norm.
-    metrics.skipped = true;
-    ++skipped_steps_;
-    ++consecutive_skipped_;
-    std::vector<std::string> bad_parameters;
-    for (const auto& parameter : model_->named_parameters()) {
-      const torch::Tensor& gradient = parameter.value().grad();
-      if (gradient.defined() && !torch::isfinite(gradient).all().item<bool>()) bad_parameters.push_back(parameter.key());
-      if (bad_parameters.size() == 5) break;
-    }
-    std::vector<std::string> sequences;
-    for (const auto& entry : planned) {
-      for (const int64_t index : entry.batch.sequences) {
-        if (sequences.size() < 12) sequences.push_back(std::to_string(index));
-      }
-    }
-    const std::string diagnosis = core::str_cat(
-        "loss sum ", totals.loss_sum, ", gradient norm ", metrics.grad_norm, "; parameters with non-finite gradients",
-        world_ != nullptr && world_->size() > 1 ? " on this rank" : "", ": ",
-        bad_parameters.empty() ? std::string("none") : core::join(bad_parameters, ", "),
-        "; the step's dataset sequences (first 12): ", core::join(sequences, " "));
-    optimizer_->zero_grad();
-    CF_CHECK(consecutive_skipped_ <= config_.optim.max_skipped_steps, "step ", metrics.step, ": ", consecutive_skipped_,
-             " step(s) in a row with a non-finite loss or gradient norm (optim.max_skipped_steps = ",
-             config_.optim.max_skipped_steps, "): ", diagnosis,
-             ". Lower optim.lr, check those sequences, or resume from an earlier checkpoint");
-    core::log_warn("step ", metrics.step, " skipped (non-finite): ", diagnosis, " (", consecutive_skipped_,
-                   " in a row; optim.max_skipped_steps = ", config_.optim.max_skipped_steps, ")");
+    metrics.skipped_steps = skipped_steps_;
+    return;
   }
+  // The optimizer state stays as it was.
+  metrics.skipped = true;
+  ++skipped_steps_;
+  ++consecutive_skipped_;
   metrics.skipped_steps = skipped_steps_;
-  ++steps_done_;
+  const std::string diagnosis = describe_non_finite_step(planned, totals, metrics.grad_norm);
+  optimizer_->zero_grad();
+  CF_CHECK(consecutive_skipped_ <= config_.optim.max_skipped_steps, "step ", metrics.step, ": ", consecutive_skipped_,
+           " step(s) in a row with a non-finite loss or gradient norm (optim.max_skipped_steps = ",
+           config_.optim.max_skipped_steps, "): ", diagnosis,
+           ". Lower optim.lr, check those sequences, or resume from an earlier checkpoint");
+  core::log_warn("step ", metrics.step, " skipped (non-finite): ", diagnosis, " (", consecutive_skipped_,
+                 " in a row; optim.max_skipped_steps = ", config_.optim.max_skipped_steps, ")");
+}
 
+// The parameters with non-finite gradients (first 5) and the step's sequences (first 12).
+std::string Trainer::describe_non_finite_step(const std::vector<PlannedBatch>& planned, const LossTotals& totals,
+                                              double grad_norm) {
+  std::vector<std::string> bad_parameters;
+  for (const auto& parameter : model_->named_parameters()) {
+    const torch::Tensor& gradient = parameter.value().grad();
+    if (gradient.defined() && !torch::isfinite(gradient).all().item<bool>()) bad_parameters.push_back(parameter.key());
+    if (bad_parameters.size() == 5) break;
+  }
+  std::vector<std::string> sequences;
+  for (const auto& entry : planned) {
+    for (const int64_t index : entry.batch.sequences) {
+      if (sequences.size() < 12) sequences.push_back(std::to_string(index));
+    }
+  }
+  return core::str_cat("loss sum ", totals.loss_sum, ", gradient norm ", grad_norm,
+                       "; parameters with non-finite gradients", world_ != nullptr && world_->size() > 1 ? " on this rank" : "",
+                       ": ", bad_parameters.empty() ? std::string("none") : core::join(bad_parameters, ", "),
+                       "; the step's dataset sequences (first 12): ", core::join(sequences, " "));
+}
+
+void Trainer::finish_metrics(StepMetrics& metrics, const StepWork& work, std::chrono::steady_clock::time_point start) {
+  const LossTotals& totals = work.totals;
+  // The optimizer step was queued on the device; the step ends when it has run.
+  synchronize_device(device_);
   metrics.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   metrics.tokens = totals.real_tokens;
   metrics.loss_tokens = totals.loss_tokens;
@@ -473,9 +560,13 @@ StepMetrics Trainer::train_step() {
   metrics.recomputed_chunks = totals.chunk_recomputes;
   metrics.peak_kv_state_bytes = totals.peak_state_bytes;
   metrics.tokens_per_second = static_cast<double>(metrics.tokens) / metrics.seconds;
-  metrics.tflops = training_flops(config_.model, lengths) / metrics.seconds / 1e12;
+  metrics.tflops = training_flops(config_.model, work.lengths) / metrics.seconds / 1e12;
+  if (device_.is_cuda()) {
+    metrics.mfu = metrics.tflops * 1e12 / (config_.run.peak_tflops * 1e12 *
+                                           static_cast<double>(world_ != nullptr ? world_->size() : 1));
+    if (mesh_ == nullptr) metrics.peak_device_memory_bytes = peak_device_memory_bytes(device_);
+  }
   metrics.peak_rss_bytes = read_memory_stats().peak_rss_bytes;
-  return metrics;
 }
 
 void Trainer::report(const StepMetrics& metrics) {
@@ -491,6 +582,7 @@ void Trainer::report(const StepMetrics& metrics) {
         {"throughput/tokens_per_second", metrics.tokens_per_second},
         {"throughput/tflops", metrics.tflops},
         {"memory/peak_rss_gib", static_cast<double>(metrics.peak_rss_bytes) / (1024.0 * 1024 * 1024)},
+        {"memory/peak_gpu_gib", static_cast<double>(metrics.peak_device_memory_bytes) / (1024.0 * 1024 * 1024)},
         {"memory/kv_state_mib", static_cast<double>(metrics.peak_kv_state_bytes) / (1024.0 * 1024)},
         {"parallel/dp_imbalance", metrics.dp_imbalance},
     };
@@ -499,6 +591,7 @@ void Trainer::report(const StepMetrics& metrics) {
       scalars.push_back({"parallel/pipeline_bubble_simulated", metrics.pipeline_bubble_simulated});
     }
     if (std::isfinite(metrics.far_loss)) scalars.push_back({"loss/far_tokens", metrics.far_loss});
+    if (std::isfinite(metrics.mfu)) scalars.push_back({"throughput/mfu", metrics.mfu});
     out.tensorboard->add_scalars(scalars, metrics.step);
   }
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - out.start).count();
@@ -508,8 +601,14 @@ void Trainer::report(const StepMetrics& metrics) {
   const std::string status = core::str_cat(
       "loss ", core::format_fixed(metrics.loss, 4), " far ", far, " lr ", core::format_fixed(metrics.learning_rate * 1e3, 3),
       "e-3 gnorm ", core::format_fixed(metrics.grad_norm, 2), " | ", core::format_count(metrics.tokens_per_second),
-      " tok/s ", core::format_fixed(metrics.tflops * 1e3, 2), " GFLOP/s | ", metrics.chunks, " chunks (",
-      metrics.recomputed_chunks, " recomputed) | rss ", core::format_bytes(static_cast<double>(metrics.peak_rss_bytes)),
+      " tok/s ",
+      std::isfinite(metrics.mfu) ? core::format_fixed(metrics.tflops, 1) + " TFLOP/s MFU " +
+                                       core::format_fixed(metrics.mfu * 100, 1) + "%"
+                                 : core::format_fixed(metrics.tflops * 1e3, 2) + " GFLOP/s",
+      " | ", metrics.chunks, " chunks (", metrics.recomputed_chunks, " recomputed) | rss ",
+      core::format_bytes(static_cast<double>(metrics.peak_rss_bytes)),
+      device_.is_cuda() ? " gpu " + core::format_bytes(static_cast<double>(metrics.peak_device_memory_bytes))
+                        : std::string(),
       mesh_ != nullptr && config_.parallel.dp > 1 ? " | dp imbalance " + core::format_fixed(metrics.dp_imbalance, 2)
                                                   : std::string(),
       std::isfinite(metrics.pipeline_bubble)

@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
 #include <memory>
 #include <optional>
@@ -37,6 +38,11 @@ struct StepMetrics {
   int64_t tokens = 0, loss_tokens = 0, far_tokens = 0;
   int64_t sequences = 0, chunks = 0, recomputed_chunks = 0;
   int64_t peak_rss_bytes = 0;        // process peak resident memory so far
+  // CUDA runs: the most GPU memory LibTorch's caching allocator held allocated during the step
+  // (max over ranks), and model FLOPs utilisation: tflops / (run.peak_tflops x ranks). 0 / NaN on
+  // the CPU.
+  int64_t peak_device_memory_bytes = 0;
+  double mfu = NAN;
   int64_t peak_kv_state_bytes = 0;   // largest K/V state + accumulators held during the step
   int64_t overlapped_buckets = 0;    // gradient buckets whose all-reduce started during the backward
   double dp_imbalance = 1.0;         // max / mean chunk-group cost over DP ranks (worst batch)
@@ -98,6 +104,8 @@ class Trainer {
   StepMetrics train_step();
 
   models::CausalLM& model() { return model_; }
+  // The device this rank trains on (run.device resolved).
+  const torch::Device& device() const { return device_; }
   const configs::Config& config() const { return config_; }
   int64_t steps_done() const { return steps_done_; }
   // The checkpoint the run resumed from ("" for a fresh start).
@@ -107,11 +115,27 @@ class Trainer {
   void save_checkpoint_now();
 
  private:
+  struct PlannedBatch;
+  struct StepWork;
+  // train_step's parts, in order.
+  std::vector<PlannedBatch> plan_step(StepMetrics& metrics, StepWork& work);
+  void run_step(std::vector<PlannedBatch>& planned, StepMetrics& metrics, StepWork& work);
+  void reduce_step(StepMetrics& metrics, StepWork& work);
+  void apply_update(const std::vector<PlannedBatch>& planned, StepMetrics& metrics, const LossTotals& totals);
+  void finish_metrics(StepMetrics& metrics, const StepWork& work, std::chrono::steady_clock::time_point start);
+  std::vector<int32_t> groups_of_this_rank(const data::ChunkPlan& plan, StepMetrics& metrics, StepWork& work);
+  ChunkBatchSource chunk_source(const PlannedBatch& entry);
+  std::string describe_non_finite_step(const std::vector<PlannedBatch>& planned, const LossTotals& totals,
+                                       double grad_norm);
+  void build_model(const models::ModelStage& stage);
+
   void report(const StepMetrics& metrics);
   void after_step();
   void write_trace();
 
   configs::Config config_;
+  torch::Device device_{torch::kCPU};  // run.device, resolved
+  std::string attention_backend_;      // model.attention_backend, resolved for device_ and model.dtype
   std::unique_ptr<data::IndexedDataset> dataset_;
   std::unique_ptr<data::LossMaskDataset> loss_mask_;
   std::unique_ptr<data::GlobalBatchSampler> sampler_;

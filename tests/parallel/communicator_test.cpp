@@ -78,8 +78,33 @@ TEST(MpiCommunicatorTest, RejectsTensorsItCannotSend) {
   Communicator& world = chunkflow::testing::test_world();
   torch::Tensor strided = torch::zeros({4, 4}).t();
   EXPECT_THROW(world.all_reduce(strided, ReduceOp::kSum), core::Error);
-  torch::Tensor half = torch::zeros({2}, torch::kFloat16);
-  EXPECT_THROW(world.all_reduce(half, ReduceOp::kSum), core::Error);
+  torch::Tensor complex = torch::zeros({2}, torch::kComplexFloat);
+  EXPECT_THROW(world.all_reduce(complex, ReduceOp::kSum), core::Error);
+}
+
+// Mixed precision sends bf16 activations and K/V rows: 16-bit floats travel as 16-bit words and
+// are widened to float32 where MPI reduces them, then come back in their own dtype.
+TEST(MpiCommunicatorTest, SixteenBitFloatsTravelAsWordsAndReduceInFloat32) {
+  Communicator& world = chunkflow::testing::test_world();
+  const int size = world.size(), rank = world.rank();
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
+    torch::Tensor summed = torch::full({3}, 1.5 * (rank + 1), dtype);
+    world.all_reduce(summed, ReduceOp::kSum);
+    EXPECT_EQ(summed.scalar_type(), dtype);
+    EXPECT_TRUE(torch::equal(summed, torch::full({3}, 1.5 * size * (size + 1) / 2, dtype)));
+
+    const torch::Tensor gathered = world.all_gather(torch::full({2}, rank + 0.25, dtype));
+    EXPECT_EQ(gathered.scalar_type(), dtype);
+    for (int r = 0; r < size; ++r) EXPECT_TRUE(torch::equal(gathered.narrow(0, 2 * r, 2), torch::full({2}, r + 0.25, dtype)));
+
+    const torch::Tensor block = world.reduce_scatter(torch::arange(2 * size, torch::kFloat).to(dtype), ReduceOp::kSum);
+    EXPECT_EQ(block.scalar_type(), dtype);
+    EXPECT_TRUE(torch::equal(block, (torch::arange(2 * rank, 2 * rank + 2, torch::kFloat) * size).to(dtype)));
+
+    torch::Tensor shared = torch::full({4}, rank == 0 ? 3.0 : -1.0, dtype);
+    world.broadcast(shared, 0);
+    EXPECT_TRUE(torch::equal(shared, torch::full({4}, 3.0, dtype)));
+  }
 }
 
 configs::ParallelConfig layout(int64_t dp, int64_t cp, int64_t pp, const std::string& order) {

@@ -87,7 +87,7 @@ TEST(CheckpointTest, ResumeReproducesEveryLaterLossAndTheFinalWeights) {
   // metrics.jsonl lists every step once, 1..8.
   const std::string metrics = core::read_file(config.run.run_dir() + "/metrics.jsonl");
   for (int step = 1; step <= 8; ++step) {
-    const std::string key = "{\"step\": " + std::to_string(step) + ",";
+    const std::string key = "{\"step\":" + std::to_string(step) + ",";
     EXPECT_EQ(metrics.find(key), metrics.rfind(key)) << "step " << step << " twice";
     EXPECT_NE(metrics.find(key), std::string::npos) << "step " << step << " missing";
   }

@@ -1,0 +1,91 @@
+// Device choice and device memory; see device_setup.h.
+#include "trainer/device_setup.h"
+
+#include <cstdlib>
+
+#include "configs/config_error.h"
+#include "core/strings.h"
+#include "kernels/device.h"
+
+#ifdef CHUNKFLOW_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime_api.h>
+#endif
+
+namespace chunkflow::trainer {
+
+int local_rank_from_environment() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK"}) {
+    const char* value = std::getenv(name);
+    if (value == nullptr || *value == '\0') continue;
+    char* end = nullptr;
+    const long rank = std::strtol(value, &end, 10);
+    if (*end == '\0' && rank >= 0 && rank < (1 << 20)) return static_cast<int>(rank);
+  }
+  return 0;
+}
+
+torch::Device resolve_training_device(const std::string& run_device, int local_rank) {
+  if (run_device == "cpu") return torch::kCPU;
+  if (run_device != "cuda" && run_device != "auto") {
+    throw configs::ConfigError("run.device", core::str_cat("run.device must be auto, cpu or cuda, got \"", run_device, "\""));
+  }
+  const int devices = kernels::cuda_device_count();
+  if (run_device == "auto" && (!kernels::built_with_cuda() || devices == 0)) return torch::kCPU;
+  if (!kernels::built_with_cuda()) {
+    throw configs::ConfigError("run.device", "run.device = cuda, but this build has no CUDA kernels (nvcc was not found "
+                                             "when it was configured); rebuild on a machine with the CUDA toolkit, or "
+                                             "use run.device: cpu");
+  }
+  if (devices == 0) {
+    throw configs::ConfigError("run.device", core::str_cat("run.device = cuda, but no GPU is usable here (",
+                                                           kernels::describe_devices(), "); use run.device: cpu"));
+  }
+  const int index = local_rank % devices;
+#ifdef CHUNKFLOW_WITH_CUDA
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
+#endif
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+std::string describe_training_device(const torch::Device& device) {
+  if (!device.is_cuda()) return device.str();
+#ifdef CHUNKFLOW_WITH_CUDA
+  size_t free_bytes = 0, total_bytes = 0;
+  cudaDeviceProp properties{};
+  if (cudaGetDeviceProperties(&properties, device.index()) == cudaSuccess &&
+      cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+    return core::str_cat(device.str(), " (", properties.name, ", ", core::format_bytes(static_cast<double>(total_bytes)),
+                         ", ", core::format_bytes(static_cast<double>(free_bytes)), " free)");
+  }
+#endif
+  return device.str();
+}
+
+int64_t peak_device_memory_bytes(const torch::Device& device) {
+#ifdef CHUNKFLOW_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  }
+#endif
+  (void)device;
+  return 0;
+}
+
+void reset_peak_device_memory(const torch::Device& device) {
+#ifdef CHUNKFLOW_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
+  (void)device;
+}
+
+void synchronize_device(const torch::Device& device) {
+#ifdef CHUNKFLOW_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::device_synchronize();
+#endif
+  (void)device;
+}
+
+}  // namespace chunkflow::trainer

@@ -1,0 +1,37 @@
+// Which device a rank trains on (run.device), and what the device reports about its memory.
+// CUDA-only calls compile in every build; without CUDA kernels they say so.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+
+namespace chunkflow::trainer {
+
+// This rank's index among the ranks on its node: OMPI_COMM_WORLD_LOCAL_RANK (mpirun),
+// SLURM_LOCALID (srun), LOCAL_RANK (torchrun-style launchers), else 0.
+int local_rank_from_environment();
+
+// The device of run.device for a rank with `local_rank`:
+//   cpu  -> the CPU;
+//   cuda -> GPU local_rank % (visible GPUs), made the current device of this thread and of
+//           LibTorch (several ranks of one node share GPUs round-robin);
+//   auto -> cuda when this build has the CUDA kernels and a GPU is visible, else the CPU.
+// Throws configs::ConfigError naming run.device when cuda is asked for and this build has no CUDA
+// kernels, or no GPU is visible (with what the runtime said), or the value is unknown.
+torch::Device resolve_training_device(const std::string& run_device, int local_rank);
+
+// One line for the log: "cuda:0 (NVIDIA H200, 139.8 GiB, 137.2 GiB free)" or "cpu".
+std::string describe_training_device(const torch::Device& device);
+
+// LibTorch's caching allocator on a CUDA device: the most bytes allocated at once since the last
+// reset, and the reset. 0 / no-op for the CPU.
+int64_t peak_device_memory_bytes(const torch::Device& device);
+void reset_peak_device_memory(const torch::Device& device);
+
+// Waits until the work queued on a CUDA device has run (step boundaries, timings); no-op for the
+// CPU.
+void synchronize_device(const torch::Device& device);
+
+}  // namespace chunkflow::trainer
