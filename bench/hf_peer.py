@@ -2,11 +2,39 @@
 """The outside peer: trains the model of a ChunkFlow run config with Hugging Face transformers.
 
 Reads our Megatron .bin/.idx dataset (and its _loss_mask companion) with numpy, builds
-LlamaForCausalLM (fp32, attn_implementation="sdpa") from the config's `model` section, forms
-global batches of `data.batch_tokens` tokens (or `data.batch_sequences` sequences) the way our
-sampler does, and trains with AdamW, our learning-rate schedule and gradient clipping. Prints one
-JSON line: tokens/s over steps 2..N (real tokens, padding excluded), step time, tokens per
-CPU-second (process CPU time, all threads: the work measure that survives a shared machine), peak RSS.
+LlamaForCausalLM (model.family llama) or Qwen2ForCausalLM (model.family qwen2, whose q/k/v
+projections always carry biases) with attn_implementation="sdpa" from the config's `model`
+section, forms global batches of `data.batch_tokens` tokens (or `data.batch_sequences` sequences)
+the way our sampler does, and trains with AdamW, our learning-rate schedule and gradient clipping.
+Prints one JSON line: tokens/s over steps 2..N (real tokens, padding excluded), step time, tokens per
+CPU-second (process CPU time, all threads: the work measure that survives a shared machine), peak RSS,
+and on CUDA the peak GPU memory (torch.cuda.max_memory_allocated over the whole run).
+
+Device: --device cpu|cuda|auto, default the config's run.device; auto is cuda when
+torch.cuda.is_available(). The model is built (and randomly initialised, after
+torch.manual_seed(run.seed)) directly on that device; inputs and AdamW state live there too. On
+CUDA each step is timed between torch.cuda.synchronize() calls. A CUDA out-of-memory error prints
+{"oom": true, "error": <its first line>, ...} instead of a traceback and exits with status 3.
+
+Precision (model.dtype):
+  float32   everything in float32.
+  bfloat16  PyTorch automatic mixed precision, the recipe of a plain transformers training loop
+            (and of Trainer with bf16=True): the parameters stay float32 (the master weights; the
+            model is never cast), the forward runs inside
+            torch.autocast(device_type, dtype=torch.bfloat16), which runs matmuls and attention
+            (linear layers, sdpa) in bf16 on per-forward bf16 copies of the weights and keeps the ops
+            on its float32 list (softmax, reductions, ...) in float32; transformers' RMSNorm computes
+            in float32 itself, and its loss upcasts the bf16 logits to float32 before the cross
+            entropy (summed, divided by the step's loss-token count, as in float32). Backward runs
+            outside autocast; gradients arrive in the float32 .grad of the float32 parameters and
+            accumulate there across micro-batches; clipping and AdamW (state included) are float32.
+            No loss scaling (bf16 has float32's exponent range). ChunkFlow's bfloat16
+            (configs/README.md: Megatron --bf16, bf16 weights and activations for compute, float32
+            master weights, gradients and AdamW state) is the same idea built another way, so memory
+            and speed differences include the recipes', not only the frameworks'. On the CPU autocast
+            uses CPU bf16 kernels: slow, for tests.
+--gradient-checkpointing: transformers' model.gradient_checkpointing_enable (non-reentrant
+torch.utils.checkpoint per decoder layer), use_cache=False as always.
 
 Modes (one process each, so ru_maxrss is the mode's own peak):
   padded  micro-batches of --micro-batch-sequences sequences, right-padded to the longest, with
@@ -23,9 +51,11 @@ Both modes divide the summed token loss by the global batch's loss-token count (
 num_items_in_batch), which is ChunkFlow's loss, so equal weights give equal losses.
 
   bench/hf_peer.py --config configs/demo.yaml --data runs/demo/data/longtail --mode packed --steps 20
+  bench/hf_peer.py --config run.yaml --mode padded --device cuda --set model.dtype=bfloat16 --gradient-checkpointing
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -93,7 +123,9 @@ def load_config(path):
         section = dict(defaults)
         section.update({k: v for k, v in (raw.get(name) or {}).items() if k in defaults})
         sections[name] = section
-    sections["seed"] = (raw.get("run") or {}).get("seed", 1234)
+    run = raw.get("run") or {}
+    sections["seed"] = run.get("seed", 1234)
+    sections["device"] = run.get("device", "auto")
     return sections
 
 
@@ -150,31 +182,88 @@ def learning_rate(optim, step, total_steps):
     return optim["min_lr"] + (optim["lr"] - optim["min_lr"]) * factor
 
 
-def build_model(model_config, seed):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def validate_model(model_config):
+    """The model keys this peer can honour; messages name the key and value as chunkflow-train's do."""
+    if model_config["family"] not in ("llama", "qwen2"):
+        raise SystemExit(f"model.family must be llama or qwen2, got {model_config['family']!r}")
+    if model_config["dtype"] not in ("float32", "bfloat16"):
+        raise SystemExit(f"model.dtype must be float32 or bfloat16, got {model_config['dtype']!r}")
+    if model_config["init_from"]:
+        # a benchmark peer only needs the architecture; loading a checkpoint would add a second
+        # way to build the model that nothing here tests
+        raise SystemExit(f"model.init_from {model_config['init_from']!r}: hf_peer.py trains from a random init "
+                         "only; set model.init_from=\"\"")
+    if model_config["family"] == "qwen2" and not model_config["attention_bias"]:
+        # transformers' Qwen2Attention hard-codes bias=True on q/k/v; training it would silently be a
+        # different model from the config's
+        raise SystemExit("model.attention_bias is false, but transformers' Qwen2 (model.family qwen2) always "
+                         "has q/k/v biases; set model.attention_bias=true (chunkflow-train requires it too)")
 
-    if model_config["family"] != "llama" or model_config["init_from"] or model_config["dtype"] != "float32":
-        raise SystemExit("hf_peer.py builds a random-init fp32 llama model only (model.family llama, "
-                         "model.init_from \"\", model.dtype float32)")
+
+def build_model(model_config, seed, device):
+    """The config's model in float32 on `device`, randomly initialised after torch.manual_seed(seed)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    validate_model(model_config)
     head_dim = model_config["head_dim"] or model_config["hidden_size"] // model_config["num_attention_heads"]
-    config = LlamaConfig(
+    common = dict(
         vocab_size=model_config["vocab_size"], hidden_size=model_config["hidden_size"],
         intermediate_size=model_config["intermediate_size"], num_hidden_layers=model_config["num_hidden_layers"],
         num_attention_heads=model_config["num_attention_heads"],
         num_key_value_heads=model_config["num_key_value_heads"], head_dim=head_dim,
         rms_norm_eps=model_config["rms_norm_eps"], rope_theta=model_config["rope_theta"],
         max_position_embeddings=model_config["max_position_embeddings"],
-        tie_word_embeddings=model_config["tie_word_embeddings"], attention_bias=model_config["attention_bias"],
-        mlp_bias=False, initializer_range=model_config["initializer_range"], hidden_act="silu",
-        # With use_cache (LlamaConfig's default) the model makes a DynamicCache even in training,
+        tie_word_embeddings=model_config["tie_word_embeddings"],
+        initializer_range=model_config["initializer_range"], hidden_act="silu",
+        # With use_cache (the configs' default) the model makes a DynamicCache even in training,
         # and transformers 4.57 then skips the packed-sequence detection: a packed row would
         # attend across sequences. `check` measures that too.
         use_cache=False)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    if model_config["family"] == "qwen2":
+        # Qwen2Config has no head_dim argument, but Qwen2Attention and its RoPE read config.head_dim
+        # when present (kwargs become attributes). No sliding window: ChunkFlow attends over the
+        # whole sequence.
+        config, model_class = Qwen2Config(**common, use_sliding_window=False), Qwen2ForCausalLM
+    else:
+        config = LlamaConfig(**common, attention_bias=model_config["attention_bias"], mlp_bias=False)
+        model_class = LlamaForCausalLM
+    torch.manual_seed(seed)  # seeds the CUDA generators too
+    # Built and initialised on the device itself: a float32 init of a billion-parameter model on
+    # one CPU thread, then a host-to-device copy, would cost minutes of GPU time per run. (CPU and
+    # CUDA runs of one seed so start from different weights; ChunkFlow's init differs from both.)
+    with torch.device(device):
+        model = model_class._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     assert model.config._attn_implementation == "sdpa", model.config._attn_implementation
     return model
+
+
+def resolve_device(parser, args, config):
+    """--device, else run.device; auto is cuda when torch sees a usable GPU."""
+    import torch
+
+    requested = args.device or config["device"]
+    source = f"--device {requested}" if args.device else f"run.device {requested!r} ({args.config})"
+    if requested not in ("auto", "cpu", "cuda"):
+        raise SystemExit(f"{source}: must be auto, cpu or cuda")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        message = (f"{source}: no usable GPU (torch.cuda.is_available() is False; torch {torch.__version__}, "
+                   f"built for CUDA {torch.version.cuda})")
+        if args.device:
+            parser.error(message)
+        raise SystemExit(message)
+    return torch.device(requested)
+
+
+def autocast(device, model_config):
+    """The forward's precision context: bf16 autocast for model.dtype bfloat16 (see the module doc)."""
+    import torch
+
+    if model_config["dtype"] == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def make_optimizer(model, optim):
@@ -240,32 +329,69 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def train(args, config, dataset, mask_dataset):
+def synchronize(device):
+    """Waits for the device's queued work, so wall-clock times cover it (CUDA runs asynchronously)."""
     import torch
 
-    model = build_model(config["model"], config["seed"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gpu_bytes(device, peak=False):
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)
+
+
+def run_fields(args, config, device):
+    """What was run, in every JSON line (results and out-of-memory reports alike)."""
+    return dict(family=config["model"]["family"], dtype=config["model"]["dtype"], device=device.type,
+                gradient_checkpointing=args.gradient_checkpointing)
+
+
+def train(args, config, dataset, mask_dataset, device, progress):
+    """Trains args.steps steps; progress["step"] names the step under way (0: building the model)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    progress["step"] = 0
+    model = build_model(config["model"], config["seed"], device)
     model.train()
+    if args.gradient_checkpointing:
+        # non-reentrant: the implementation PyTorch recommends, which needs no input that requires grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = make_optimizer(model, config["optim"])
     batches = global_batches(dataset.lengths, config["data"], config["seed"])
     rss_before = peak_rss_bytes()
+    gpu_before = gpu_bytes(device)
     rows = []
     for step in range(args.steps):
+        progress["step"] = step + 1
         batch = Batch(dataset, mask_dataset, next(batches))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config["optim"], step, args.steps)
+        synchronize(device)
         started, cpu_started = time.perf_counter(), time.process_time()
-        loss_sum, padded_tokens = 0.0, 0
+        # summed on the device in float64 (as the Python float sum was): reading each micro-batch's
+        # loss back would stall the GPU queue once per micro-batch
+        loss_sum, padded_tokens = torch.zeros((), dtype=torch.float64, device=device), 0
         for inputs in micro_batches(args.mode, batch, args.micro_batch_sequences):
+            inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
             padded_tokens += inputs["input_ids"].numel()
-            loss = model(**inputs, num_items_in_batch=batch.loss_tokens).loss
+            with autocast(device, config["model"]):
+                loss = model(**inputs, num_items_in_batch=batch.loss_tokens).loss
             loss.backward()
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach().double()
         if config["optim"]["max_grad_norm"] > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config["optim"]["max_grad_norm"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-        rows.append(dict(step=step + 1, loss=loss_sum, tokens=batch.tokens, padded_tokens=padded_tokens,
+        rows.append(dict(step=step + 1, loss=float(loss_sum), tokens=batch.tokens, padded_tokens=padded_tokens,
                          sequences=len(batch.sequences), seconds=seconds, cpu_seconds=cpu_seconds))
         if args.verbose:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -280,14 +406,16 @@ def train(args, config, dataset, mask_dataset):
                 first_loss=rows[0]["loss"], final_loss=rows[-1]["loss"], peak_rss_bytes=peak_rss_bytes(),
                 rss_before_training_bytes=rss_before,
                 micro_batch_sequences=args.micro_batch_sequences if args.mode == "padded" else None,
+                peak_gpu_bytes=gpu_bytes(device, peak=True), gpu_bytes_before_training=gpu_before,
+                **run_fields(args, config, device),
                 transformers=__import__("transformers").__version__, torch=torch.__version__)
 
 
-def check(args, config, dataset, mask_dataset):
+def check(args, config, dataset, mask_dataset, device):
     """Loss of the first global batch, padded and packed, from the same weights."""
     import torch
 
-    model = build_model(config["model"], config["seed"])
+    model = build_model(config["model"], config["seed"], device)
     model.eval()
     batch = Batch(dataset, mask_dataset, next(global_batches(dataset.lengths, config["data"], config["seed"])))
     losses, logits = {}, {}
@@ -295,7 +423,9 @@ def check(args, config, dataset, mask_dataset):
     def run(mode, **extra):
         loss, rows = 0.0, []
         for inputs in micro_batches(mode, batch, args.micro_batch_sequences):
-            output = model(**inputs, num_items_in_batch=batch.loss_tokens, **extra)
+            inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
+            with autocast(device, config["model"]):
+                output = model(**inputs, num_items_in_batch=batch.loss_tokens, **extra)
             loss += float(output.loss)
             # logits of real tokens only, in sequence order: [tokens, vocab]
             mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).bool()
@@ -314,7 +444,8 @@ def check(args, config, dataset, mask_dataset):
                           max_logit_difference=logit_difference, tolerance=args.tolerance,
                           logit_tolerance=args.logit_tolerance, agree=agree,
                           packed_loss_with_use_cache=leaky_loss,
-                          max_logit_difference_with_use_cache=float((logits["padded"] - leaky_logits).abs().max()))))
+                          max_logit_difference_with_use_cache=float((logits["padded"] - leaky_logits).abs().max()),
+                          **run_fields(args, config, device))))
     return agree
 
 
@@ -330,10 +461,16 @@ def main():
     parser.add_argument("--tolerance", type=float, default=1e-5, help="check mode: relative loss difference allowed")
     parser.add_argument("--logit-tolerance", type=float, default=1e-4,
                         help="check mode: largest absolute logit difference allowed")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"],
+                        help="where to train (default: run.device of the config; auto = cuda when available)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute each decoder layer in backward (transformers' gradient_checkpointing_enable)")
     parser.add_argument("--verbose", action="store_true", help="one JSON line per step on stderr")
     args = parser.parse_args()
-    if args.steps < 1 or args.micro_batch_sequences < 1:
-        parser.error("--steps and --micro-batch-sequences must be >= 1")
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.micro_batch_sequences < 1:
+        parser.error(f"--micro-batch-sequences must be >= 1, got {args.micro_batch_sequences}")
 
     import torch
 
@@ -342,15 +479,29 @@ def main():
     apply_overrides(config, args.set)
     if config["optim"]["grad_accumulation"] != 1:
         raise SystemExit("hf_peer.py: optim.grad_accumulation must be 1")
+    validate_model(config["model"])  # before the dataset is read: a config error is the first thing to report
+    device = resolve_device(parser, args, config)
     prefix = args.data or config["data"]["path"]
     dataset = IndexedDataset(prefix)
     mask_prefix = config["data"]["loss_mask_path"] or (prefix + "_loss_mask" if os.path.exists(prefix + "_loss_mask.idx") else "")
     mask_dataset = IndexedDataset(mask_prefix) if mask_prefix else None
     if mask_dataset is not None and not np.array_equal(mask_dataset.lengths, dataset.lengths):
         raise SystemExit(f"{mask_prefix}: loss-mask lengths differ from {prefix}'s")
-    if args.mode == "check":
-        sys.exit(0 if check(args, config, dataset, mask_dataset) else 1)
-    print(json.dumps(train(args, config, dataset, mask_dataset)))
+    progress = dict(step=None)
+    try:
+        if args.mode == "check":
+            sys.exit(0 if check(args, config, dataset, mask_dataset, device) else 1)
+        print(json.dumps(train(args, config, dataset, mask_dataset, device, progress)))
+    except torch.OutOfMemoryError as error:
+        # A shape that does not fit is a result of the benchmark, not a crash: one JSON line it can
+        # record, and an exit status (3) that tells it from other failures (1).
+        lines = str(error).strip().splitlines()
+        print(json.dumps(dict(system="transformers", mode=args.mode, oom=True,
+                              error=lines[0] if lines else type(error).__name__, step=progress["step"],
+                              steps=args.steps, peak_gpu_bytes=gpu_bytes(device, peak=True),
+                              micro_batch_sequences=args.micro_batch_sequences if args.mode == "padded" else None,
+                              **run_fields(args, config, device))), flush=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -172,7 +172,13 @@ class TiledCrossEntropyFunction : public torch::autograd::Function<TiledCrossEnt
     params.weight = weight.const_data_ptr();
     params.labels = labels.const_data_ptr<int64_t>();
     params.lse = lse.const_data_ptr<float>();
-    params.grad_loss = grad_output.item<float>();
+    // On CUDA the kernels read the scale on the device: no host synchronisation per backward.
+    const torch::Tensor grad_loss = grad_output.to(hidden.device(), torch::kFloat).contiguous();
+    if (hidden.is_cuda()) {
+      params.grad_loss_on_device = grad_loss.const_data_ptr<float>();
+    } else {
+      params.grad_loss = grad_loss.item<float>();
+    }
     params.d_hidden = d_hidden.mutable_data_ptr();
     params.d_weight = d_weight.mutable_data_ptr();
     params.tokens = hidden.size(0);
@@ -198,7 +204,7 @@ class TiledCrossEntropyFunction : public torch::autograd::Function<TiledCrossEnt
 }  // namespace
 
 torch::Tensor tiled_cross_entropy_sum(const torch::Tensor& hidden, const torch::Tensor& weight,
-                                      const torch::Tensor& labels, int64_t tile_tokens) {
+                                      const torch::Tensor& labels, int64_t tile_tokens, bool labels_checked) {
   check_device(hidden, "hidden");
   check_device(weight, "weight");
   CF_CHECK(hidden.device() == weight.device(), kWhat,
@@ -223,7 +229,8 @@ torch::Tensor tiled_cross_entropy_sum(const torch::Tensor& hidden, const torch::
     if (hidden.scalar_type() == weight.scalar_type() && low_precision(hidden.scalar_type())) {
       // The CPU kernel computes in float32, as the CUDA kernel accumulates: widen the inputs and
       // let autograd round the gradients back to their dtype.
-      return tiled_cross_entropy_sum(hidden.to(torch::kFloat32), weight.to(torch::kFloat32), labels, tile_tokens);
+      return tiled_cross_entropy_sum(hidden.to(torch::kFloat32), weight.to(torch::kFloat32), labels, tile_tokens,
+                                     labels_checked);
     }
     CF_CHECK(hidden.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32,
              kWhat, ": the CPU path takes float32 (or bfloat16/float16 for both, computed in float32), got hidden ",
@@ -232,7 +239,9 @@ torch::Tensor tiled_cross_entropy_sum(const torch::Tensor& hidden, const torch::
   CF_CHECK(tile_tokens > 0, kWhat, ": tile_tokens must be > 0, got ", tile_tokens);
   const torch::Tensor device_labels = checked_labels(labels, hidden.size(0), hidden.device());
 #ifdef CHUNKFLOW_WITH_CUDA
-  if (hidden.is_cuda()) check_label_values(device_labels, weight.size(0));
+  if (hidden.is_cuda() && !labels_checked) check_label_values(device_labels, weight.size(0));
+#else
+  (void)labels_checked;  // the CPU launcher checks every label itself, at no extra cost
 #endif
   return TiledCrossEntropyFunction::apply(hidden.contiguous(), weight.contiguous(), device_labels,
                                           tile_tokens);

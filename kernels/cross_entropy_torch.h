@@ -25,12 +25,15 @@ namespace chunkflow::kernels {
 // of the whole optimizer step (design section 6).
 // Differentiable w.r.t. hidden and weight (either may be frozen); gradients have the inputs'
 // dtype, and the backward honours the incoming gradient's scale. Not twice differentiable.
-// CUDA: runs on the current stream of hidden's device; checking the labels and reading the
-// incoming gradient's scale each copy one value to the host (a synchronisation).
+// CUDA: runs on the current stream of hidden's device. Checking the labels copies one value to
+// the host (a synchronisation), unless labels_checked says the caller has already checked them
+// (the trainer checks token ids on the host as it reads them); the backward reads the incoming
+// gradient's scale on the device.
 // Throws core::Error for wrong ranks, shapes, dtypes or devices (CUDA tensors in a build without
 // CUDA kernels), and for a label outside [0, vocab) that is not -100, naming the token index.
 torch::Tensor tiled_cross_entropy_sum(const torch::Tensor& hidden, const torch::Tensor& weight,
-                                      const torch::Tensor& labels, int64_t tile_tokens = 1024);
+                                      const torch::Tensor& labels, int64_t tile_tokens = 1024,
+                                      bool labels_checked = false);
 
 // Number of labels that are not kIgnoreIndex: the count the summed loss is divided by (after
 // summing it over micro-steps and ranks). labels: any shape, int64 or int32, any device.

@@ -222,8 +222,10 @@ __global__ void __launch_bounds__(kReduceThreads)
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
     logits_grad_kernel(const float* logits, const int64_t* __restrict__ labels,
-                       const float* __restrict__ lse, int64_t vocab, float grad_loss, T* grad) {
+                       const float* __restrict__ lse, int64_t vocab, float grad_loss,
+                       const float* __restrict__ grad_loss_on_device, T* grad) {
   const int64_t row = blockIdx.x;
+  if (grad_loss_on_device != nullptr) grad_loss = *grad_loss_on_device;
   const int64_t label = labels[row];
   T* grad_row = grad + row * vocab;
   if (label == kIgnoreIndex) {
@@ -339,7 +341,7 @@ void tiled_cross_entropy_backward_cuda(const TiledCrossEntropyBackwardParams& pa
         using T = typename decltype(tag)::type;
         logits_grad_kernel<T><<<static_cast<unsigned>(count), kRowThreads, 0, cuda_stream>>>(
             workspace.logits, params.labels + first, params.lse + first, vocab, params.grad_loss,
-            static_cast<T*>(grad_logits));
+            params.grad_loss_on_device, static_cast<T*>(grad_logits));
         CF_CUDA_CHECK_LAUNCH(logits_grad_kernel);
       });
       // d_hidden rows [count, hidden_size] = grad_logits [count, vocab] @ weight [vocab, hidden]

@@ -29,6 +29,9 @@ struct TiledCrossEntropyBackwardParams {
   const int64_t* labels = nullptr;
   const float* lse = nullptr;     // from the forward
   float grad_loss = 1.0f;         // d(objective) / d(loss_sum)
+  // CUDA only: when set, the kernels read d(objective) / d(loss_sum) from this device float
+  // instead of grad_loss, so the caller need not copy it to the host (a synchronisation).
+  const float* grad_loss_on_device = nullptr;
   void* d_hidden = nullptr;       // [tokens, hidden_size] (written)
   void* d_weight = nullptr;       // [vocab, hidden_size] (written, not accumulated)
   int64_t tokens = 0, hidden_size = 0, vocab = 0;

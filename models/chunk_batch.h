@@ -55,6 +55,9 @@ struct ChunkBatch {
   // Host copies of this rank's labels and positions: loss-token counts and far-token rows come
   // from them without reading the device.
   std::vector<int32_t> host_labels, host_positions;
+  // Set by whoever built the batch from token ids it checked against the vocabulary (the trainer):
+  // the loss then skips its own label check, a device-to-host read on CUDA.
+  bool labels_checked = false;
   // K/V rows of the first segment that come from earlier chunks (0 = no prefix). Only a chunk's
   // first segment may have a prefix: the plan puts a split sequence's piece first.
   int64_t prefix_len = 0;

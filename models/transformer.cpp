@@ -310,8 +310,8 @@ ChunkForward CausalLMImpl::forward_chunk(const ChunkBatch& batch, const std::vec
   return result;
 }
 
-torch::Tensor CausalLMImpl::loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels) {
-  return kernels::tiled_cross_entropy_sum(hidden, lm_head_weight(), labels, kLossTileTokens);
+torch::Tensor CausalLMImpl::loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels, bool labels_checked) {
+  return kernels::tiled_cross_entropy_sum(hidden, lm_head_weight(), labels, kLossTileTokens, labels_checked);
 }
 
 }  // namespace chunkflow::models

@@ -169,7 +169,9 @@ class CausalLMImpl : public torch::nn::Module {
   const ModelStage& stage() const { return stage_; }
   // Summed token cross-entropy of hidden [tokens, hidden] against labels [tokens] (-100 ignored),
   // computed in token tiles through the LM head (never the whole chunk x vocab in fp32).
-  torch::Tensor loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels);
+  // labels_checked: every label is known to be in [0, vocab) or -100 (ChunkBatch::labels_checked),
+  // which spares the CUDA path a device-to-host check.
+  torch::Tensor loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels, bool labels_checked = false);
   // The LM head matrix [vocab, hidden] (the embedding when tied), in the compute dtype.
   torch::Tensor lm_head_weight();
 

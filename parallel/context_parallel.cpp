@@ -162,6 +162,7 @@ models::ChunkBatch shard_chunk_batch(const models::ChunkBatch& chunk, Communicat
     local.host_positions.push_back(chunk.host_positions.at(static_cast<size_t>(row)));
   }
   local.prefix_len = chunk.prefix_len;
+  local.labels_checked = chunk.labels_checked;
 
   auto shard = std::make_shared<models::ContextShard>();
   shard->chunk_tokens = chunk_tokens;

@@ -148,7 +148,8 @@ class StageRun {
     if (far_rows.empty()) return;
     torch::NoGradGuard no_grad;
     const torch::Tensor rows = models::to_device(far_rows, torch::kInt64, hidden.device());
-    accumulate(far_loss_sum_, model_->loss_sum(hidden.detach().index_select(0, rows), batch.labels.index_select(0, rows)));
+    accumulate(far_loss_sum_, model_->loss_sum(hidden.detach().index_select(0, rows), batch.labels.index_select(0, rows),
+                                               batch.labels_checked));
     totals.far_tokens += static_cast<int64_t>(far_rows.size());
   }
 
@@ -177,7 +178,7 @@ class StageRun {
       return live;
     }
     const torch::Tensor hidden = model_->final_norm(x);
-    live.loss = model_->loss_sum(hidden, live.batch.labels);
+    live.loss = model_->loss_sum(hidden, live.batch.labels, live.batch.labels_checked);
     ++totals.chunk_forwards;
     if (recompute) {
       ++totals.chunk_recomputes;

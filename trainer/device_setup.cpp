@@ -43,10 +43,22 @@ torch::Device resolve_training_device(const std::string& run_device, int local_r
                                                            kernels::describe_devices(), "); use run.device: cpu"));
   }
   const int index = local_rank % devices;
+  const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  try {
 #ifdef CHUNKFLOW_WITH_CUDA
-  c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
 #endif
-  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+    // A GPU in exclusive mode held by another process, or out of memory, fails here, at start.
+    torch::zeros({1}, torch::TensorOptions().device(device)).sum().item<float>();
+  } catch (const c10::Error& error) {
+    const std::string what = error.what_without_backtrace();
+    throw configs::ConfigError("run.device", core::str_cat("run.device = cuda: GPU ", index, " (local rank ", local_rank,
+                                                           " of ", devices, " visible GPUs) is not usable: ",
+                                                           what.substr(0, what.find('\n')),
+                                                           "; check nvidia-smi for processes holding it and "
+                                                           "CUDA_VISIBLE_DEVICES"));
+  }
+  return device;
 }
 
 std::string describe_training_device(const torch::Device& device) {

@@ -19,7 +19,8 @@ int local_rank_from_environment();
 //           LibTorch (several ranks of one node share GPUs round-robin);
 //   auto -> cuda when this build has the CUDA kernels and a GPU is visible, else the CPU.
 // Throws configs::ConfigError naming run.device when cuda is asked for and this build has no CUDA
-// kernels, or no GPU is visible (with what the runtime said), or the value is unknown.
+// kernels, no GPU is visible (with what the runtime said), the chosen GPU cannot allocate (busy in
+// exclusive mode, out of memory), or the value is unknown.
 torch::Device resolve_training_device(const std::string& run_device, int local_rank);
 
 // One line for the log: "cuda:0 (NVIDIA H200, 139.8 GiB, 137.2 GiB free)" or "cpu".

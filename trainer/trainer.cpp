@@ -414,6 +414,7 @@ ChunkBatchSource Trainer::chunk_source(const PlannedBatch& entry) {
   return [this, &entry, reader](int32_t chunk) {
     models::ChunkBatch batch =
         models::make_chunk_batch(data::gather_chunk_inputs(entry.plan, chunk, entry.sequences, reader), device_);
+    batch.labels_checked = true;  // labels are token ids the reader checked against model.vocab_size
     if (mesh_ != nullptr && config_.parallel.cp > 1) batch = parallel::shard_chunk_batch(batch, mesh_->cp_group());
     return batch;
   };

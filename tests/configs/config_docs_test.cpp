@@ -38,6 +38,22 @@ TEST(ConfigDocsTest, DemoConfigFitsTheDatasetTheDemoScriptWrites) {
   EXPECT_EQ(config.chunking.resident_chunks, 1);
 }
 
+TEST(ConfigDocsTest, GpuConfigIsTheQwen2HalfBillionShape) {
+  // bench/gpu_training.sh and README's GPU quick start use it: it must load and validate, and
+  // keep the published Qwen2-0.5B shape (494M parameters).
+  const Config config = load_config(repo_file("configs/qwen2_0.5b_gpu.yaml"));
+  EXPECT_EQ(config.run.device, "cuda");
+  EXPECT_EQ(config.model.dtype, "bfloat16");
+  EXPECT_EQ(config.model.family, "qwen2");
+  EXPECT_EQ(config.model.effective_head_dim(), 64);
+  const int64_t hidden = config.model.hidden_size, layers = config.model.num_hidden_layers;
+  const int64_t kv_width = config.model.num_key_value_heads * config.model.effective_head_dim();
+  const int64_t per_layer = hidden * hidden * 2 + hidden * kv_width * 2 + hidden + 2 * kv_width +
+                            3 * hidden * config.model.intermediate_size + 2 * hidden;
+  const int64_t parameters = config.model.vocab_size * hidden + layers * per_layer + hidden;
+  EXPECT_NEAR(static_cast<double>(parameters), 494.0e6, 1.0e6);
+}
+
 TEST(ConfigDocsTest, DemoConfigTakesOverridesLikeTheTrainerWould) {
   const Config config = load_config(repo_file("configs/demo.yaml"),
                                     {"chunking.chunk_size=256", "chunking.resident_chunks=2"});
