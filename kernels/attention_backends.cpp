@@ -145,7 +145,7 @@ torch::Tensor composite_varlen_attention(const torch::Tensor& q, const torch::Te
     if (sq == 0) continue;
     const torch::Tensor queries = q.narrow(0, cu_q[segment], sq).to(math);
     if (sk == 0) {
-      outputs.push_back(torch::zeros_like(queries));
+      outputs.push_back(queries * 0);  // rows without keys: zeros, still in the graph of q
       continue;
     }
     const torch::Tensor keys = k.narrow(0, cu_k[segment], sk).to(math).repeat_interleave(group, 1);
@@ -161,12 +161,11 @@ torch::Tensor composite_varlen_attention(const torch::Tensor& q, const torch::Te
     const torch::Tensor probabilities = torch::where(sees_a_key, scores.softmax(-1), torch::zeros({}, scores.options()));
     outputs.push_back(torch::einsum("hqk,khd->qhd", {probabilities, values}));
   }
-  if (outputs.empty()) {
-    // No query: zeros, still connected to k and v so that their backward runs (a context-parallel
-    // K/V gather's backward is a collective every rank must reach).
-    return torch::zeros_like(q) + ((k.sum() + v.sum()) * 0).to(q.scalar_type());
-  }
-  return torch::cat(outputs, 0).to(q.scalar_type());
+  // Always connected to k and v, even when no query reads a key, so that their backward runs (a
+  // context-parallel K/V gather's backward is a collective every rank must reach).
+  const torch::Tensor keys_in_graph = ((k.sum() + v.sum()) * 0).to(q.scalar_type());
+  if (outputs.empty()) return torch::zeros_like(q) + keys_in_graph;
+  return torch::cat(outputs, 0).to(q.scalar_type()) + keys_in_graph;
 }
 
 }  // namespace chunkflow::kernels

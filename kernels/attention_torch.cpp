@@ -176,6 +176,9 @@ std::tuple<torch::Tensor, torch::Tensor> run_forward(const Inputs& inputs, const
                                    inputs.q.options().dtype(torch::kFloat));
   // No queries (a context-parallel rank may hold no rows of a chunk): nothing to compute.
   if (inputs.q.size(0) == 0) return {out, lse};
+  // No keys at all: every row sees none (zeros, lse -inf by the contract); the launchers need
+  // key memory to point at.
+  if (inputs.k.size(0) == 0) return {out.zero_(), lse.fill_(-std::numeric_limits<float>::infinity())};
   VarlenAttentionParams params;
   fill_common(params, inputs);
   params.out = out.data_ptr();
@@ -228,7 +231,8 @@ class VarlenAttentionFunction : public torch::autograd::Function<VarlenAttention
              ", got ", shape_of(dout));
 
     torch::Tensor dq = torch::empty_like(inputs.q);
-    if (inputs.q.size(0) == 0) {
+    if (inputs.q.size(0) == 0 || inputs.k.size(0) == 0) {
+      dq.zero_();
       // No query read any key.
       return {dq, torch::zeros_like(inputs.k), torch::zeros_like(inputs.v), torch::Tensor(), torch::Tensor(),
               torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};

@@ -26,6 +26,40 @@ int local_rank_from_environment() {
   return 0;
 }
 
+int local_world_size_from_environment() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE"}) {
+    const char* value = std::getenv(name);
+    if (value == nullptr || *value == '\0') continue;
+    char* end = nullptr;
+    const long size = std::strtol(value, &end, 10);
+    if (*end == '\0' && size > 0 && size < (1 << 20)) return static_cast<int>(size);
+  }
+  return 0;
+}
+
+std::string choose_communication_backend(const std::string& backend, const torch::Device& device,
+                                         int local_world_size, int cuda_devices, bool built_with_nccl) {
+  if (backend == "mpi") return "mpi";
+  if (backend == "nccl") {
+    if (!device.is_cuda()) {
+      throw configs::ConfigError(std::vector<std::string>{"parallel.backend", "run.device"},
+                                 core::str_cat("parallel.backend = nccl needs CUDA tensors, but the run trains on ",
+                                               device.str(), "; use parallel.backend: mpi (or auto)"));
+    }
+    if (!built_with_nccl) {
+      throw configs::ConfigError("parallel.backend", "parallel.backend = nccl, but this build has no NCCL (nccl.h or "
+                                                     "libnccl was not found when it was configured); use mpi or auto");
+    }
+    return "nccl";
+  }
+  if (backend != "auto") {
+    throw configs::ConfigError("parallel.backend",
+                               core::str_cat("parallel.backend must be auto, mpi or nccl, got \"", backend, "\""));
+  }
+  const bool own_gpus = local_world_size > 0 && local_world_size <= cuda_devices;
+  return device.is_cuda() && built_with_nccl && own_gpus ? "nccl" : "mpi";
+}
+
 torch::Device resolve_training_device(const std::string& run_device, int local_rank) {
   if (run_device == "cpu") return torch::kCPU;
   if (run_device != "cuda" && run_device != "auto") {

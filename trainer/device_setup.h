@@ -23,6 +23,19 @@ int local_rank_from_environment();
 // exclusive mode, out of memory), or the value is unknown.
 torch::Device resolve_training_device(const std::string& run_device, int local_rank);
 
+// Ranks on this node: OMPI_COMM_WORLD_LOCAL_SIZE, LOCAL_WORLD_SIZE, else 0 (unknown).
+int local_world_size_from_environment();
+
+// parallel.backend for a job of several ranks: "mpi" or "nccl".
+//   nccl -> nccl; refused (configs::ConfigError naming parallel.backend) unless the device is CUDA
+//           and the build has NCCL;
+//   auto -> nccl when the device is CUDA, the build has NCCL and every rank of the node has a GPU
+//           of its own (local_world_size known and <= cuda_devices: NCCL refuses two ranks of
+//           one communicator on one GPU); else mpi, which stages CUDA tensors through host memory;
+//   mpi  -> mpi.
+std::string choose_communication_backend(const std::string& backend, const torch::Device& device,
+                                         int local_world_size, int cuda_devices, bool built_with_nccl);
+
 // One line for the log: "cuda:0 (NVIDIA H200, 139.8 GiB, 137.2 GiB free)" or "cpu".
 std::string describe_training_device(const torch::Device& device);
 

@@ -23,7 +23,9 @@
 #include "models/chunk_batch.h"
 #include "models/hugging_face.h"
 #include "models/mixed_precision.h"
+#include "kernels/device.h"
 #include "parallel/context_parallel.h"
+#include "parallel/nccl_communicator.h"
 #include "parallel/pipeline_schedule.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device_setup.h"
@@ -181,12 +183,12 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   attention_backend_ = kernels::attention_backend_name(kernels::resolve_attention_backend(
       kernels::parse_attention_backend(config_.model.attention_backend), device_,
       models::parse_dtype(config_.model.dtype, "model.dtype"), config_.model.effective_head_dim()));
-  if (config_.parallel.backend == "nccl") {
-    throw configs::ConfigError("parallel.backend", "parallel.backend = nccl: the NCCL backend is not built yet; use auto "
-                                                   "or mpi (MPI carries CUDA tensors through pinned host memory)");
-  }
   if (world_ != nullptr && world_->size() > 1) {
-    mesh_ = std::make_unique<parallel::DeviceMesh>(config_.parallel, *world_);
+    communication_backend_ =
+        choose_communication_backend(config_.parallel.backend, device_, local_world_size_from_environment(),
+                                     kernels::cuda_device_count(), parallel::built_with_nccl());
+    if (communication_backend_ == "nccl") nccl_world_ = parallel::nccl_communicator(*world_, device_.index());
+    mesh_ = std::make_unique<parallel::DeviceMesh>(config_.parallel, nccl_world_ ? *nccl_world_ : *world_);
     pipeline_stage_ = mesh_->coordinates().pp;
   } else {
     config_.parallel.check_world(1);
@@ -274,7 +276,8 @@ void Trainer::build_model(const models::ModelStage& stage) {
                    model_->compute_weights().mixed() ? "mixed precision: " + config_.model.dtype +
                                                            " compute, float32 master weights, gradients and AdamW state"
                                                      : std::string("float32"),
-                   "; attention backend ", attention_backend_, " (model.attention_backend = ", config_.model.attention_backend, ")");
+                   "; communication ", communication_backend_, "; attention backend ", attention_backend_,
+                   " (model.attention_backend = ", config_.model.attention_backend, ")");
     if (device_.is_cpu() && model_->compute_weights().mixed()) {
       core::log_warn("model.dtype = ", config_.model.dtype, " on the CPU: the kernels compute in float32 and round, "
                      "which is slower than float32 training; meant for tests");

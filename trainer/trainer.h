@@ -143,6 +143,10 @@ class Trainer {
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   std::unique_ptr<ChunkScheduler> scheduler_;
   parallel::Communicator* world_ = nullptr;
+  // parallel.backend nccl: the NCCL communicator over world_ that the mesh's groups split from
+  // (world_ keeps carrying the host-side sums, over MPI).
+  std::unique_ptr<parallel::Communicator> nccl_world_;
+  std::string communication_backend_ = "mpi";
   std::unique_ptr<parallel::DeviceMesh> mesh_;
   parallel::GroupCostModel cost_model_;
   std::unique_ptr<parallel::CostCalibration> calibration_;

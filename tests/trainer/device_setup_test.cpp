@@ -1,0 +1,72 @@
+// run.device and parallel.backend resolution: which device and communicator a rank gets, and the
+// errors that name the key when the choice cannot work. (On a GPU machine, gpu_training_gpu_test
+// trains on the device this resolves to.)
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "configs/config_error.h"
+#include "kernels/device.h"
+#include "trainer/device_setup.h"
+
+namespace chunkflow::trainer {
+namespace {
+
+std::string error_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const configs::ConfigError& error) {
+    return error.what();
+  }
+  return "";
+}
+
+TEST(DeviceSetupTest, CpuIsTheCpuAndAutoPicksAGpuOnlyWhenOneIsUsable) {
+  EXPECT_TRUE(resolve_training_device("cpu", 3).is_cpu());
+  const torch::Device automatic = resolve_training_device("auto", 0);
+  EXPECT_EQ(automatic.is_cuda(), kernels::built_with_cuda() && kernels::cuda_device_count() > 0);
+}
+
+TEST(DeviceSetupTest, CudaWithoutAUsableGpuNamesTheKeyAndWhy) {
+  if (kernels::built_with_cuda() && kernels::cuda_device_count() > 0) {
+    GTEST_SKIP() << "a GPU is usable here: cuda resolves (gpu_training_gpu_test covers it)";
+  }
+  const std::string message = error_of([] { resolve_training_device("cuda", 0); });
+  EXPECT_NE(message.find("run.device = cuda"), std::string::npos) << message;
+  EXPECT_NE(message.find(kernels::built_with_cuda() ? "no GPU is usable" : "no CUDA kernels"), std::string::npos)
+      << message;
+  EXPECT_NE(error_of([] { resolve_training_device("tpu", 0); }).find("run.device must be auto, cpu or cuda"),
+            std::string::npos);
+}
+
+TEST(DeviceSetupTest, LocalRankAndNodeSizeComeFromTheLauncher) {
+  ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3", 1);
+  ::setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "4", 1);
+  EXPECT_EQ(local_rank_from_environment(), 3);
+  EXPECT_EQ(local_world_size_from_environment(), 4);
+  ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "x", 1);
+  ::setenv("SLURM_LOCALID", "2", 1);
+  EXPECT_EQ(local_rank_from_environment(), 2) << "an unreadable value falls through to the next launcher's";
+  ::unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  ::unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  ::unsetenv("SLURM_LOCALID");
+}
+
+TEST(DeviceSetupTest, NcclOnlyWhereEveryRankHasItsOwnGpu) {
+  const torch::Device cuda(torch::kCUDA, 0), cpu(torch::kCPU);
+  EXPECT_EQ(choose_communication_backend("auto", cuda, 4, 8, true), "nccl");
+  EXPECT_EQ(choose_communication_backend("auto", cuda, 4, 1, true), "mpi") << "four ranks share one GPU";
+  EXPECT_EQ(choose_communication_backend("auto", cuda, 0, 8, true), "mpi") << "node size unknown";
+  EXPECT_EQ(choose_communication_backend("auto", cuda, 2, 8, false), "mpi") << "build without NCCL";
+  EXPECT_EQ(choose_communication_backend("auto", cpu, 2, 8, true), "mpi");
+  EXPECT_EQ(choose_communication_backend("mpi", cuda, 2, 8, true), "mpi");
+  EXPECT_EQ(choose_communication_backend("nccl", cuda, 2, 1, true), "nccl") << "asked for: NCCL's own error follows";
+  const std::string on_cpu = error_of([&] { choose_communication_backend("nccl", cpu, 2, 0, true); });
+  EXPECT_NE(on_cpu.find("parallel.backend = nccl needs CUDA tensors"), std::string::npos) << on_cpu;
+  const std::string no_nccl = error_of([&] { choose_communication_backend("nccl", cuda, 2, 2, false); });
+  EXPECT_NE(no_nccl.find("this build has no NCCL"), std::string::npos) << no_nccl;
+}
+
+}  // namespace
+}  // namespace chunkflow::trainer
