@@ -50,6 +50,20 @@ StepGradients float64_reference_step(models::CausalLM& model, const std::vector<
   return result;
 }
 
+ThreeWays chunked_unchunked_and_reference(models::CausalLM& model, const std::vector<ReferenceSequence>& batch,
+                                          int64_t chunk_size, int64_t resident_chunks) {
+  configs::ChunkingConfig chunked;
+  chunked.chunk_size = chunk_size;
+  configs::ChunkingConfig whole;
+  whole.strategy = "pad_to_longest";
+  whole.micro_batch_sequences = 1;
+  ThreeWays result;
+  result.chunked = chunked_step(model, batch, chunked, resident_chunks);
+  result.unchunked = chunked_step(model, batch, whole, 1);
+  result.reference = float64_reference_step(model, batch);
+  return result;
+}
+
 double relative_norm_error(const torch::Tensor& got, const torch::Tensor& want) {
   const double scale = std::max(want.norm().item<double>(), 1e-30);
   return (got.to(torch::kDouble) - want.to(torch::kDouble)).norm().item<double>() / scale;

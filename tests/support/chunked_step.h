@@ -26,6 +26,15 @@ StepGradients chunked_step(models::CausalLM& model, const std::vector<ReferenceS
 // The same step by testing::reference_mean_loss in float64 on float64 copies of the model's weights.
 StepGradients float64_reference_step(models::CausalLM& model, const std::vector<ReferenceSequence>& batch);
 
+// One step three ways on the same weights: chunked (chunk_size, resident_chunks, ChunkFlow's
+// plan), unchunked (every sequence whole in a chunk of its own: plain training in the model's
+// precision) and the float64 reference — what FlashAttention's rule compares.
+struct ThreeWays {
+  StepGradients chunked, unchunked, reference;
+};
+ThreeWays chunked_unchunked_and_reference(models::CausalLM& model, const std::vector<ReferenceSequence>& batch,
+                                          int64_t chunk_size, int64_t resident_chunks);
+
 // |got - want| / |want| over the whole tensor (Frobenius norms), want != 0.
 double relative_norm_error(const torch::Tensor& got, const torch::Tensor& want);
 

@@ -60,13 +60,7 @@ TEST_F(GpuTrainingTest, Float32OnCudaMatchesFloat64WholeSequenceTraining) {
   model->to(torch::Device(torch::kCUDA));
   for (const int64_t chunk_size : {7, 32}) {
     const auto batch = testing::random_sequences(seed_ + static_cast<uint64_t>(chunk_size), 5, chunk_size, config.vocab_size);
-    configs::ChunkingConfig chunked;
-    chunked.chunk_size = chunk_size;
-    const testing::StepGradients chunks = testing::chunked_step(model, batch, chunked, 1);
-    configs::ChunkingConfig whole;
-    whole.strategy = "pad_to_longest";
-    const testing::StepGradients plain = testing::chunked_step(model, batch, whole, 1);
-    const testing::StepGradients reference = testing::float64_reference_step(model, batch);
+    const auto [chunks, plain, reference] = testing::chunked_unchunked_and_reference(model, batch, chunk_size, 1);
     EXPECT_LE(std::abs(chunks.loss - reference.loss) / std::abs(reference.loss), 1e-5) << "chunk_size " << chunk_size;
     const auto names = model->named_parameters().keys();
     for (size_t index = 0; index < names.size(); ++index) {
@@ -85,13 +79,7 @@ TEST_F(GpuTrainingTest, Bfloat16OnEveryCudaBackendIsWithinTwiceUnchunkedBfloat16
     model->to(torch::Device(torch::kCUDA));
     const int64_t chunk_size = 24;
     const auto batch = testing::random_sequences(seed_, 6, chunk_size, config.vocab_size);
-    configs::ChunkingConfig chunked;
-    chunked.chunk_size = chunk_size;
-    const testing::StepGradients chunks = testing::chunked_step(model, batch, chunked, 1);
-    configs::ChunkingConfig whole;
-    whole.strategy = "pad_to_longest";
-    const testing::StepGradients plain = testing::chunked_step(model, batch, whole, 1);
-    const testing::StepGradients reference = testing::float64_reference_step(model, batch);
+    const auto [chunks, plain, reference] = testing::chunked_unchunked_and_reference(model, batch, chunk_size, 1);
     EXPECT_LE(std::abs(chunks.loss - reference.loss), 2 * std::abs(plain.loss - reference.loss) + 1e-3) << backend;
     const auto names = model->named_parameters().keys();
     double worst = 0;

@@ -45,19 +45,15 @@ TEST(MixedPrecisionTest, ChunkedBfloat16TrainingIsWithinTwiceTheErrorOfUnchunked
     const auto batch = testing::random_sequences(rng.next_u64(), 3 + rng.below(4), chunk_size, config.vocab_size);
     models::CausalLM model(config);
 
-    configs::ChunkingConfig chunked;
-    chunked.chunk_size = chunk_size;
-    const testing::StepGradients chunks =
-        testing::chunked_step(model, batch, chunked, 1 + static_cast<int64_t>(rng.below(2)));
+    const testing::ThreeWays step =
+        testing::chunked_unchunked_and_reference(model, batch, chunk_size, 1 + static_cast<int64_t>(rng.below(2)));
+    const testing::StepGradients& chunks = step.chunked;
+    const testing::StepGradients& plain = step.unchunked;
+    const testing::StepGradients& reference = step.reference;
     for (const auto& item : model->named_parameters()) {
       ASSERT_EQ(item.value().scalar_type(), torch::kFloat) << item.key() << ": master weights are float32";
       ASSERT_EQ(item.value().grad().scalar_type(), torch::kFloat) << item.key() << ": gradients accumulate in float32";
     }
-    configs::ChunkingConfig whole;
-    whole.strategy = "pad_to_longest";
-    whole.micro_batch_sequences = 1;
-    const testing::StepGradients plain = testing::chunked_step(model, batch, whole, 1);
-    const testing::StepGradients reference = testing::float64_reference_step(model, batch);
 
     EXPECT_LE(std::abs(chunks.loss - reference.loss), 2 * std::abs(plain.loss - reference.loss) + 1e-3)
         << "trial " << trial << " seed " << seed;
