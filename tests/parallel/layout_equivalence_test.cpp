@@ -12,6 +12,7 @@
 #include <random>
 
 #include "core/random.h"
+#include "kernels/device.h"
 #include "data/chunk_inputs.h"
 #include "data/chunk_plan.h"
 #include "models/chunk_batch.h"
@@ -258,15 +259,29 @@ TEST(LayoutEquivalenceTest, EveryLayoutGivesTheSingleRankLossAndGradients) {
   }
 }
 
+// CHUNKFLOW_TEST_DEVICE=cuda runs the training-run comparison on the GPU (ctest
+// parallel.layout_equivalence_cuda_np4): every rank shares the one GPU, the mesh communicates
+// through MPI with CUDA tensors staged through host memory, float32 with the composite attention.
+std::string test_device() {
+  const char* device = std::getenv("CHUNKFLOW_TEST_DEVICE");
+  return device != nullptr && *device != '\0' ? device : "cpu";
+}
+
 TEST(LayoutEquivalenceTest, TrainingRunsReproduceTheSingleRankRunOnEveryLayout) {
   Communicator& world = chunkflow::testing::test_world();
   if (world.size() != 4) GTEST_SKIP() << "needs 4 ranks (run under mpirun -np 4)";
+  const std::string device = test_device();
+  if (device == "cuda" && (!kernels::built_with_cuda() || kernels::cuda_device_count() == 0)) {
+    GTEST_SKIP() << "CHUNKFLOW_TEST_DEVICE=cuda but no usable GPU: " << kernels::describe_devices();
+  }
   // Every rank writes the same (deterministic) synthetic dataset into its own folder.
   chunkflow::testing::TempDir dir;
   const configs::Config tiny = chunkflow::testing::tiny_run(dir);
   const auto make_config = [&](const std::string& name) {
     configs::Config config = tiny;
     config.run.name = name;
+    config.run.device = device;
+    config.parallel.backend = "mpi";  // ranks share one GPU on the test machine: NCCL refuses that
     config.run.steps = 3;
     config.model.num_hidden_layers = 4;
     config.model.tie_word_embeddings = true;
