@@ -21,6 +21,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <set>
+#include <tuple>
 
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
@@ -616,10 +619,20 @@ void check_cuda_params(const Params& params, const char* op) {
            ": q, k and v must be 16-byte aligned (the kernel loads 8 elements at a time)");
 }
 
+// The shared-memory limit is a property of the function on a device: set it once per (kernel,
+// device, size) instead of a driver call before every launch.
 template <typename Kernel>
 void allow_shared_bytes(Kernel kernel, size_t bytes) {
+  static std::mutex mutex;
+  static std::set<std::tuple<const void*, int, size_t>> allowed;
+  int device = 0;
+  CF_CUDA_CHECK(cudaGetDevice(&device));
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), device, bytes);
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (allowed.count(key) != 0) return;
   CF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      static_cast<int>(bytes)));
+  allowed.insert(key);
 }
 
 template <typename T, int kHeadDim>
