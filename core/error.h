@@ -24,6 +24,10 @@ std::string str_cat(Parts&&... parts) {
   return out.str();
 }
 
+// This machine's host name, for messages that say where a rank failed ("localhost" when the
+// system does not tell).
+std::string host_name();
+
 // Prints "internal error: <what> at file:line" to stderr and aborts. For broken invariants of
 // the project's own code, never for user input.
 [[noreturn]] void fail_invariant(const char* file, int line, const std::string& what);

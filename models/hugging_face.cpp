@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/strings.h"
+#include "models/mixed_precision.h"
 #include "models/safetensors.h"
 
 namespace chunkflow::models {
@@ -65,12 +66,7 @@ Json parse_json_file(const std::string& path) {
   }
 }
 
-torch::ScalarType export_dtype(const std::string& dtype) {
-  if (dtype == "float32") return torch::kFloat;
-  if (dtype == "bfloat16") return torch::kBFloat16;
-  if (dtype == "float16") return torch::kHalf;
-  CF_FAIL("export dtype '", dtype, "' must be float32, bfloat16 or float16");
-}
+torch::ScalarType export_dtype(const std::string& dtype) { return parse_dtype(dtype, "export dtype"); }
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::ostringstream text;

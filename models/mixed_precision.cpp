@@ -32,7 +32,7 @@ torch::ScalarType parse_dtype(const std::string& name, const std::string& key) {
   if (name == "float32") return torch::kFloat;
   if (name == "bfloat16") return torch::kBFloat16;
   if (name == "float16") return torch::kHalf;
-  CF_FAIL(key, " = \"", name, "\" is not a dtype; choose float32, bfloat16 or float16");
+  CF_FAIL(key, " must be float32, bfloat16 or float16, got '", name, "'");
 }
 
 std::string dtype_name(torch::ScalarType dtype) {

@@ -15,7 +15,8 @@
 namespace chunkflow::models {
 
 // "float32" | "bfloat16" | "float16" -> the torch dtype; throws core::Error naming `key` and the
-// value otherwise. The one place a dtype name is read.
+// value otherwise ("<key> must be float32, bfloat16 or float16, got '<value>'"). The one place a
+// dtype name is read (model.dtype, export dtypes).
 torch::ScalarType parse_dtype(const std::string& name, const std::string& key);
 // The inverse: the name parse_dtype reads.
 std::string dtype_name(torch::ScalarType dtype);

@@ -22,11 +22,7 @@ namespace {
     if (mpi_status != MPI_SUCCESS) throw_mpi_error(mpi_status, #call, __FILE__, __LINE__, communicator); \
   } while (false)
 
-std::string host_name() {
-  char name[256] = {};
-  ::gethostname(name, sizeof(name) - 1);
-  return name;
-}
+using core::host_name;
 
 [[noreturn]] void throw_mpi_error(int status, const char* call, const char* file, int line, MPI_Comm communicator) {
   char text[MPI_MAX_ERROR_STRING] = {};

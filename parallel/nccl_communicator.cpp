@@ -19,11 +19,7 @@
 namespace chunkflow::parallel {
 namespace {
 
-std::string host_name() {
-  char name[256] = {};
-  ::gethostname(name, sizeof(name) - 1);
-  return name;
-}
+using core::host_name;
 
 ncclDataType_t nccl_type(torch::ScalarType dtype) {
   switch (dtype) {

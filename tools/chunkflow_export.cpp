@@ -16,6 +16,7 @@
 #include "core/logging.h"
 #include "core/strings.h"
 #include "models/hugging_face.h"
+#include "models/mixed_precision.h"
 #include "trainer/checkpoint.h"
 
 int main(int argc, char** argv) {
@@ -33,8 +34,7 @@ int main(int argc, char** argv) {
     command_line.add_string("dtype", &dtype, "float32 | bfloat16 | float16 (default float32)");
     command_line.add_int("max-shard-mb", &max_shard_mb, "largest safetensors shard in MB (default 5000)");
     if (!command_line.parse(std::vector<std::string>(argv + 1, argv + argc))) return 0;
-    CF_CHECK(dtype == "float32" || dtype == "bfloat16" || dtype == "float16",
-             "chunkflow-export --dtype must be float32, bfloat16 or float16, got '", dtype, "'");
+    const torch::ScalarType export_type = models::parse_dtype(dtype, "chunkflow-export --dtype");
     CF_CHECK(max_shard_mb >= 1, "chunkflow-export --max-shard-mb must be >= 1, got ", max_shard_mb);
 
     // A checkpoint root: take its newest checkpoint.
@@ -58,9 +58,7 @@ int main(int argc, char** argv) {
       const auto found = tensors.find("model/" + name);
       CF_CHECK(found != tensors.end(), "checkpoint ", directory, " has no tensor model/", name,
                " (a shard is missing from the manifest?)");
-      named.emplace_back(name, found->second.to(dtype == "float32"    ? torch::kFloat
-                                                : dtype == "bfloat16" ? torch::kBFloat16
-                                                                      : torch::kHalf));
+      named.emplace_back(name, found->second.to(export_type));
     }
     models::HfExportOptions options;
     options.dtype = dtype;

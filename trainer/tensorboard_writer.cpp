@@ -35,11 +35,7 @@ uint64_t get_le(const uint8_t* in, int bytes) {
   return value;
 }
 
-std::string host_name() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "localhost";
-  return name;
-}
+using core::host_name;
 
 std::string os_error(int error) { return std::generic_category().message(error); }
 
