@@ -20,12 +20,6 @@ constexpr const char* kKey = "model.attention_backend";
 
 bool is_half_precision(torch::ScalarType dtype) { return dtype == torch::kBFloat16 || dtype == torch::kHalf; }
 
-// Where offsets live on q's device: the caller's copy, else one made now (blocking).
-torch::Tensor device_offsets(const torch::Tensor& device_copy, const torch::Tensor& host, const torch::Device& device) {
-  if (device_copy.defined() && device_copy.device() == device) return device_copy;
-  return host.to(device, torch::kInt32);
-}
-
 // FlashAttention-2 through ATen. Forward keeps what the backward entry point needs: inputs,
 // output, log-sum-exp and the (unused, dropout-free) RNG state.
 class FlashAttentionFunction : public torch::autograd::Function<FlashAttentionFunction> {
@@ -72,6 +66,11 @@ class FlashAttentionFunction : public torch::autograd::Function<FlashAttentionFu
 };
 
 }  // namespace
+
+torch::Tensor offsets_on_device(const torch::Tensor& device_copy, const torch::Tensor& host, const torch::Device& device) {
+  if (device_copy.defined() && device_copy.device() == device) return device_copy;
+  return host.to(device, torch::kInt32);
+}
 
 AttentionBackend parse_attention_backend(const std::string& name) {
   if (name == "auto") return AttentionBackend::kAuto;
@@ -125,8 +124,8 @@ AttentionBackend resolve_attention_backend(AttentionBackend requested, const tor
 torch::Tensor flash_varlen_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                      const VarlenOffsets& offsets, double softmax_scale) {
   return FlashAttentionFunction::apply(q.contiguous(), k.contiguous(), v.contiguous(),
-                                       device_offsets(offsets.device_cu_seqlens_q, offsets.cu_seqlens_q, q.device()),
-                                       device_offsets(offsets.device_cu_seqlens_k, offsets.cu_seqlens_k, q.device()),
+                                       offsets_on_device(offsets.device_cu_seqlens_q, offsets.cu_seqlens_q, q.device()),
+                                       offsets_on_device(offsets.device_cu_seqlens_k, offsets.cu_seqlens_k, q.device()),
                                        offsets.max_seqlen_q, offsets.max_seqlen_k, softmax_scale);
 }
 

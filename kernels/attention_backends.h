@@ -21,6 +21,10 @@ torch::Tensor flash_varlen_attention(const torch::Tensor& q, const torch::Tensor
 torch::Tensor composite_varlen_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                          const VarlenOffsets& offsets, double softmax_scale);
 
+// `device_copy` when it is defined and on `device`, else `host` (int32 offsets) copied there now,
+// which blocks the host until the copy is done.
+torch::Tensor offsets_on_device(const torch::Tensor& device_copy, const torch::Tensor& host, const torch::Device& device);
+
 // Our kernel (attention_torch.cpp) with optional device offsets; CPU bf16/fp16 in float32 math.
 torch::Tensor chunkflow_varlen_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                          const VarlenOffsets& offsets, double softmax_scale, bool causal);

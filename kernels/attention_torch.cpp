@@ -154,12 +154,8 @@ struct DeviceOffsets {
 template <typename Params>
 DeviceOffsets to_device_offsets(Params& params, const Inputs& inputs, const DeviceOffsets& given) {
   check_params(params, OffsetsIn::kHostMemory);
-  const auto on_device = [&](const torch::Tensor& device_copy, const torch::Tensor& host) {
-    if (device_copy.defined() && device_copy.device() == inputs.q.device()) return device_copy;
-    return host.to(inputs.q.device(), /*non_blocking=*/false);
-  };
-  DeviceOffsets offsets{on_device(given.cu_seqlens_q, inputs.cu_seqlens_q),
-                        on_device(given.cu_seqlens_k, inputs.cu_seqlens_k)};
+  DeviceOffsets offsets{offsets_on_device(given.cu_seqlens_q, inputs.cu_seqlens_q, inputs.q.device()),
+                        offsets_on_device(given.cu_seqlens_k, inputs.cu_seqlens_k, inputs.q.device())};
   params.cu_seqlens_q = offsets.cu_seqlens_q.template data_ptr<int32_t>();
   params.cu_seqlens_k = offsets.cu_seqlens_k.template data_ptr<int32_t>();
   return offsets;

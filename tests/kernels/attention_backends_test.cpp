@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "kernels/attention_torch.h"
+#include "tests/support/expect_error.h"
 #include "tests/support/test_seed.h"
 
 namespace chunkflow::kernels {
@@ -169,31 +170,24 @@ TEST(AttentionBackendsTest, AutoPicksPerDeviceDtypeAndHeadSize) {
             AttentionBackend::kComposite);
 }
 
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const core::Error& error) {
-    return error.what();
-  }
-  return "";
-}
+using testing::error_message;
 
 TEST(AttentionBackendsTest, BackendsThatCannotRunACaseAreRefusedByKeyAndValue) {
   const torch::Device cpu(torch::kCPU), cuda(torch::kCUDA, 0);
   const std::string flash_on_cpu =
-      error_of([&] { resolve_attention_backend(AttentionBackend::kFlash, cpu, torch::kBFloat16, 128); });
+      error_message([&] { resolve_attention_backend(AttentionBackend::kFlash, cpu, torch::kBFloat16, 128); });
   EXPECT_NE(flash_on_cpu.find("model.attention_backend = flash cannot run cpu BFloat16 with head_dim 128"),
             std::string::npos)
       << flash_on_cpu;
   const std::string ours_in_fp32 =
-      error_of([&] { resolve_attention_backend(AttentionBackend::kChunkflow, cuda, torch::kFloat, 128); });
+      error_message([&] { resolve_attention_backend(AttentionBackend::kChunkflow, cuda, torch::kFloat, 128); });
   EXPECT_NE(ours_in_fp32.find("model.attention_backend = chunkflow cannot run cuda:0 Float"), std::string::npos)
       << ours_in_fp32;
   EXPECT_NE(ours_in_fp32.find("composite"), std::string::npos) << ours_in_fp32;
   const std::string odd_head =
-      error_of([&] { resolve_attention_backend(AttentionBackend::kFlash, cuda, torch::kHalf, 260); });
+      error_message([&] { resolve_attention_backend(AttentionBackend::kFlash, cuda, torch::kHalf, 260); });
   EXPECT_NE(odd_head.find("head_dim 260"), std::string::npos) << odd_head;
-  const std::string unknown = error_of([&] { parse_attention_backend("cudnn"); });
+  const std::string unknown = error_message([&] { parse_attention_backend("cudnn"); });
   EXPECT_NE(unknown.find("model.attention_backend = \"cudnn\" is not a backend"), std::string::npos) << unknown;
   for (const char* name : {"auto", "chunkflow", "flash", "composite"}) {
     EXPECT_EQ(attention_backend_name(parse_attention_backend(name)), name);

@@ -8,19 +8,14 @@
 
 #include "configs/config_error.h"
 #include "kernels/device.h"
+#include "tests/support/expect_error.h"
 #include "trainer/device_setup.h"
 
 namespace chunkflow::trainer {
 namespace {
 
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const configs::ConfigError& error) {
-    return error.what();
-  }
-  return "";
-}
+// ConfigError is a core::Error: the shared helper catches it.
+using testing::error_message;
 
 TEST(DeviceSetupTest, CpuIsTheCpuAndAutoPicksAGpuOnlyWhenOneIsUsable) {
   EXPECT_TRUE(resolve_training_device("cpu", 3).is_cpu());
@@ -32,11 +27,11 @@ TEST(DeviceSetupTest, CudaWithoutAUsableGpuNamesTheKeyAndWhy) {
   if (kernels::built_with_cuda() && kernels::cuda_device_count() > 0) {
     GTEST_SKIP() << "a GPU is usable here: cuda resolves (gpu_training_gpu_test covers it)";
   }
-  const std::string message = error_of([] { resolve_training_device("cuda", 0); });
+  const std::string message = error_message([] { resolve_training_device("cuda", 0); });
   EXPECT_NE(message.find("run.device = cuda"), std::string::npos) << message;
   EXPECT_NE(message.find(kernels::built_with_cuda() ? "no GPU is usable" : "no CUDA kernels"), std::string::npos)
       << message;
-  EXPECT_NE(error_of([] { resolve_training_device("tpu", 0); }).find("run.device must be auto, cpu or cuda"),
+  EXPECT_NE(error_message([] { resolve_training_device("tpu", 0); }).find("run.device must be auto, cpu or cuda"),
             std::string::npos);
 }
 
@@ -62,9 +57,9 @@ TEST(DeviceSetupTest, NcclOnlyWhereEveryRankHasItsOwnGpu) {
   EXPECT_EQ(choose_communication_backend("auto", cpu, 2, 8, true), "mpi");
   EXPECT_EQ(choose_communication_backend("mpi", cuda, 2, 8, true), "mpi");
   EXPECT_EQ(choose_communication_backend("nccl", cuda, 2, 1, true), "nccl") << "asked for: NCCL's own error follows";
-  const std::string on_cpu = error_of([&] { choose_communication_backend("nccl", cpu, 2, 0, true); });
+  const std::string on_cpu = error_message([&] { choose_communication_backend("nccl", cpu, 2, 0, true); });
   EXPECT_NE(on_cpu.find("parallel.backend = nccl needs CUDA tensors"), std::string::npos) << on_cpu;
-  const std::string no_nccl = error_of([&] { choose_communication_backend("nccl", cuda, 2, 2, false); });
+  const std::string no_nccl = error_message([&] { choose_communication_backend("nccl", cuda, 2, 2, false); });
   EXPECT_NE(no_nccl.find("this build has no NCCL"), std::string::npos) << no_nccl;
 }
 
