@@ -3,11 +3,11 @@
 # ninja; no internet, apt, MPI, yaml-cpp, protobuf, nlohmann-json, Google Benchmark or GoogleTest).
 # It builds the WHOLE project (every library, chunkflow-train, tests, benchmarks) against that
 # machine's own LibTorch, with the Debian 12 packages the image lacks carried in .device/prefix;
-# runs the GPU tests, then the CPU + MPI tests, then times our attention against torch's
-# FlashAttention backend; prints a short table and writes under $OUT (or runs/device_check when
-# unset) five files, as the device tool brings back at most 8: summary.json (mode, steps, test
-# counts, gpu_tests_ran), attention_gpu.json, gpu_tests.xml, cpu_tests.xml (JUnit) and
-# logs.tar.gz (one log per step).
+# runs the GPU tests, times our attention against torch's FlashAttention backend, runs
+# the GPU training benchmark, then the CPU + MPI tests; prints short tables and writes under $OUT
+# (or runs/device_check when unset) six files, as the device tool brings back at most 8:
+# summary.json (mode, steps, test counts, gpu_tests_ran), attention_gpu.json, gpu_training.json,
+# gpu_tests.xml, cpu_tests.xml (JUnit) and logs.tar.gz (one log per step).
 #
 #   scripts/device_check.sh --prepare   # here (Debian 12, root, apt reachable), before borrowing
 #                                       # the machine: apt-get downloads OpenMPI, yaml-cpp,
@@ -34,13 +34,18 @@
 #   CHUNKFLOW_DEVICE_CMAKE_ARGS      extra cmake arguments
 #   CHUNKFLOW_DEVICE_CONFIGURE_ONLY  1: stop after the configure (rehearsals on a build machine)
 #   CHUNKFLOW_DEVICE_CONFIGURE_TIMEOUT / _BUILD_TIMEOUT / _GPU_TESTS_TIMEOUT / _CPU_TESTS_TIMEOUT /
-#   _BENCH_TIMEOUT                   per-step limits in seconds (300 / 420 / 180 / 240 / 240; a
-#                                    2-core build machine needs far longer than 420 s to build)
+#   _BENCH_TIMEOUT / _TRAINING_TIMEOUT  per-step limits in seconds (300 / 420 per build step /
+#                                    180 / 240 / 240 / 300; a 2-core build machine needs far longer
+#                                    than 420 s to build)
+#   CHUNKFLOW_DEVICE_TRAINING_PARTS / _LENGTHS / _STEPS  bench/gpu_training.sh's --parts (default
+#                                    "single peer"; "off" skips it), --lengths ("4096 32768"),
+#                                    --steps (3)
 #   CHUNKFLOW_DEVICE_DEADLINE        seconds from the start after which no step runs on (default
 #                                    560: under the device tool's 600 s per command, so that
-#                                    summary.json is always written). The CPU tests are cut first
-#                                    (CHUNKFLOW_DEVICE_BENCH_RESERVE, default 150 s, is kept for the
-#                                    benchmark).
+#                                    summary.json is always written). Steps run in priority order,
+#                                    so the deadline cuts the least important: build of the GPU
+#                                    targets, GPU tests, attention benchmark, training benchmark,
+#                                    build of the rest, CPU + MPI tests.
 #   GTEST_SOURCE                     --prepare: GoogleTest sources (default /usr/src/googletest)
 #
 # Budget: the whole run is meant to stay under about 8 minutes on 16 cores (configure <1, build
@@ -278,7 +283,7 @@ out_dir="${OUT:-$repo_root/runs/device_check}"
 # The device tool brings back at most 8 files from $OUT: the logs travel packed (logs.tar.gz).
 log_dir="$out_dir/logs"
 rm -rf "$log_dir" && mkdir -p "$log_dir"
-rm -f "$out_dir"/{summary.json,attention_gpu.json,gpu_tests.xml,cpu_tests.xml,logs.tar.gz}
+rm -f "$out_dir"/{summary.json,attention_gpu.json,gpu_training.json,gpu_tests.xml,cpu_tests.xml,logs.tar.gz}
 build_dir="${CHUNKFLOW_DEVICE_BUILD_DIR:-$repo_root/build-device}"
 python="${PYTHON:-python3}"
 started=$(date +%s)
@@ -511,23 +516,33 @@ configure_any() {
     -DCMAKE_PREFIX_PATH="$torch_prefix"
 }
 
+# What the GPU steps need, built first so that a slow or broken rest of the build cannot cost the
+# GPU tests, the attention benchmark or the training benchmark.
+gpu_targets() {
+  echo varlen_attention_gpu_test fused_ops_gpu_test tiled_cross_entropy_gpu_test attention_gpu_bench
+  [[ "$mode" == full ]] &&
+    echo gpu_training_gpu_test nccl_communicator_gpu_test layout_equivalence_test chunkflow-train chunkflow-data
+}
+
 build() {
+  local name="$1" limit="$2"; shift 2
   # Keep going past a failed target: the kernel tests and the GPU benchmark need none of the rest.
   local keep_going=(-- -k 0)
   grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja' "$build_dir/CMakeCache.txt" || keep_going=(-- -k)
-  run_step build "$(step_limit "${CHUNKFLOW_DEVICE_BUILD_TIMEOUT:-420}")" \
-    cmake --build "$build_dir" -j "$(nproc)" "${keep_going[@]}"
+  run_step "$name" "$(step_limit "$limit")" cmake --build "$build_dir" -j "$(nproc)" "$@" "${keep_going[@]}"
 }
 
-run_tests() {
-  # GPU tests first (they are why we are here), one at a time: they share the one GPU.
+run_gpu_tests() {
+  # One at a time: they share the one GPU.
   run_step gpu_tests "$(step_limit "${CHUNKFLOW_DEVICE_GPU_TESTS_TIMEOUT:-180}")" \
     ctest --test-dir "$build_dir" -L gpu --output-on-failure --timeout 120 \
       --output-junit "$out_dir/gpu_tests.xml"
-  # CPU + MPI tests, in parallel; one OpenMP thread per test as scripts/test.sh does. Cut before
-  # the benchmark's reserve, so that a slow build cannot cost the GPU timing.
+}
+
+run_cpu_tests() {
+  # In parallel; one OpenMP thread per test as scripts/test.sh does.
   OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
-  run_step cpu_tests "$(step_limit "${CHUNKFLOW_DEVICE_CPU_TESTS_TIMEOUT:-240}" "${CHUNKFLOW_DEVICE_BENCH_RESERVE:-150}")" \
+  run_step cpu_tests "$(step_limit "${CHUNKFLOW_DEVICE_CPU_TESTS_TIMEOUT:-240}")" \
     ctest --test-dir "$build_dir" -LE gpu -j "$(nproc)" --output-on-failure --timeout 120 \
       --output-junit "$out_dir/cpu_tests.xml"
 }
@@ -537,6 +552,23 @@ run_bench() {
   run_step bench "$(step_limit "${CHUNKFLOW_DEVICE_BENCH_TIMEOUT:-240}")" \
     "$build_dir/bin/attention_gpu_bench" --json "$out_dir/attention_gpu.json"
   cat "$log_dir/bench.log"
+}
+
+# bench/gpu_training.sh (full mode only; CHUNKFLOW_DEVICE_TRAINING_PARTS=off skips it). Its run
+# folders stay in the build folder (no checkpoints: the script turns them off); the table and
+# gpu_training.json come back, the per-run logs travel in logs.tar.gz.
+run_training_bench() {
+  local parts="${CHUNKFLOW_DEVICE_TRAINING_PARTS:-single peer}"
+  [[ "$mode" == full && "$parts" != off ]] || return 0
+  local work="$build_dir/gpu_training"
+  CHUNKFLOW_BIN="$build_dir/bin" PYTHON="$python" \
+  run_step training_bench "$(step_limit "${CHUNKFLOW_DEVICE_TRAINING_TIMEOUT:-300}")" \
+    bash "$repo_root/bench/gpu_training.sh" --parts "$parts" --out "$work" \
+      --steps "${CHUNKFLOW_DEVICE_TRAINING_STEPS:-3}" --lengths "${CHUNKFLOW_DEVICE_TRAINING_LENGTHS:-4096 32768}"
+  cat "$log_dir/training_bench.log"
+  [[ -f "$work/gpu_training.json" ]] && cp "$work/gpu_training.json" "$out_dir/"
+  mkdir -p "$log_dir/gpu_training" && cp "$work"/results/*.log "$log_dir/gpu_training/" 2>/dev/null
+  return 0
 }
 
 pack_logs() {
@@ -573,7 +605,13 @@ if [[ "$configure_only" == 1 ]]; then
   log "CHUNKFLOW_DEVICE_CONFIGURE_ONLY=1: stopping after the configure ($build_dir)"
   exit 0
 fi
-build
-run_tests
+# Priority order, as the deadline may cut the tail: GPU tests, attention benchmark, training
+# benchmark, then the rest of the project and the CPU + MPI tests.
+# shellcheck disable=SC2046  # one target per word
+build build_gpu_targets "${CHUNKFLOW_DEVICE_BUILD_TIMEOUT:-420}" --target $(gpu_targets)
+run_gpu_tests
 run_bench
+run_training_bench
+build build "${CHUNKFLOW_DEVICE_BUILD_TIMEOUT:-420}"
+run_cpu_tests
 log "done; results in $out_dir"
