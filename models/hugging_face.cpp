@@ -90,6 +90,39 @@ bool ignorable_extra(const std::string& name, const configs::ModelConfig& config
   return config.tie_word_embeddings && name == "lm_head.weight";
 }
 
+// A RoPE dictionary (transformers 5's "rope_parameters", or 4's "rope_scaling") must describe
+// plain RoPE: rope_type "default" and no keys that would change the frequencies. Returns its
+// rope_theta, or `fallback` where it has none.
+double plain_rope_theta(const std::string& path, const char* key, const Json& rope, double fallback) {
+  CF_CHECK(rope.is_object(), path, ": \"", key, "\" must be an object, got ", rope.dump());
+  const ConfigReader reader{path, rope};
+  // "type" is the name transformers 4 accepted before "rope_type".
+  const std::string type = reader.string_or("rope_type", reader.string_or("type", "default"));
+  CF_CHECK(type == "default", path, ": \"", key, "\" = ", rope.dump(), ": rope_type \"", type,
+           "\" is not supported (plain RoPE only); the model's positions would be rotated differently");
+  for (const auto& [name, value] : rope.items()) {
+    const bool understood = name == "rope_type" || name == "type" || name == "rope_theta" ||
+                            (name == "partial_rotary_factor" && value.is_number() && value.get<double>() == 1.0);
+    CF_CHECK(understood, path, ": \"", key, "\" has \"", name, "\" = ", value.dump(),
+             ", which plain RoPE does not have (rotary on every dimension, rope_type and rope_theta only)");
+  }
+  return reader.number_or("rope_theta", fallback);
+}
+
+// rope_theta from either generation of config.json: transformers 4 writes it at the top level,
+// 5 inside "rope_parameters" (and reads the top-level one into it when that lacks one).
+double read_rope_theta(const ConfigReader& reader) {
+  const double top_level = reader.number_or("rope_theta", 10000.0);
+  double theta = top_level;
+  if (const Json* scaling = reader.find("rope_scaling")) theta = plain_rope_theta(reader.path, "rope_scaling", *scaling, theta);
+  if (const Json* parameters = reader.find("rope_parameters")) {
+    theta = plain_rope_theta(reader.path, "rope_parameters", *parameters, theta);
+    CF_CHECK(!reader.find("rope_theta") || theta == top_level, reader.path, ": \"rope_theta\" = ", top_level,
+             " and \"rope_parameters\".rope_theta = ", theta, " disagree; which one the model was trained with is unknown");
+  }
+  return theta;
+}
+
 }  // namespace
 
 configs::ModelConfig read_hf_config(const std::string& directory) {
@@ -124,18 +157,15 @@ configs::ModelConfig read_hf_config(const std::string& directory) {
   config.head_dim = reader.integer_or("head_dim", 0);
   if (config.head_dim == config.hidden_size / std::max<int64_t>(config.num_attention_heads, 1)) config.head_dim = 0;
   config.rms_norm_eps = reader.number_or("rms_norm_eps", 1e-6);
-  config.rope_theta = reader.number_or("rope_theta", 10000.0);
+  config.rope_theta = read_rope_theta(reader);
   config.max_position_embeddings = reader.integer_or("max_position_embeddings", config.max_position_embeddings);
   config.tie_word_embeddings = reader.boolean_or("tie_word_embeddings", false);
   config.initializer_range = reader.number_or("initializer_range", 0.02);
   // Qwen2 always has q/k/v biases (and no o_proj bias); Llama's attention_bias covers all four.
   config.attention_bias = config.family == "qwen2" ? true : reader.boolean_or("attention_bias", false);
 
-  // Features that would change the math and are not implemented: refuse rather than differ.
-  if (const Json* scaling = reader.find("rope_scaling")) {
-    CF_FAIL(path, ": \"rope_scaling\" = ", scaling->dump(),
-            " is not supported (plain RoPE only); the model's positions would be rotated differently");
-  }
+  // Features that would change the math and are not implemented: refuse rather than differ
+  // (RoPE scaling is refused by read_rope_theta).
   const std::string activation = reader.string_or("hidden_act", "silu");
   CF_CHECK(activation == "silu", path, ": \"hidden_act\" = \"", activation, "\" is not supported (SwiGLU with silu only)");
   CF_CHECK(!reader.boolean_or("mlp_bias", false), path, ": \"mlp_bias\" = true is not supported (MLP without biases only)");
@@ -276,8 +306,10 @@ std::string hf_config_json(const configs::ModelConfig& config, const std::string
   json["head_dim"] = config.effective_head_dim();
   json["hidden_act"] = "silu";
   json["rms_norm_eps"] = config.rms_norm_eps;
+  // Both generations of transformers: 4 reads the top-level rope_theta, 5 "rope_parameters"
+  // (where 5 aliases "rope_scaling", so that key is left out: a null one could clear it).
   json["rope_theta"] = config.rope_theta;
-  json["rope_scaling"] = nullptr;
+  json["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", config.rope_theta}};
   json["max_position_embeddings"] = config.max_position_embeddings;
   json["tie_word_embeddings"] = config.tie_word_embeddings;
   json["initializer_range"] = config.initializer_range;

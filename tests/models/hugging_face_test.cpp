@@ -285,7 +285,30 @@ TEST_F(HuggingFaceTest, BrokenDirectoriesNameTheTensorOrKey) {
     json["rope_scaling"] = {{"type", "llama3"}, {"factor", 8.0}};
   }));
   EXPECT_TRUE(contains(error_message([&] { read_hf_config(scaling); }),
-                       "\"rope_scaling\" = {\"factor\":8.0,\"type\":\"llama3\"} is not supported"));
+                       "\"rope_scaling\" = {\"factor\":8.0,\"type\":\"llama3\"}: rope_type \"llama3\" is not supported"));
+
+  // transformers 5 writes rope_theta inside "rope_parameters" (found on the GPU machine's image:
+  // read from the top level only, a Qwen2 model got theta 10000 instead of 1e6, silently).
+  const std::string generation5 = make("generation5", [](auto&) {}, edited([](nlohmann::json& json) {
+    json.erase("rope_theta");
+    json["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 500000.0}};
+  }));
+  EXPECT_DOUBLE_EQ(read_hf_config(generation5).rope_theta, 500000.0);
+  const std::string disagreeing = make("disagreeing", [](auto&) {}, edited([](nlohmann::json& json) {
+    json["rope_theta"] = 10000.0;
+    json["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 500000.0}};
+  }));
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(disagreeing); }),
+                       "\"rope_theta\" = 10000 and \"rope_parameters\".rope_theta = 500000 disagree"));
+  const std::string yarn = make("yarn", [](auto&) {}, edited([](nlohmann::json& json) {
+    json["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 10000.0}, {"factor", 4.0}};
+  }));
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(yarn); }), "rope_type \"yarn\" is not supported"));
+  const std::string partial = make("partial", [](auto&) {}, edited([](nlohmann::json& json) {
+    json["rope_parameters"] = {{"rope_type", "default"}, {"partial_rotary_factor", 0.5}};
+  }));
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(partial); }),
+                       "\"rope_parameters\" has \"partial_rotary_factor\" = 0.5, which plain RoPE does not have"));
 
   const std::string mistral = make("mistral", [](auto&) {}, edited([](nlohmann::json& json) {
     json["architectures"] = {"MistralForCausalLM"};
