@@ -14,6 +14,7 @@ struct LoggingConfig {
   bool tensorboard = true;
   bool trace = false;
   std::string progress = "auto";
+  int64_t profile_step = 0;
 
   template <typename Visitor>
   void visit_fields(Visitor&& visit) { fields(*this, visit); }
@@ -33,6 +34,7 @@ struct LoggingConfig {
     visit("tensorboard", self.tensorboard, "write TensorBoard event files");
     visit("trace", self.trace, "write a Chrome/Perfetto trace of the schedule");
     visit("progress", self.progress, "auto | bar | lines (auto: a bar on a terminal)");
+    visit("profile_step", self.profile_step, "step to run under the Kineto profiler (0: none)");
   }
 };
 

@@ -1,6 +1,8 @@
 // Device choice and device memory; see device_setup.h.
 #include "trainer/device_setup.h"
 
+#include <c10/util/Exception.h>
+
 #include <cstdlib>
 
 #include "configs/config_error.h"
@@ -132,6 +134,36 @@ void synchronize_device(const torch::Device& device) {
   if (device.is_cuda()) c10::cuda::device_synchronize();
 #endif
   (void)device;
+}
+
+std::string describe_out_of_memory(const configs::ChunkingConfig& chunking, const OutOfMemoryContext& context,
+                                   const std::string& allocator_message) {
+  const std::string first_line = allocator_message.substr(0, allocator_message.find('\n'));
+  std::string layout;
+  std::string advice;
+  if (chunking.strategy == "pad_to_longest") {
+    layout = core::str_cat("chunking.micro_batch_sequences = ", chunking.micro_batch_sequences);
+    advice = "lower chunking.micro_batch_sequences, or train with chunking.strategy = chunkflow (memory set by the "
+             "chunk, not the longest sequence)";
+  } else if (chunking.strategy == "pack_to_max") {
+    layout = core::str_cat("chunking.chunk_size = ", chunking.chunk_size, ", chunking.recompute_layers = ",
+                           chunking.recompute_layers ? "true" : "false");
+    advice = "set chunking.recompute_layers = true, or train with chunking.strategy = chunkflow";
+  } else {
+    layout = core::str_cat("chunking.chunk_size = ", chunking.chunk_size,
+                           ", chunking.resident_chunks = ", chunking.resident_chunks);
+    advice = "lower chunking.resident_chunks (chunks that keep their activations) or chunking.chunk_size";
+  }
+  return core::str_cat("step ", context.step, " ran out of memory on ", context.device, " (", context.chunks,
+                       " chunks of ", context.sequences, " sequences, the longest ", context.longest_sequence,
+                       " tokens; chunking.strategy = ", chunking.strategy, ", ", layout, "): ", advice,
+                       "; more ranks (parallel.cp, parallel.pp) also divide it, and chunkflow-plan estimates the "
+                       "memory of a layout. The allocator said: ", first_line);
+}
+
+bool is_out_of_memory(const std::exception& error) {
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr) return true;
+  return std::string(error.what()).find("DefaultCPUAllocator: can't allocate memory") != std::string::npos;
 }
 
 }  // namespace chunkflow::trainer

@@ -5,7 +5,10 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <exception>
 #include <string>
+
+#include "configs/chunking_config.h"
 
 namespace chunkflow::trainer {
 
@@ -47,5 +50,20 @@ void reset_peak_device_memory(const torch::Device& device);
 // Waits until the work queued on a CUDA device has run (step boundaries, timings); no-op for the
 // CPU.
 void synchronize_device(const torch::Device& device);
+
+// What a step that ran out of device memory was doing, for the error that ends the run: the step,
+// its shape (chunks, sequences, longest sequence), the chunking keys that set the peak with their
+// values, what to change, and the first line of the allocator's own message (`allocator_message`,
+// which carries the GPU's capacity and free memory).
+struct OutOfMemoryContext {
+  int64_t step = 0, chunks = 0, sequences = 0, longest_sequence = 0;
+  std::string device;  // describe_training_device's line
+};
+std::string describe_out_of_memory(const configs::ChunkingConfig& chunking, const OutOfMemoryContext& context,
+                                   const std::string& allocator_message);
+
+// True for an allocation failure of LibTorch: c10::OutOfMemoryError (the CUDA caching allocator)
+// or the CPU allocator's "can't allocate memory" error.
+bool is_out_of_memory(const std::exception& error);
 
 }  // namespace chunkflow::trainer

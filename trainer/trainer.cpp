@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -28,6 +29,7 @@
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline_schedule.h"
 #include "trainer/checkpoint.h"
+#include "trainer/step_profiler.h"
 #include "trainer/device_setup.h"
 #include "trainer/flops.h"
 #include "trainer/lr_schedule.h"
@@ -312,6 +314,27 @@ void Trainer::write_trace() {
   if (writes_outputs()) core::log_info("timeline of every rank in ", folder, "/ (open in https://ui.perfetto.dev)");
 }
 
+StepMetrics Trainer::next_step() {
+  return steps_done_ + 1 == config_.logging.profile_step ? profiled_step() : train_step();
+}
+
+// Every rank writes its own trace and table; rank 0 also logs its table.
+StepMetrics Trainer::profiled_step() {
+  StepProfiler profiler(device_);
+  profiler.start();
+  const StepMetrics metrics = train_step();
+  const std::string folder = config_.run.run_dir() + "/profile";
+  core::make_directories(folder);
+  const std::string stem = core::str_cat(folder, "/step-", metrics.step, "-rank-", world_ != nullptr ? world_->rank() : 0);
+  const StepProfile profile = profiler.stop(stem + ".json");
+  core::write_file_atomic(stem + ".txt", profile.summary(50));
+  if (writes_outputs()) {
+    core::log_info("profile of step ", metrics.step, " (its own time includes the profiler's; every rank's trace and "
+                   "table in ", folder, "/):\n", profile.summary(12));
+  }
+  return metrics;
+}
+
 void Trainer::after_step() {
   const int64_t interval = config_.checkpoint.interval;
   if (interval < 0) return;  // checkpoints off
@@ -349,9 +372,18 @@ StepMetrics Trainer::train_step() {
   }
   StepWork work;
   std::vector<PlannedBatch> planned = plan_step(metrics, work);
-  run_step(planned, metrics, work);
-  if (mesh_ != nullptr) reduce_step(metrics, work);
-  apply_update(planned, metrics, work.totals);
+  try {
+    run_step(planned, metrics, work);
+    if (mesh_ != nullptr) reduce_step(metrics, work);
+    apply_update(planned, metrics, work.totals);
+  } catch (const std::exception& error) {
+    if (!is_out_of_memory(error)) throw;
+    const int64_t longest = work.lengths.empty() ? 0 : *std::max_element(work.lengths.begin(), work.lengths.end());
+    CF_FAIL(describe_out_of_memory(config_.chunking,
+                                   {metrics.step, metrics.chunks, metrics.sequences, longest,
+                                    describe_training_device(device_)},
+                                   error.what()));
+  }
   ++steps_done_;
   finish_metrics(metrics, work, start);
   return metrics;
@@ -638,7 +670,7 @@ std::vector<StepMetrics> Trainer::train() {
   if (!writes_outputs()) {
     std::vector<StepMetrics> history;
     while (steps_done_ < config_.run.steps) {
-      history.push_back(train_step());
+      history.push_back(next_step());
       after_step();
     }
     write_trace();
@@ -671,7 +703,7 @@ std::vector<StepMetrics> Trainer::train() {
 
   std::vector<StepMetrics> history;
   while (steps_done_ < config_.run.steps) {
-    history.push_back(train_step());
+    history.push_back(next_step());
     report(history.back());
     after_step();
   }

@@ -129,6 +129,9 @@ class Trainer {
                                        double grad_norm);
   void build_model(const models::ModelStage& stage);
 
+  // train_step, or under the Kineto profiler when it is logging.profile_step.
+  StepMetrics next_step();
+  StepMetrics profiled_step();
   void report(const StepMetrics& metrics);
   void after_step();
   void write_trace();

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 
 #include "configs/config_error.h"
@@ -61,6 +62,38 @@ TEST(DeviceSetupTest, NcclOnlyWhereEveryRankHasItsOwnGpu) {
   EXPECT_NE(on_cpu.find("parallel.backend = nccl needs CUDA tensors"), std::string::npos) << on_cpu;
   const std::string no_nccl = error_message([&] { choose_communication_backend("nccl", cuda, 2, 2, false); });
   EXPECT_NE(no_nccl.find("this build has no NCCL"), std::string::npos) << no_nccl;
+}
+
+TEST(DeviceSetupTest, OutOfMemoryNamesTheStepTheKeysToChangeAndTheAllocatorsWords) {
+  configs::ChunkingConfig chunking;
+  chunking.chunk_size = 8192;
+  chunking.resident_chunks = 4;
+  const std::string allocator = "CUDA out of memory. Tried to allocate 1.51 GiB. GPU 0 has a total capacity of 139.80 "
+                                "GiB of which 1.44 GiB is free.\nframe #0: c10::Error::Error(...)";
+  const std::string message = describe_out_of_memory(chunking, {7, 27, 459, 123045, "cuda:0 (NVIDIA H200)"}, allocator);
+  for (const char* part : {"step 7 ran out of memory on cuda:0 (NVIDIA H200)", "27 chunks of 459 sequences",
+                           "the longest 123045 tokens", "chunking.strategy = chunkflow",
+                           "chunking.chunk_size = 8192, chunking.resident_chunks = 4",
+                           "lower chunking.resident_chunks", "of which 1.44 GiB is free."}) {
+    EXPECT_NE(message.find(part), std::string::npos) << part << "\n" << message;
+  }
+  EXPECT_EQ(message.find("frame #0"), std::string::npos) << "only the allocator's first line";
+
+  chunking.strategy = "pad_to_longest";
+  chunking.micro_batch_sequences = 4;
+  EXPECT_NE(describe_out_of_memory(chunking, {}, allocator).find("lower chunking.micro_batch_sequences"), std::string::npos);
+}
+
+TEST(DeviceSetupTest, AllocationFailuresAreRecognisedAndOtherErrorsAreNot) {
+  // The CPU allocator's failure: a request no machine can meet fails at once, without touching memory.
+  bool recognised = false;
+  try {
+    (void)torch::empty({int64_t{1} << 60}, torch::kUInt8);
+  } catch (const std::exception& error) {
+    recognised = is_out_of_memory(error);
+  }
+  EXPECT_TRUE(recognised);
+  EXPECT_FALSE(is_out_of_memory(std::runtime_error("some other failure")));
 }
 
 }  // namespace
