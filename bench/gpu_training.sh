@@ -7,15 +7,19 @@
 #            128K): chunkflow vs pack_to_max (full layer recomputation) vs pad_to_longest, same
 #            trainer, same token budget;
 #   peer     Hugging Face transformers (bench/hf_peer.py: SDPA, autocast bf16, gradient
-#            checkpointing from 32K) on the single-sequence shapes.
+#            checkpointing from 32K) on the single-sequence shapes (and, in longtail, on the
+#            long-tail batch: one sequence per micro-batch, gradient checkpointing).
 # Prints Markdown tables and writes every number to <out>/gpu_training.json. Throughput counts real
 # tokens over steps 2..N. A failed or out-of-memory run is recorded as such, never dropped.
 #
 #   bench/gpu_training.sh [--steps N] [--lengths "4096 32768 131072 262144"] [--out DIR]
-#                         [--parts "single longtail peer"] [--smoke]
+#                         [--parts "single longtail peer"] [--profile] [--smoke]
 #
+# --profile runs each ChunkFlow run's last step under the Kineto profiler (logging.profile_step)
+# and keeps its table as <out>/results/<name>.profile.txt (the heaviest GPU kernels and CPU
+# operators, the GPU's busy share); that step is then left out of the timing.
 # --smoke rehearses the whole script on a CPU in about a minute: the demo model (configs/
-# demo.yaml) on the CPU in float32, short lengths, 2 steps (ctest: bench.gpu_training_smoke).
+# demo.yaml) on the CPU in float32, short lengths, 3 steps (ctest: bench.gpu_training_smoke, with --profile).
 # Environment: CHUNKFLOW_BIN (binaries, default build/bin), PYTHON (for hf_peer.py and the
 # tables; default the bootstrap virtualenv's, else python3), CHUNKFLOW_BENCH_TIMEOUT (seconds per
 # run, default 600).
@@ -29,6 +33,7 @@ lengths="4096 32768 131072 262144"
 parts="single longtail peer"
 out="$repo_root/runs/bench-gpu-training"
 smoke=0
+profile=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) steps="$2"; shift 2 ;;
@@ -36,11 +41,14 @@ while [ $# -gt 0 ]; do
     --parts) parts="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --smoke) smoke=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --profile) profile=1; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench/gpu_training.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 [ "$steps" -ge 2 ] || { echo "bench/gpu_training.sh: --steps must be >= 2 (timing uses steps 2..N), got $steps" >&2; exit 2; }
+[ "$profile" = 0 ] || [ "$steps" -ge 3 ] ||
+  { echo "bench/gpu_training.sh: --profile needs --steps >= 3 (the profiled last step is not timed), got $steps" >&2; exit 2; }
 limit="${CHUNKFLOW_BENCH_TIMEOUT:-600}"
 config="$repo_root/configs/qwen2_0.5b_gpu.yaml"
 common=(--set logging.progress=lines --set logging.tensorboard=false --set checkpoint.interval=-1)
@@ -49,7 +57,7 @@ longtail_scale=0.43  # the histogram's 300K tail bound x 0.43 = 129K
 if [ "$smoke" = 1 ]; then
   config="$repo_root/configs/demo.yaml"
   lengths="300 1100"
-  steps=2
+  steps=3
   common+=(--set run.device=cpu --set chunking.chunk_size=256)
   peer_device=cpu
   longtail_scale=0.005
@@ -60,15 +68,16 @@ mkdir -p "$out/data" "$out/runs" "$out/results"
 
 log() { printf '[gpu_training] %s\n' "$*" >&2; }
 
-# record NAME PART SHAPE STRATEGY STATUS RUN_DIR|PEER_JSON: one line of runs.jsonl.
+# record NAME PART SHAPE STRATEGY STATUS METRICS_JSONL|PEER_JSON PROFILED_STEPS: one line of runs.jsonl.
 record() {
   "$python" - "$@" >>"$out/results/runs.jsonl" <<'PY'
 import json, statistics, sys
-name, part, shape, strategy, status, source = sys.argv[1:7]
+name, part, shape, strategy, status, source = sys.argv[1:7]  # argv[7]: profiled steps at the end
 row = {"name": name, "part": part, "shape": shape, "strategy": strategy, "status": status}
 if status == "ok" and source.endswith(".jsonl"):
     steps = [json.loads(line) for line in open(source) if line.strip()]
-    timed = steps[1:] or steps
+    # Step 1 warms up; a profiled last step (--profile) carries the profiler's cost.
+    timed = steps[1:len(steps) - int(sys.argv[7])] or steps
     row["tokens_per_second"] = sum(s["tokens"] for s in timed) / sum(s["seconds"] for s in timed)
     mfu = [s["mfu"] for s in timed if s.get("mfu") is not None]
     row["mfu"] = statistics.mean(mfu) if mfu else None
@@ -89,16 +98,18 @@ PY
 # train NAME PART SHAPE STRATEGY DATA [--set ...]: one chunkflow-train run.
 train() {
   local name="$1" part="$2" shape="$3" strategy="$4" data="$5"; shift 5
-  local run_log="$out/results/$name.log" status=ok
+  local run_log="$out/results/$name.log" status=ok profiling=()
+  [ "$profile" = 1 ] && profiling=(--set logging.profile_step="$steps")
   log "$name: chunkflow-train ($strategy, $shape)"
   if ! timeout "$limit" "$bin/chunkflow-train" --config "$config" --set data.path="$data" \
-      --set run.name="$name" --set run.output_dir="$out/runs" --set run.steps="$steps" "${common[@]}" "$@" \
-      >"$run_log" 2>&1; then
+      --set run.name="$name" --set run.output_dir="$out/runs" --set run.steps="$steps" "${common[@]}" \
+      "${profiling[@]}" "$@" >"$run_log" 2>&1; then
     status=failed
     grep -qi "out of memory" "$run_log" && status=oom
     log "$name: $status (log: $run_log)"; tail -n 5 "$run_log" >&2
   fi
-  record "$name" "$part" "$shape" "$strategy" "$status" "$out/runs/$name/metrics.jsonl"
+  [ "$profile" = 1 ] && cp "$out/runs/$name/profile/step-$steps-rank-0.txt" "$out/results/$name.profile.txt" 2>/dev/null
+  record "$name" "$part" "$shape" "$strategy" "$status" "$out/runs/$name/metrics.jsonl" "$profile"
 }
 
 # one_sequence_dataset LENGTH: a dataset of one random sequence of LENGTH tokens.
@@ -135,20 +146,28 @@ print(int(np.fromfile(sys.argv[1] + ".idx", dtype=np.int32, count=count, offset=
     --set chunking.strategy=pack_to_max --set chunking.chunk_size="$longest" --set chunking.recompute_layers=true
   train longtail_pad_to_longest longtail "$shape" pad_to_longest "$prefix" \
     --set chunking.strategy=pad_to_longest --set chunking.micro_batch_sequences=4
+  peer peer_longtail "$shape" "$prefix" --gradient-checkpointing
+}
+
+# peer NAME SHAPE DATA [hf_peer.py arguments]: one transformers run, one sequence per micro-batch.
+peer() {
+  local name="$1" shape="$2" data="$3"; shift 3
+  local peer_out="$out/results/$name.json" status=ok code=0
+  log "$name: transformers (padded, one sequence per micro-batch${*:+; $*})"
+  timeout "$limit" "$python" "$repo_root/bench/hf_peer.py" --config "$config" --data "$data" \
+    --mode padded --micro-batch-sequences 1 --steps "$steps" --device "$peer_device" "$@" \
+    >"$peer_out" 2>"$out/results/$name.log" || code=$?
+  if [ "$code" = 3 ]; then status=oom; elif [ "$code" != 0 ]; then status=failed; fi
+  [ "$status" = ok ] || log "$name: $status (log: $out/results/$name.log)"
+  record "$name" peer "$shape" "transformers" "$status" "$peer_out" 0
 }
 
 run_peer() {
   for length in $lengths; do
-    local name="peer_$length" peer_out="$out/results/peer_$length.json" status=ok extra=()
+    local extra=()
     [ "$length" -ge 32768 ] && extra=(--gradient-checkpointing)
-    log "$name: transformers (padded, one sequence per step${extra:+, gradient checkpointing})"
-    local code=0
-    timeout "$limit" "$python" "$repo_root/bench/hf_peer.py" --config "$config" --data "$(one_sequence_dataset "$length")" \
-      --mode padded --micro-batch-sequences 1 --steps "$steps" --device "$peer_device" \
-      --set data.batch_sequences=1 --set data.batch_tokens=0 "${extra[@]}" >"$peer_out" 2>"$out/results/$name.log" || code=$?
-    if [ "$code" = 3 ]; then status=oom; elif [ "$code" != 0 ]; then status=failed; fi
-    [ "$status" = ok ] || log "$name: $status (log: $out/results/$name.log)"
-    record "$name" peer "$length tokens" "transformers" "$status" "$peer_out"
+    peer "peer_$length" "$length tokens" "$(one_sequence_dataset "$length")" \
+      --set data.batch_sequences=1 --set data.batch_tokens=0 "${extra[@]}"
   done
 }
 
@@ -184,4 +203,9 @@ log "results: $out/gpu_training.json"
 # The rehearsal must not pass with a broken run (on a GPU, an out-of-memory peer is a result).
 if [ "$smoke" = 1 ] && grep -qv '"status": "ok"' "$out/results/runs.jsonl"; then
   log "smoke: a run failed (see $out/results/*.log)"; exit 1
+fi
+if [ "$smoke" = 1 ] && [ "$profile" = 1 ]; then
+  runs="$(grep -vc '"part": "peer"' "$out/results/runs.jsonl")"
+  tables="$(grep -l "CPU operators" "$out"/results/*.profile.txt 2>/dev/null | wc -l)"
+  [ "$runs" = "$tables" ] || { log "smoke: $runs ChunkFlow runs but $tables profile tables"; exit 1; }
 fi

@@ -37,9 +37,10 @@
 #   _BENCH_TIMEOUT / _TRAINING_TIMEOUT  per-step limits in seconds (300 / 420 per build step /
 #                                    180 / 240 / 240 / 300; a 2-core build machine needs far longer
 #                                    than 420 s to build)
-#   CHUNKFLOW_DEVICE_TRAINING_PARTS / _LENGTHS / _STEPS  bench/gpu_training.sh's --parts (default
-#                                    "single peer"; "off" skips it), --lengths ("4096 32768"),
-#                                    --steps (3)
+#   CHUNKFLOW_DEVICE_TRAINING_PARTS / _LENGTHS / _STEPS / _PROFILE  bench/gpu_training.sh's
+#                                    --parts (default "single peer"; "off" skips it), --lengths
+#                                    ("4096 32768"), --steps (3), --profile (1: on, the default)
+#   CHUNKFLOW_DEVICE_ATTENTION_BENCH 0 skips the attention benchmark (default 1)
 #   CHUNKFLOW_DEVICE_DEADLINE        seconds from the start after which no step runs on (default
 #                                    560: under the device tool's 600 s per command, so that
 #                                    summary.json is always written). Steps run in priority order,
@@ -549,6 +550,7 @@ run_cpu_tests() {
 
 run_bench() {
   export CUDA_MODULE_LOADING=LAZY
+  [[ "${CHUNKFLOW_DEVICE_ATTENTION_BENCH:-1}" == 1 ]] || return 0
   run_step bench "$(step_limit "${CHUNKFLOW_DEVICE_BENCH_TIMEOUT:-240}")" \
     "$build_dir/bin/attention_gpu_bench" --json "$out_dir/attention_gpu.json"
   cat "$log_dir/bench.log"
@@ -561,13 +563,15 @@ run_training_bench() {
   local parts="${CHUNKFLOW_DEVICE_TRAINING_PARTS:-single peer}"
   [[ "$mode" == full && "$parts" != off ]] || return 0
   local work="$build_dir/gpu_training"
+  local profile=()
+  [[ "${CHUNKFLOW_DEVICE_TRAINING_PROFILE:-1}" == 1 ]] && profile=(--profile)
   CHUNKFLOW_BIN="$build_dir/bin" PYTHON="$python" \
   run_step training_bench "$(step_limit "${CHUNKFLOW_DEVICE_TRAINING_TIMEOUT:-300}")" \
-    bash "$repo_root/bench/gpu_training.sh" --parts "$parts" --out "$work" \
+    bash "$repo_root/bench/gpu_training.sh" --parts "$parts" --out "$work" "${profile[@]}" \
       --steps "${CHUNKFLOW_DEVICE_TRAINING_STEPS:-3}" --lengths "${CHUNKFLOW_DEVICE_TRAINING_LENGTHS:-4096 32768}"
   cat "$log_dir/training_bench.log"
   [[ -f "$work/gpu_training.json" ]] && cp "$work/gpu_training.json" "$out_dir/"
-  mkdir -p "$log_dir/gpu_training" && cp "$work"/results/*.log "$log_dir/gpu_training/" 2>/dev/null
+  mkdir -p "$log_dir/gpu_training" && cp "$work"/results/*.{log,txt} "$work"/results/*.json "$log_dir/gpu_training/" 2>/dev/null
   return 0
 }
 
