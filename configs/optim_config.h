@@ -22,6 +22,7 @@ struct OptimConfig {
   // Consecutive steps with a non-finite loss or gradient norm that are skipped (no update) before
   // the run stops with diagnostics; 0 stops at the first.
   int64_t max_skipped_steps = 3;
+  bool fused = true;
 
   template <typename Visitor>
   void visit_fields(Visitor&& visit) { fields(*this, visit); }
@@ -48,6 +49,7 @@ struct OptimConfig {
     visit("grad_accumulation", self.grad_accumulation, "global batches per optimizer step");
     visit("max_skipped_steps", self.max_skipped_steps,
           "consecutive non-finite steps skipped before the run stops; 0 = stop at the first");
+    visit("fused", self.fused, "AdamW as one multi-tensor kernel per group (false: per-tensor operators)");
   }
 };
 

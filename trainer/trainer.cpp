@@ -29,6 +29,7 @@
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline_schedule.h"
 #include "trainer/checkpoint.h"
+#include "trainer/fused_adamw.h"
 #include "trainer/step_profiler.h"
 #include "trainer/device_setup.h"
 #include "trainer/flops.h"
@@ -99,6 +100,7 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, con
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, options(optim.weight_decay));
   groups.emplace_back(no_decay, options(0.0));
+  if (optim.fused) return std::make_unique<FusedAdamW>(groups, torch::optim::AdamWOptions(optim.lr));
   return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(optim.lr));
 }
 

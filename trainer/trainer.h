@@ -70,7 +70,8 @@ data::ChunkPlan build_step_plan(const configs::ChunkingConfig& chunking, std::sp
 // Parameters that take weight decay: matrices (projections, embeddings); never norms or biases.
 bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& parameter);
 
-// AdamW with decoupled weight decay, two parameter groups (decay / no decay).
+// AdamW with decoupled weight decay, two parameter groups (decay / no decay); FusedAdamW when
+// optim.fused (fused_adamw.h), else LibTorch's per-tensor torch::optim::AdamW.
 std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, const configs::OptimConfig& optim);
 
 // Global L2 norm of all gradients; clips them to max_norm when max_norm > 0. Returns the norm
