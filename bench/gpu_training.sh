@@ -2,7 +2,8 @@
 # GPU training benchmark (issue 15): the Qwen2-0.5B shape of configs/qwen2_0.5b_gpu.yaml (random
 # init, bf16 mixed precision, one GPU), in one run:
 #   single   one sequence per step of each length in --lengths: tokens/s, MFU, peak GPU memory
-#            (caching allocator) and the K/V state, ChunkFlow with 8K chunks;
+#            (caching allocator) and the K/V state, ChunkFlow with 8K chunks (resident_chunks 1,
+#            and for sequences of 2-4 chunks also every chunk resident: no recomputation);
 #   longtail a long-tail global batch (LMSys-Chat-1M shape, lengths scaled so the longest is about
 #            128K): chunkflow vs pack_to_max (full layer recomputation) vs pad_to_longest, same
 #            trainer, same token budget;
@@ -126,9 +127,19 @@ print(json.dumps({"input_ids": [random.randrange(2, int(sys.argv[2])) for _ in r
 }
 
 run_single() {
+  local chunk_size
+  chunk_size="$("$python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["chunking"]["chunk_size"])' "$config")"
+  if [ "$smoke" = 1 ]; then chunk_size=256; fi
   for length in $lengths; do
-    train "single_$length" single "$length tokens" chunkflow "$(one_sequence_dataset "$length")" \
+    local data chunks=$(((length + chunk_size - 1) / chunk_size))
+    data="$(one_sequence_dataset "$length")"
+    train "single_$length" single "$length tokens" chunkflow "$data" \
       --set data.batch_sequences=1 --set data.batch_tokens=0
+    # Up to 4 chunks: also with every chunk resident (no recomputation), memory permitting.
+    if [ "$chunks" -gt 1 ] && [ "$chunks" -le 4 ]; then
+      train "single_${length}_resident$chunks" single "$length tokens" "chunkflow, resident_chunks $chunks" "$data" \
+        --set data.batch_sequences=1 --set data.batch_tokens=0 --set chunking.resident_chunks="$chunks"
+    fi
   done
 }
 

@@ -11,6 +11,7 @@
 #include "core/strings.h"
 #include "data/chunk_inputs.h"
 #include "parallel/pipeline_schedule.h"
+#include "trainer/device_setup.h"
 #include "trainer/kv_state_store.h"
 
 namespace chunkflow::trainer {
@@ -30,7 +31,7 @@ class StageRun {
   StageRun(models::CausalLM& model, const PipelineStage& pipeline, bool recompute_layers, const data::ChunkPlan& plan,
            const ChunkBatchSource& batches, double loss_scale)
       : model_(model), pipeline_(pipeline), recompute_layers_(recompute_layers), plan_(plan), batches_(batches),
-        loss_scale_(loss_scale) {
+        loss_scale_(loss_scale), busy_timer_(model_->parameters().front().device()) {
     first_stage_ = pipeline_.stage == 0;
     last_stage_ = pipeline_.stage == pipeline_.stages - 1;
     CF_ASSERT(pipeline_.stages == 1 || pipeline_.group != nullptr, "a pipeline of ", pipeline_.stages,
@@ -41,12 +42,13 @@ class StageRun {
     const auto start = Clock::now();
     waited_ = 0;
     const bool is_forward = op.kind == parallel::PipelineOp::Kind::kForward;
+    busy_timer_.begin();
     if (is_forward) {
       forward(op);
     } else {
       backward(op);
     }
-    totals.busy_seconds += seconds_since(start) - waited_;
+    busy_timer_.end();
     if (pipeline_.trace != nullptr) {
       const char* category = is_forward ? "forward" : op.recompute ? "recompute" : "backward";
       pipeline_.trace->add(core::str_cat(is_forward ? "F" : op.recompute ? "R+B" : "B", " chunk ", op.chunk), category,
@@ -65,6 +67,7 @@ class StageRun {
     sends_.clear();
     if (loss_sum_.defined()) totals.loss_sum = loss_sum_.item<double>();
     if (far_loss_sum_.defined()) totals.far_loss_sum = far_loss_sum_.item<double>();
+    totals.busy_seconds = busy_timer_.seconds();
     CF_ASSERT(live_.empty() && kept_inputs_.empty() && states_.empty(), "pipeline schedule left ", live_.size(),
               " chunks without backward");
   }
@@ -122,7 +125,10 @@ class StageRun {
     torch::Tensor tensor = torch::empty(
         {rows, config.hidden_size},
         torch::TensorOptions().dtype(model_->compute_dtype()).device(model_->parameters().front().device()));
+    // Waiting for a peer is not this stage's work: the busy interval pauses around it.
+    busy_timer_.end();
     pipeline_.group->recv(tensor, peer, tag);
+    busy_timer_.begin();
     waited_ += seconds_since(start);
     if (pipeline_.trace != nullptr) {
       pipeline_.trace->add(tag == kActivationTag ? "wait for activations" : "wait for gradients", "wait",
@@ -269,6 +275,7 @@ class StageRun {
   };
   std::map<int32_t, Kept> kept_inputs_;     // by chunk: what the recompute of a chunk needs
   std::deque<std::unique_ptr<parallel::Request>> sends_;
+  DeviceBusyTimer busy_timer_;  // totals.busy_seconds: the device's time on this stage's ops
 };
 
 }  // namespace

@@ -45,7 +45,8 @@ struct LossTotals {
   int64_t chunk_recomputes = 0;
   int64_t peak_state_bytes = 0;  // largest K/V state (+ gradient accumulators) held at once
   int64_t real_tokens = 0;
-  double busy_seconds = 0;       // computing, not waiting for other stages (cp collectives count as busy)
+  double busy_seconds = 0;       // device time of the ops, waits for other stages excluded (cp collectives
+                                 // count as busy); CUDA events on a GPU (DeviceBusyTimer)
   double pipeline_seconds = 0;   // wall time of the schedule, waits included
 
   void add(const LossTotals& other);

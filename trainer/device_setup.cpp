@@ -6,13 +6,18 @@
 #include <cstdlib>
 
 #include "configs/config_error.h"
+#include "core/error.h"
 #include "core/strings.h"
 #include "kernels/device.h"
 
 #ifdef CHUNKFLOW_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+
+#include <utility>
+#include <vector>
 #endif
 
 namespace chunkflow::trainer {
@@ -134,6 +139,84 @@ void synchronize_device(const torch::Device& device) {
   if (device.is_cuda()) c10::cuda::device_synchronize();
 #endif
   (void)device;
+}
+
+#ifdef CHUNKFLOW_WITH_CUDA
+// One (start, stop) event pair per interval, created on first use and kept for the timer's life.
+struct DeviceBusyTimer::CudaEvents {
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> intervals;
+  size_t recorded = 0;  // intervals begun since the last seconds()
+
+  static void check(cudaError_t status, const char* call) {
+    CF_CHECK(status == cudaSuccess, "DeviceBusyTimer: ", call, " failed: ", cudaGetErrorString(status));
+  }
+  ~CudaEvents() {
+    for (auto& [start, stop] : intervals) {
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+    }
+  }
+  void record(bool start) {
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    if (start) {
+      if (recorded == intervals.size()) {
+        std::pair<cudaEvent_t, cudaEvent_t> pair{};
+        check(cudaEventCreate(&pair.first), "cudaEventCreate");
+        check(cudaEventCreate(&pair.second), "cudaEventCreate");
+        intervals.push_back(pair);
+      }
+      check(cudaEventRecord(intervals[recorded].first, stream), "cudaEventRecord");
+    } else {
+      CF_ASSERT(recorded < intervals.size(), "DeviceBusyTimer::end without begin");
+      check(cudaEventRecord(intervals[recorded++].second, stream), "cudaEventRecord");
+    }
+  }
+  double seconds() {
+    double total = 0;
+    if (recorded > 0) check(cudaEventSynchronize(intervals[recorded - 1].second), "cudaEventSynchronize");
+    for (size_t index = 0; index < recorded; ++index) {
+      float milliseconds = 0;
+      check(cudaEventElapsedTime(&milliseconds, intervals[index].first, intervals[index].second),
+            "cudaEventElapsedTime");
+      total += milliseconds * 1e-3;
+    }
+    recorded = 0;
+    return total;
+  }
+};
+#else
+struct DeviceBusyTimer::CudaEvents {};
+#endif
+
+DeviceBusyTimer::DeviceBusyTimer(const torch::Device& device) : device_(device) {
+#ifdef CHUNKFLOW_WITH_CUDA
+  if (device_.is_cuda()) events_ = std::make_unique<CudaEvents>();
+#endif
+}
+
+DeviceBusyTimer::~DeviceBusyTimer() = default;
+
+void DeviceBusyTimer::begin() {
+#ifdef CHUNKFLOW_WITH_CUDA
+  if (events_) return events_->record(true);
+#endif
+  host_begin_ = std::chrono::steady_clock::now();
+}
+
+void DeviceBusyTimer::end() {
+#ifdef CHUNKFLOW_WITH_CUDA
+  if (events_) return events_->record(false);
+#endif
+  host_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - host_begin_).count();
+}
+
+double DeviceBusyTimer::seconds() {
+#ifdef CHUNKFLOW_WITH_CUDA
+  if (events_) return events_->seconds();
+#endif
+  const double total = host_seconds_;
+  host_seconds_ = 0;
+  return total;
 }
 
 std::string describe_out_of_memory(const configs::ChunkingConfig& chunking, const OutOfMemoryContext& context,

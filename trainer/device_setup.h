@@ -4,8 +4,10 @@
 
 #include <torch/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <string>
 
 #include "configs/chunking_config.h"
@@ -50,6 +52,31 @@ void reset_peak_device_memory(const torch::Device& device);
 // Waits until the work queued on a CUDA device has run (step boundaries, timings); no-op for the
 // CPU.
 void synchronize_device(const torch::Device& device);
+
+// The device time of work issued between begin() and end() calls, summed over the intervals. On
+// the CPU the work runs as it is issued: host clocks. On CUDA a pair of timing events per interval
+// on the current stream (the host only queues the work): each interval is the GPU's time from its
+// first to its last kernel, gaps while the GPU waited on the host included. The calibration of the
+// data-parallel cost model and the pipeline's measured bubble read this.
+class DeviceBusyTimer {
+ public:
+  explicit DeviceBusyTimer(const torch::Device& device);
+  ~DeviceBusyTimer();
+  DeviceBusyTimer(const DeviceBusyTimer&) = delete;
+  DeviceBusyTimer& operator=(const DeviceBusyTimer&) = delete;
+
+  void begin();
+  void end();
+  // The sum since the last call; on CUDA it waits until the last interval's work has run.
+  double seconds();
+
+ private:
+  struct CudaEvents;
+  torch::Device device_;
+  std::chrono::steady_clock::time_point host_begin_;
+  double host_seconds_ = 0;
+  std::unique_ptr<CudaEvents> events_;  // CUDA only
+};
 
 // What a step that ran out of device memory was doing, for the error that ends the run: the step,
 // its shape (chunks, sequences, longest sequence), the chunking keys that set the peak with their

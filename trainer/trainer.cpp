@@ -105,17 +105,21 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, con
 }
 
 double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group) {
-  std::vector<torch::Tensor> gradients, per_tensor_squares;
+  std::vector<torch::Tensor> gradients, counted;
   for (const auto& item : model->named_parameters()) {
     const torch::Tensor& gradient = item.value().grad();
     if (!gradient.defined()) continue;
     gradients.push_back(gradient);
     // The last stage's copy of a tied embedding is the first stage's parameter again.
     const bool tied_copy = !model->stage().input_embedding && item.key() == "model.embed_tokens.weight";
-    if (!tied_copy) per_tensor_squares.push_back(gradient.to(torch::kFloat64).square().sum());
+    if (!tied_copy) counted.push_back(gradient);
   }
-  // One device-to-host read for the whole model (the optimizer step needs the norm on the host).
-  double squares = per_tensor_squares.empty() ? 0.0 : torch::stack(per_tensor_squares).sum().item<double>();
+  // Per-tensor norms in one multi-tensor kernel (float32 accumulation), summed in float64; one
+  // device-to-host read for the whole model (the optimizer step needs the norm on the host).
+  double squares = 0.0;
+  if (!counted.empty()) {
+    squares = torch::stack(at::_foreach_norm(counted, 2)).to(torch::kFloat64).square().sum().item<double>();
+  }
   if (pipeline_group != nullptr && pipeline_group->size() > 1) {
     torch::Tensor total = torch::tensor({squares}, torch::kFloat64);
     pipeline_group->all_reduce(total, parallel::ReduceOp::kSum);
@@ -124,8 +128,7 @@ double clip_gradients(models::CausalLM& model, double max_norm, parallel::Commun
   const double norm = std::sqrt(squares);
   if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
     torch::NoGradGuard no_grad;
-    const double factor = max_norm / (norm + 1e-6);
-    for (auto& gradient : gradients) gradient.mul_(factor);
+    at::_foreach_mul_(gradients, max_norm / (norm + 1e-6));
   }
   return norm;
 }

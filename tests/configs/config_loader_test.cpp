@@ -332,6 +332,7 @@ Config unusual_config() {
   config.optim.schedule = "linear";
   config.optim.max_grad_norm = 0.0;
   config.optim.grad_accumulation = 4;
+  config.optim.fused = false;
   config.checkpoint.dir = "";
   config.checkpoint.interval = 5;
   config.checkpoint.resume = "auto";
@@ -339,6 +340,7 @@ Config unusual_config() {
   config.logging.tensorboard = false;
   config.logging.trace = true;
   config.logging.progress = "lines";
+  config.logging.profile_step = 7;
   return config;
 }
 
@@ -374,9 +376,9 @@ TEST(ConfigLoaderTest, AllKeysListsEveryFieldOnceInFileOrder) {
   const std::vector<std::string> keys = all_keys();
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
   EXPECT_EQ(keys.front(), "run.name");
-  EXPECT_EQ(keys.back(), "logging.progress");
+  EXPECT_EQ(keys.back(), "logging.profile_step");
   for (const char* key : {"model.num_key_value_heads", "data.batch_tokens", "chunking.chunk_size",
-                          "parallel.order", "optim.max_grad_norm", "checkpoint.resume"}) {
+                          "parallel.order", "optim.max_grad_norm", "optim.fused", "checkpoint.resume"}) {
     EXPECT_NE(std::find(keys.begin(), keys.end(), key), keys.end()) << key;
   }
   // Every key is settable by --set, so the list is exactly what the loader accepts.

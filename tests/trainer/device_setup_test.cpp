@@ -3,9 +3,11 @@
 // trains on the device this resolves to.)
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "configs/config_error.h"
 #include "kernels/device.h"
@@ -94,6 +96,24 @@ TEST(DeviceSetupTest, AllocationFailuresAreRecognisedAndOtherErrorsAreNot) {
   }
   EXPECT_TRUE(recognised);
   EXPECT_FALSE(is_out_of_memory(std::runtime_error("some other failure")));
+}
+
+TEST(DeviceSetupTest, BusyTimerSumsItsIntervalsAndLeavesOutTheGaps) {
+  DeviceBusyTimer timer(torch::kCPU);
+  const auto sleep = [](int milliseconds) { std::this_thread::sleep_for(std::chrono::milliseconds(milliseconds)); };
+  const auto start = std::chrono::steady_clock::now();
+  timer.begin();
+  sleep(30);
+  timer.end();
+  sleep(200);  // a gap: not counted
+  timer.begin();
+  sleep(30);
+  timer.end();
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double busy = timer.seconds();
+  EXPECT_GE(busy, 0.060);
+  EXPECT_LE(busy, wall - 0.200);  // the gap is left out, however slow the machine
+  EXPECT_EQ(timer.seconds(), 0.0) << "seconds() starts a new sum";
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 
@@ -19,6 +20,7 @@
 #include "tests/support/temp_dir.h"
 #include "tests/support/test_seed.h"
 #include "tests/support/tiny_run.h"
+#include "trainer/device_setup.h"
 #include "trainer/trainer.h"
 
 namespace chunkflow::trainer {
@@ -124,6 +126,26 @@ TEST_F(GpuTrainingTest, TrainerOnCudaFollowsTheCpuLossCurveAndReportsGpuMetrics)
   const auto bf16 = mixed.train();
   EXPECT_TRUE(std::isfinite(bf16.back().loss));
   EXPECT_LT(bf16.back().loss, bf16.front().loss + 0.05) << "bf16 training on CUDA diverged";
+}
+
+TEST(DeviceBusyTimerGpuTest, MeasuresTheGpusTimeOfTheQueuedWork) {
+  if (!kernels::built_with_cuda() || kernels::cuda_device_count() == 0) {
+    GTEST_SKIP() << "no CUDA kernels in this build or no usable GPU: " << kernels::describe_devices();
+  }
+  const torch::Device device(torch::kCUDA, 0);
+  const torch::Tensor matrix = torch::randn({4096, 4096}, torch::TensorOptions().device(device));
+  torch::Tensor product = matrix;
+  DeviceBusyTimer timer(device);
+  synchronize_device(device);
+  const auto start = std::chrono::steady_clock::now();
+  timer.begin();
+  for (int i = 0; i < 50; ++i) product = torch::mm(product, matrix).div_(64.0);  // ~7 TFLOP in float32
+  timer.end();
+  const double busy = timer.seconds();  // waits for the work
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_GT(busy, 0.0);
+  EXPECT_LE(busy, wall);
+  EXPECT_TRUE(torch::isfinite(product).all().item<bool>());
 }
 
 }  // namespace
