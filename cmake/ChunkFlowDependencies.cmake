@@ -44,6 +44,11 @@ if(CHUNKFLOW_WITH_CUDA)
     message(STATUS "ChunkFlow: nvcc not found; building the CPU paths only")
   endif()
 endif()
+if(CHUNKFLOW_REQUIRE_CUDA AND NOT CHUNKFLOW_CUDA_ENABLED)
+  message(FATAL_ERROR "ChunkFlow: CHUNKFLOW_REQUIRE_CUDA=ON but the CUDA kernels will not be compiled "
+                      "(CHUNKFLOW_WITH_CUDA=${CHUNKFLOW_WITH_CUDA}, nvcc found: '${CMAKE_CUDA_COMPILER}'); "
+                      "put nvcc on PATH or set CUDACXX")
+endif()
 
 # --- LibTorch ----------------------------------------------------------------------------------
 if(CHUNKFLOW_WITH_TORCH)

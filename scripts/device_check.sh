@@ -534,7 +534,9 @@ build() {
 }
 
 run_gpu_tests() {
-  # One at a time: they share the one GPU.
+  # One at a time: they share the one GPU. CHUNKFLOW_REQUIRE_GPU=1: a GPU test that finds no CUDA
+  # kernels or no GPU here fails instead of skipping.
+  CHUNKFLOW_REQUIRE_GPU=1 \
   run_step gpu_tests "$(step_limit "${CHUNKFLOW_DEVICE_GPU_TESTS_TIMEOUT:-180}")" \
     ctest --test-dir "$build_dir" -L gpu --output-on-failure --timeout 120 \
       --output-junit "$out_dir/gpu_tests.xml"

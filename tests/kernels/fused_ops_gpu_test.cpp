@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "kernels/fused_ops.h"
 #include "kernels/fused_ops_torch.h"
+#include "tests/support/gpu_skip.h"
 #include "tests/support/test_seed.h"
 
 #ifdef CHUNKFLOW_WITH_CUDA
@@ -117,7 +118,7 @@ class FusedOpsGpuTest : public ::testing::Test {
 };
 
 TEST_F(FusedOpsGpuTest, RmsNormWithinTwiceTheCompositeErrorInEveryPrecision) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{3, 7}, {37, 1000}, {1000, 4099}, {4096, 2048}};
   for (const auto& [rows, hidden] : shapes) {
     for (const auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
@@ -142,7 +143,7 @@ TEST_F(FusedOpsGpuTest, RmsNormWithinTwiceTheCompositeErrorInEveryPrecision) {
 }
 
 TEST_F(FusedOpsGpuTest, RotaryWithinTwiceTheCompositeErrorInEveryPrecision) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   struct Shape {
     int64_t tokens, heads, head_dim;
     double theta;
@@ -173,7 +174,7 @@ TEST_F(FusedOpsGpuTest, RotaryWithinTwiceTheCompositeErrorInEveryPrecision) {
 }
 
 TEST_F(FusedOpsGpuTest, SwigluWithinTwiceTheCompositeErrorInEveryPrecision) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   for (const int64_t elements : {int64_t{1}, int64_t{7 * 333}, int64_t{100003}, int64_t{4096} * 5632}) {
     for (const auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
       const auto options = torch::TensorOptions().device(device_);
@@ -194,7 +195,7 @@ TEST_F(FusedOpsGpuTest, SwigluWithinTwiceTheCompositeErrorInEveryPrecision) {
 }
 
 TEST_F(FusedOpsGpuTest, LaunchersFillNaNPoisonedBuffersAndTheWeightGradientIsDeterministic) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
 #ifdef CHUNKFLOW_WITH_CUDA
   void* stream = c10::cuda::getCurrentCUDAStream().stream();
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -286,7 +287,7 @@ TEST_F(FusedOpsGpuTest, LaunchersFillNaNPoisonedBuffersAndTheWeightGradientIsDet
 }
 
 TEST_F(FusedOpsGpuTest, AdaptersOnCudaRejectMixedDevicesAndFloat64) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const auto x = torch::randn({4, 2, 8}, torch::TensorOptions().device(device_));
   const auto message = [](const auto& call) {
     try {

@@ -27,6 +27,8 @@
 #include "core/error.h"
 #include "kernels/cross_entropy_torch.h"
 #include "kernels/tiled_cross_entropy.h"
+#include "tests/support/gpu_skip.h"
+#include "tests/support/test_seed.h"
 
 // The launchers exist only in CUDA builds; a CPU-only build has no tests here.
 #ifdef CHUNKFLOW_WITH_CUDA
@@ -36,10 +38,7 @@ namespace {
 
 namespace F = torch::nn::functional;
 
-uint64_t fresh_seed() {
-  if (const char* fixed = std::getenv("CHUNKFLOW_TEST_SEED")) return std::stoull(fixed);
-  return (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
-}
+uint64_t fresh_seed() { return chunkflow::testing::pick_seed(); }
 
 // Seeds torch's generators per test and prints the seed so a failure can be repeated.
 class TiledCrossEntropyGpuTest : public ::testing::Test {
@@ -215,7 +214,7 @@ class TiledCrossEntropyGpuShapesTest
       public ::testing::WithParamInterface<std::tuple<ShapeCase, torch::ScalarType>> {};
 
 TEST_P(TiledCrossEntropyGpuShapesTest, LaunchersMatchTorchWithinFlashAttentionRule) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const auto [shape, dtype] = GetParam();
   const Problem problem = make_problem(shape.tokens, shape.vocab, shape.hidden_size);
   const torch::Tensor hidden = problem.hidden.to(dtype), weight = problem.weight.to(dtype);
@@ -258,7 +257,7 @@ class TiledCrossEntropyGpuDtypeTest : public TiledCrossEntropyGpuTest,
                                       public ::testing::WithParamInterface<torch::ScalarType> {};
 
 TEST_P(TiledCrossEntropyGpuDtypeTest, AllIgnoredLabelsGiveExactZerosOverPoisonedOutputs) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const torch::ScalarType dtype = GetParam();
   const Problem problem = make_problem(130, 1000, 32, /*ignored_fraction=*/1.0);
   const Outputs ours = run_launchers(problem.hidden.to(dtype), problem.weight.to(dtype),
@@ -270,7 +269,7 @@ TEST_P(TiledCrossEntropyGpuDtypeTest, AllIgnoredLabelsGiveExactZerosOverPoisoned
 }
 
 TEST_P(TiledCrossEntropyGpuDtypeTest, ZeroTokensGiveZeroLossAndZeroWeightGradient) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const torch::ScalarType dtype = GetParam();
   const auto options = torch::TensorOptions().device(torch::kCUDA).dtype(dtype);
   const Outputs ours =
@@ -281,7 +280,7 @@ TEST_P(TiledCrossEntropyGpuDtypeTest, ZeroTokensGiveZeroLossAndZeroWeightGradien
 }
 
 TEST_P(TiledCrossEntropyGpuDtypeTest, AutogradMatchesTorchWithinFlashAttentionRule) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const torch::ScalarType dtype = GetParam();
   const Problem problem = make_problem(300, 5003, 64);
   const torch::Tensor hidden = problem.hidden.to(dtype).requires_grad_(true);
@@ -307,7 +306,7 @@ TEST_P(TiledCrossEntropyGpuDtypeTest, AutogradMatchesTorchWithinFlashAttentionRu
 }
 
 TEST_P(TiledCrossEntropyGpuDtypeTest, RepeatedRunsAreBitwiseEqual) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const torch::ScalarType dtype = GetParam();
   const Problem problem = make_problem(1025, 32003, 64);
   const torch::Tensor hidden = problem.hidden.to(dtype), weight = problem.weight.to(dtype);
@@ -326,7 +325,7 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, TiledCrossEntropyGpuDtypeTest,
                          });
 
 TEST_F(TiledCrossEntropyGpuTest, FrozenWeightGivesTheSameHiddenGradient) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const Problem problem = make_problem(200, 1000, 32);
   const torch::Tensor trained_hidden = problem.hidden.to(torch::kBFloat16).requires_grad_(true);
   const torch::Tensor trained_weight = problem.weight.to(torch::kBFloat16).requires_grad_(true);
@@ -340,7 +339,7 @@ TEST_F(TiledCrossEntropyGpuTest, FrozenWeightGivesTheSameHiddenGradient) {
 }
 
 TEST_F(TiledCrossEntropyGpuTest, AcceptsCpuAndInt32LabelsForCudaInputs) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const Problem problem = make_problem(100, 1000, 32);
   const torch::Tensor on_device =
       tiled_cross_entropy_sum(problem.hidden, problem.weight, problem.labels, 32);
@@ -365,7 +364,7 @@ void expect_error_mentioning(Call call, const std::vector<std::string>& parts) {
 }
 
 TEST_F(TiledCrossEntropyGpuTest, RejectsBadLabelsDtypesAndDevicesNamingTheRule) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const Problem problem = make_problem(20, 1000, 8, 0.0);
   torch::Tensor too_large = problem.labels.clone();
   too_large[13] = 1000;
@@ -407,7 +406,7 @@ TEST_F(TiledCrossEntropyGpuTest, RejectsBadLabelsDtypesAndDevicesNamingTheRule) 
 }
 
 TEST_F(TiledCrossEntropyGpuTest, LargeVocabStaysWithinTileMemoryBudget) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   // Full fp32 logits would be 4096 x 32000 x 4 B = 524 MB; a 256-token tile is 33 MB.
   const int64_t tokens = 4096, vocab = 32000, hidden_size = 64, tile_tokens = 256;
   const Problem problem = make_problem(tokens, vocab, hidden_size);

@@ -21,6 +21,7 @@
 #include "kernels/cross_entropy_torch.h"
 #include "kernels/device.h"
 #include "kernels/tiled_cross_entropy.h"
+#include "tests/support/test_seed.h"
 
 namespace chunkflow::kernels {
 namespace {
@@ -29,10 +30,7 @@ namespace F = torch::nn::functional;
 
 constexpr double kTolerance = 1e-5;  // fp32 relative error, design section 8
 
-uint64_t fresh_seed() {
-  if (const char* fixed = std::getenv("CHUNKFLOW_TEST_SEED")) return std::stoull(fixed);
-  return (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
-}
+uint64_t fresh_seed() { return chunkflow::testing::pick_seed(); }
 
 // Seeds torch's generator per test and prints the seed so a failure can be repeated.
 class TiledCrossEntropyTest : public ::testing::Test {

@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "kernels/attention_torch.h"
 #include "kernels/varlen_attention.h"
+#include "tests/support/gpu_skip.h"
 #include "tests/support/test_seed.h"
 
 #ifdef CHUNKFLOW_WITH_CUDA
@@ -110,7 +111,7 @@ double max_error(const torch::Tensor& actual, const torch::Tensor& expected) {
 class VarlenAttentionGpuTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+    CHUNKFLOW_SKIP_WITHOUT_CUDA();
     seed_ = pick_seed();
     std::cout << "[ seed     ] " << seed_ << " (replay with CHUNKFLOW_TEST_SEED=" << seed_ << ")\n";
     torch::manual_seed(seed_);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "core/file_io.h"
 #include "tests/support/expect_error.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/test_seed.h"
 
 namespace chunkflow::models {
 namespace {
@@ -194,7 +196,9 @@ TEST(SafetensorsTest, RandomByteMutationsNeverCrash) {
   testing::TempDir dir;
   save_safetensors(dir.file("good.safetensors"), sample_tensors(), {{"format", "pt"}});
   const std::string good = core::read_file(dir.file("good.safetensors"));
-  std::mt19937_64 rng(std::random_device{}());
+  const uint64_t seed = chunkflow::testing::pick_seed();
+  std::printf("seed %llu (replay with CHUNKFLOW_TEST_SEED)\n", static_cast<unsigned long long>(seed));
+  std::mt19937_64 rng(seed);
   int refused = 0;
   for (int trial = 0; trial < 1500; ++trial) {
     std::string bytes = good;

@@ -12,13 +12,14 @@
 #include <random>
 
 #include "core/random.h"
-#include "kernels/device.h"
 #include "data/chunk_inputs.h"
 #include "data/chunk_plan.h"
+#include "kernels/device.h"
 #include "models/chunk_batch.h"
 #include "parallel/context_parallel.h"
 #include "parallel/data_parallel.h"
 #include "parallel/device_mesh.h"
+#include "tests/support/gpu_skip.h"
 #include "tests/support/mpi_test_main.h"
 #include "tests/support/reference_model.h"
 #include "tests/support/temp_dir.h"
@@ -271,8 +272,8 @@ TEST(LayoutEquivalenceTest, TrainingRunsReproduceTheSingleRankRunOnEveryLayout) 
   Communicator& world = chunkflow::testing::test_world();
   if (world.size() != 4) GTEST_SKIP() << "needs 4 ranks (run under mpirun -np 4)";
   const std::string device = test_device();
-  if (device == "cuda" && (!kernels::built_with_cuda() || kernels::cuda_device_count() == 0)) {
-    GTEST_SKIP() << "CHUNKFLOW_TEST_DEVICE=cuda but no usable GPU: " << kernels::describe_devices();
+  if (device == "cuda") {
+    CHUNKFLOW_SKIP_WITHOUT_CUDA();
   }
   // Every rank writes the same (deterministic) synthetic dataset into its own folder.
   chunkflow::testing::TempDir dir;

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "kernels/device.h"
 #include "parallel/nccl_communicator.h"
+#include "tests/support/gpu_skip.h"
 #include "tests/support/mpi_test_main.h"
 
 namespace chunkflow::parallel {
@@ -19,7 +20,7 @@ class NcclCommunicatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!built_with_nccl()) GTEST_SKIP() << "this build has no NCCL";
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no usable CUDA device: " << kernels::describe_devices();
+    CHUNKFLOW_SKIP_WITHOUT_CUDA();
     if (chunkflow::testing::test_world().size() != 1) GTEST_SKIP() << "one rank per GPU: run it without mpirun";
     nccl_ = nccl_communicator(chunkflow::testing::test_world(), 0);
   }

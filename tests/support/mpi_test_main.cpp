@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <string>
 
 #include "parallel/mpi_communicator.h"
 
@@ -39,6 +41,15 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   std::unique_ptr<chunkflow::parallel::Communicator> world = chunkflow::parallel::mpi_world(&argc, &argv);
   chunkflow::testing::g_world = world.get();
+  // ctest names the world its command launches: a mismatched mpiexec would otherwise leave every
+  // multi-rank test skipping, and the run green.
+  if (const char* expected = std::getenv("CHUNKFLOW_TEST_WORLD_SIZE");
+      expected != nullptr && std::to_string(world->size()) != expected) {
+    std::fprintf(stderr, "[rank %d] CHUNKFLOW_TEST_WORLD_SIZE=%s but this test was launched with %d rank(s): check "
+                 "mpiexec -np (MPIEXEC_NUMPROC_FLAG) and that the ranks joined one world\n", world->rank(), expected,
+                 world->size());
+    return 1;
+  }
   auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
   if (world->rank() != 0) delete listeners.Release(listeners.default_result_printer());
   listeners.Append(new chunkflow::testing::RankFailureListener);

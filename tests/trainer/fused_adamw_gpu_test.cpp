@@ -3,14 +3,13 @@
 
 #include "kernels/device.h"
 #include "tests/support/adamw_comparison.h"
+#include "tests/support/gpu_skip.h"
 
 namespace chunkflow::trainer {
 namespace {
 
 TEST(FusedAdamWGpuTest, MatchesPerTensorAdamWOnCuda) {
-  if (!kernels::built_with_cuda() || kernels::cuda_device_count() == 0) {
-    GTEST_SKIP() << "no CUDA kernels in this build or no usable GPU: " << kernels::describe_devices();
-  }
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   testing::expect_same_updates(torch::Device(torch::kCUDA, 0));
 }
 

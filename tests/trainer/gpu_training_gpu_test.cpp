@@ -17,6 +17,7 @@
 
 #include "kernels/device.h"
 #include "tests/support/chunked_step.h"
+#include "tests/support/gpu_skip.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/test_seed.h"
 #include "tests/support/tiny_run.h"
@@ -29,8 +30,7 @@ namespace {
 class GpuTrainingTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!kernels::built_with_cuda()) GTEST_SKIP() << "this build has no CUDA kernels (nvcc missing at configure)";
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no usable CUDA device: " << kernels::describe_devices();
+    CHUNKFLOW_SKIP_WITHOUT_CUDA();
     seed_ = testing::pick_seed();
     std::printf("seed %llu (replay with CHUNKFLOW_TEST_SEED)\n", static_cast<unsigned long long>(seed_));
     torch::manual_seed(seed_);
@@ -129,9 +129,7 @@ TEST_F(GpuTrainingTest, TrainerOnCudaFollowsTheCpuLossCurveAndReportsGpuMetrics)
 }
 
 TEST(DeviceBusyTimerGpuTest, MeasuresTheGpusTimeOfTheQueuedWork) {
-  if (!kernels::built_with_cuda() || kernels::cuda_device_count() == 0) {
-    GTEST_SKIP() << "no CUDA kernels in this build or no usable GPU: " << kernels::describe_devices();
-  }
+  CHUNKFLOW_SKIP_WITHOUT_CUDA();
   const torch::Device device(torch::kCUDA, 0);
   const torch::Tensor matrix = torch::randn({4096, 4096}, torch::TensorOptions().device(device));
   torch::Tensor product = matrix;

@@ -19,6 +19,7 @@
 #include "models/chunk_batch.h"
 #include "models/transformer.h"
 #include "tests/support/reference_model.h"
+#include "tests/support/test_seed.h"
 #include "trainer/chunk_scheduler.h"
 #include "trainer/trainer.h"
 
@@ -162,9 +163,11 @@ CaseResult run_case(const configs::ModelConfig& config, const std::vector<testin
   return result;
 }
 
+// testing::pick_seed (CHUNKFLOW_TEST_SEED when set), printed so that a failure can be replayed.
 uint64_t fresh_seed() {
-  const uint64_t seed = std::random_device{}();
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  const uint64_t seed = testing::pick_seed();
+  std::printf("seed %llu (replay with CHUNKFLOW_TEST_SEED=%llu)\n", static_cast<unsigned long long>(seed),
+              static_cast<unsigned long long>(seed));
   return seed;
 }
 
