@@ -6,7 +6,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 "$repo_root/scripts/bootstrap.sh"
 mkdir -p "$build_dir"
-configure_and_build
+# Only what the demo runs; scripts/test.sh later builds the rest with the same configuration.
+configure_and_build --target chunkflow-data --target chunkflow-train
 cd "$repo_root"
 out="runs/demo"
 data="$out/data/longtail"
