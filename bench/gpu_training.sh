@@ -52,7 +52,8 @@ done
   { echo "bench/gpu_training.sh: --profile needs --steps >= 3 (the profiled last step is not timed), got $steps" >&2; exit 2; }
 limit="${CHUNKFLOW_BENCH_TIMEOUT:-600}"
 config="$repo_root/configs/qwen2_0.5b_gpu.yaml"
-common=(--set logging.progress=lines --set logging.tensorboard=false --set checkpoint.interval=-1)
+# Benchmark runs are disposable: a rerun with the same --out replaces them (run.overwrite).
+common=(--set logging.progress=lines --set logging.tensorboard=false --set checkpoint.interval=-1 --set run.overwrite=true)
 peer_device=cuda
 longtail_scale=0.43  # the histogram's 300K tail bound x 0.43 = 129K
 if [ "$smoke" = 1 ]; then

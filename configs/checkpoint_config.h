@@ -10,7 +10,7 @@ struct CheckpointConfig {
   static constexpr const char* kSection = "checkpoint";
 
   std::string dir;        // "": <run.output_dir>/<run.name>/checkpoints (Config::checkpoint_dir)
-  int64_t interval = 0;   // steps between checkpoints; 0: only at the end; -1: never
+  int64_t interval = 500;  // steps between checkpoints; 0: only at the end; -1: never
   int64_t keep_last = 3;
   std::string resume;     // "": start fresh; "auto": latest in dir if any; else a checkpoint path
 

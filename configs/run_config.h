@@ -15,6 +15,7 @@ struct RunConfig {
   int64_t steps = 100;
   std::string device = "auto";
   double peak_tflops = 989.0;
+  bool overwrite = false;
 
   // visit(name, field&, meaning) for every key, in file order; shared by the loader, the YAML
   // dump and the docs check.
@@ -41,6 +42,8 @@ struct RunConfig {
     visit("device", self.device, "auto | cpu | cuda (auto: a GPU when this build has CUDA kernels and one is visible)");
     visit("peak_tflops", self.peak_tflops,
           "one GPU's peak TFLOP/s, the denominator of the MFU metric (989: H100/H200 SXM dense bf16)");
+    visit("overwrite", self.overwrite,
+          "a fresh start into a folder that holds an earlier run deletes its outputs (false: refused)");
   }
 };
 

@@ -19,5 +19,6 @@ echo "== statistics (chunk_size 256, global batches of 8192 tokens)"
 "$bin/chunkflow-data" stats --data "$data" --chunk-size 256 --batch-tokens 8192 \
   --svg "$out/length_histogram.svg" --show-plan 4
 echo "== training (configs/demo.yaml): watch 'far' — the loss on tokens beyond the first chunk"
-"$bin/chunkflow-train" --config configs/demo.yaml --set data.path="$data" "$@"
+# run.overwrite: a second demo replaces the first one's outputs (the dataset beside them stays).
+"$bin/chunkflow-train" --config configs/demo.yaml --set data.path="$data" --set run.overwrite=true "$@"
 echo "== done: metrics in $out/metrics.jsonl; curves: ${CHUNKFLOW_VENV:-$cache_root/venv}/bin/tensorboard --logdir $out/tensorboard"

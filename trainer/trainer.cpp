@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -317,6 +318,27 @@ void Trainer::write_trace() {
     core::log_warn("trace ", path, ": kept the first ", trace_->events(), " spans, dropped ", trace_->dropped());
   }
   if (writes_outputs()) core::log_info("timeline of every rank in ", folder, "/ (open in https://ui.perfetto.dev)");
+}
+
+// A fresh start (no checkpoint.resume) into a folder that holds an earlier run would truncate its
+// metrics and mix its checkpoints with the new run's (keep_last could then delete the new ones):
+// refused, unless run.overwrite says to delete those outputs first.
+void Trainer::claim_run_folder() {
+  if (!config_.checkpoint.resume.empty()) return;
+  const std::string run_dir = config_.run.run_dir();
+  std::vector<std::string> earlier;
+  for (const char* output : {"metrics.jsonl", "config.yaml", "tensorboard", "trace", "profile"}) {
+    if (core::path_exists(run_dir + "/" + output)) earlier.push_back(run_dir + "/" + output);
+  }
+  for (const std::string& checkpoint : list_checkpoints(config_.checkpoint_dir())) earlier.push_back(checkpoint);
+  if (earlier.empty()) return;
+  std::string listed;
+  for (const std::string& path : earlier) listed += (listed.empty() ? "" : ", ") + path;
+  CF_CHECK(config_.run.overwrite, "run folder ", run_dir, " already holds a run (", listed,
+           "): set checkpoint.resume=auto to continue it, run.overwrite=true to delete those outputs and start "
+           "again, or choose another run.name (now \"", config_.run.name, "\")");
+  for (const std::string& path : earlier) std::filesystem::remove_all(path);
+  core::log_warn("run.overwrite = true: deleted the earlier run's outputs: ", listed);
 }
 
 StepMetrics Trainer::next_step() {
@@ -681,6 +703,7 @@ std::vector<StepMetrics> Trainer::train() {
     write_trace();
     return history;
   }
+  claim_run_folder();
   core::make_directories(run_dir);
   configs::write_resolved_config(config_, run_dir + "/config.yaml");
   core::log_info("resolved config (saved to ", run_dir, "/config.yaml):\n", configs::to_yaml(config_));

@@ -130,6 +130,7 @@ class Trainer {
                                        double grad_norm);
   void build_model(const models::ModelStage& stage);
 
+  void claim_run_folder();
   // train_step, or under the Kineto profiler when it is logging.profile_step.
   StepMetrics next_step();
   StepMetrics profiled_step();

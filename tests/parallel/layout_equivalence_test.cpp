@@ -281,6 +281,7 @@ TEST(LayoutEquivalenceTest, TrainingRunsReproduceTheSingleRankRunOnEveryLayout) 
   const auto make_config = [&](const std::string& name) {
     configs::Config config = tiny;
     config.run.name = name;
+    config.run.overwrite = true;  // every layout's run reuses the name of its kind
     config.run.device = device;
     config.parallel.backend = "mpi";  // ranks share one GPU on the test machine: NCCL refuses that
     config.run.steps = 3;

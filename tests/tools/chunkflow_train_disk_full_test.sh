@@ -54,7 +54,7 @@ common=(--config "$work/run.yaml" --set data.path="$work/data/synth" --set model
         --set checkpoint.keep_last=5)
 
 # The size of one checkpoint of this run, measured on the ordinary disk.
-"$train" "${common[@]}" --set checkpoint.dir="$work/measure" --set run.steps=2 >"$work/measure.out" 2>&1 ||
+"$train" "${common[@]}" --set checkpoint.dir="$work/measure" --set run.steps=2 --set run.name=measure >"$work/measure.out" 2>&1 ||
   { cat "$work/measure.out"; fail "the measuring run failed"; }
 shard="$work/measure/step-00000002/stage-00.safetensors"
 [ -f "$shard" ] || fail "the measuring run wrote no $shard"

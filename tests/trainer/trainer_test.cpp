@@ -13,6 +13,7 @@
 #include "configs/config_loader.h"
 #include "core/error.h"
 #include "core/file_io.h"
+#include "tests/support/expect_error.h"
 #include "tests/support/reference_model.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/tiny_run.h"
@@ -107,6 +108,37 @@ TEST(TrainerTest, WritesResolvedConfigMetricsAndTensorBoardEvents) {
   bool saw_loss = false;
   for (const auto& [tag, value] : events[1].scalars) saw_loss |= tag == "loss/train" && std::isfinite(value);
   EXPECT_TRUE(saw_loss);
+}
+
+TEST(TrainerTest, AFreshStartIntoAnEarlierRunsFolderIsRefusedUnlessOverwriteDeletesItsOutputs) {
+  testing::TempDir dir;
+  configs::Config config = testing::tiny_run(dir);
+  config.run.steps = 2;
+  Trainer(config).train();
+  const std::string run_dir = config.run.run_dir();
+  core::write_file_atomic(run_dir + "/notes.txt", "the user's own file");
+  const std::string checkpoint = config.checkpoint_dir() + "/step-00000002";
+  ASSERT_TRUE(core::path_exists(checkpoint));
+
+  const std::string refused = testing::error_message([&] { Trainer(config).train(); });
+  for (const std::string& part : std::vector<std::string>{"run folder " + run_dir + " already holds a run (" + run_dir +
+                                                              "/metrics.jsonl",
+                                                          checkpoint, "set checkpoint.resume=auto to continue it",
+                                                          "run.overwrite=true"}) {
+    EXPECT_NE(refused.find(part), std::string::npos) << part << "\n" << refused;
+  }
+  EXPECT_TRUE(core::path_exists(checkpoint)) << "a refused start touches nothing";
+
+  config.run.overwrite = true;
+  config.run.steps = 1;
+  config.checkpoint.interval = -1;
+  Trainer(config).train();
+  EXPECT_FALSE(core::path_exists(checkpoint)) << "the earlier run's checkpoint is gone";
+  EXPECT_TRUE(core::path_exists(run_dir + "/notes.txt")) << "files that are not run outputs stay";
+  std::ifstream metrics(run_dir + "/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  EXPECT_EQ(lines, 1) << "only the new run's step";
 }
 
 TEST(TrainerTest, RejectsSettingsThisBuildCannotRunNamingTheKey) {
