@@ -22,6 +22,7 @@
 #include "kernels/attention_torch.h"
 #include "data/chunk_inputs.h"
 #include "data/chunk_plan.h"
+#include "data/token_check.h"
 #include "models/chunk_batch.h"
 #include "models/hugging_face.h"
 #include "models/mixed_precision.h"
@@ -210,6 +211,7 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   core::set_log_level(core::parse_log_level(config_.logging.level, "logging.level"));
 
   dataset_ = std::make_unique<data::IndexedDataset>(config_.data.path);
+  check_token_ids();
   if (!config_.data.loss_mask_path.empty()) {
     loss_mask_ = std::make_unique<data::LossMaskDataset>(config_.data.loss_mask_path, *dataset_);
   }
@@ -318,6 +320,24 @@ void Trainer::write_trace() {
     core::log_warn("trace ", path, ": kept the first ", trace_->events(), " spans, dropped ", trace_->dropped());
   }
   if (writes_outputs()) core::log_info("timeline of every rank in ", folder, "/ (open in https://ui.perfetto.dev)");
+}
+
+// An id past the embedding would fail deep inside LibTorch, at whichever step draws its sequence:
+// every id is checked when the dataset is opened (chunk_source checks again as it reads).
+void Trainer::check_token_ids() {
+  const auto start = std::chrono::steady_clock::now();
+  const std::optional<data::TokenOutsideVocabulary> outside =
+      data::first_token_outside_vocabulary(*dataset_, config_.model.vocab_size);
+  if (outside) CF_FAIL(describe_token_outside_vocabulary(outside->id, outside->position, outside->sequence));
+  core::log_debug("token ids of ", config_.data.path, " checked against model.vocab_size = ", config_.model.vocab_size,
+                  " in ", core::format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
+}
+
+std::string Trainer::describe_token_outside_vocabulary(int64_t id, int64_t position, int64_t sequence) const {
+  return core::str_cat("token id ", id, " at position ", position, " of sequence ", sequence, " in ", config_.data.path,
+                       " is outside [0, model.vocab_size = ", config_.model.vocab_size,
+                       "); the dataset was tokenized for another vocabulary (chunkflow-data prepare --vocab-size checks "
+                       "this)");
 }
 
 // A fresh start (no checkpoint.resume) into a folder that holds an earlier run would truncate its
@@ -466,11 +486,7 @@ ChunkBatchSource Trainer::chunk_source(const PlannedBatch& entry) {
     dataset_->read(index, begin, count, out);
     // An id past the embedding would fail deep inside LibTorch without naming the data.
     for (int64_t i = 0; i < count; ++i) {
-      if (out[i] < 0 || out[i] >= config_.model.vocab_size) {
-        CF_FAIL("token id ", out[i], " at position ", begin + i, " of sequence ", index, " in ", config_.data.path,
-                " is outside [0, model.vocab_size = ", config_.model.vocab_size,
-                "); the dataset was tokenized for another vocabulary (chunkflow-data prepare --vocab-size checks this)");
-      }
+      if (out[i] < 0 || out[i] >= config_.model.vocab_size) CF_FAIL(describe_token_outside_vocabulary(out[i], begin + i, index));
     }
   };
   return [this, &entry, reader](int32_t chunk) {
