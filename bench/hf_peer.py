@@ -483,7 +483,9 @@ def main():
     device = resolve_device(parser, args, config)
     prefix = args.data or config["data"]["path"]
     dataset = IndexedDataset(prefix)
-    mask_prefix = config["data"]["loss_mask_path"] or (prefix + "_loss_mask" if os.path.exists(prefix + "_loss_mask.idx") else "")
+    # As chunkflow-train resolves data.loss_mask_path: "" = the mask beside the dataset if any, "none" = no mask.
+    configured = config["data"]["loss_mask_path"]
+    mask_prefix = "" if configured == "none" else configured or (prefix + "_loss_mask" if os.path.exists(prefix + "_loss_mask.idx") else "")
     mask_dataset = IndexedDataset(mask_prefix) if mask_prefix else None
     if mask_dataset is not None and not np.array_equal(mask_dataset.lengths, dataset.lengths):
         raise SystemExit(f"{mask_prefix}: loss-mask lengths differ from {prefix}'s")

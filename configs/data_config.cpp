@@ -1,10 +1,19 @@
 // Rules of the `data` section; see data_config.h.
 #include "configs/data_config.h"
 
+#include <filesystem>
+
 #include "configs/config_error.h"
 #include "core/error.h"
 
 namespace chunkflow::configs {
+
+std::string DataConfig::resolved_loss_mask() const {
+  if (loss_mask_path == "none") return "";
+  if (!loss_mask_path.empty()) return loss_mask_path;
+  const std::string beside = path + "_loss_mask";
+  return std::filesystem::exists(beside + ".idx") ? beside : "";
+}
 
 void DataConfig::validate() const {
   check_field(!path.empty(), "data.path", "the prefix of an indexed dataset", path,

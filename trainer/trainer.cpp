@@ -212,9 +212,7 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
 
   dataset_ = std::make_unique<data::IndexedDataset>(config_.data.path);
   check_token_ids();
-  if (!config_.data.loss_mask_path.empty()) {
-    loss_mask_ = std::make_unique<data::LossMaskDataset>(config_.data.loss_mask_path, *dataset_);
-  }
+  open_loss_mask();
   if (config_.chunking.strategy == "pack_to_max") {
     // The baseline never splits: refuse at start, not at the step that draws the sequence.
     const auto& lengths = dataset_->lengths();
@@ -320,6 +318,38 @@ void Trainer::write_trace() {
     core::log_warn("trace ", path, ": kept the first ", trace_->events(), " spans, dropped ", trace_->dropped());
   }
   if (writes_outputs()) core::log_info("timeline of every rank in ", folder, "/ (open in https://ui.perfetto.dev)");
+}
+
+// The mask beside the dataset is used without a second key (training on prompt tokens by
+// forgetting data.loss_mask_path would be silent); the log says which tokens carry loss.
+void Trainer::open_loss_mask() {
+  const std::string mask = config_.data.resolved_loss_mask();
+  int64_t loss_tokens = 0;
+  std::string source;
+  if (mask.empty()) {
+    for (const int32_t length : dataset_->lengths()) loss_tokens += std::max(length - 1, 0);
+    source = config_.data.loss_mask_path == "none" ? "data.loss_mask_path = none: every token but each sequence's first"
+                                                   : core::str_cat("no loss mask (no ", config_.data.path,
+                                                                   "_loss_mask): every token but each sequence's first");
+  } else {
+    loss_mask_ = std::make_unique<data::LossMaskDataset>(mask, *dataset_);
+    for (int64_t sequence = 0; sequence < dataset_->size(); ++sequence) {
+      const std::vector<uint8_t> flags = loss_mask_->read(sequence);
+      // mask[i] marks token i as a target (predicted from [0, i)): the first token never is one.
+      for (size_t position = 1; position < flags.size(); ++position) loss_tokens += flags[position];
+    }
+    source = config_.data.loss_mask_path.empty()
+                 ? core::str_cat("loss mask ", mask, " (found beside data.path; data.loss_mask_path = none ignores it)")
+                 : core::str_cat("loss mask ", mask);
+  }
+  if (writes_outputs()) {
+    const double share = dataset_->total_tokens() > 0
+                             ? 100.0 * static_cast<double>(loss_tokens) / static_cast<double>(dataset_->total_tokens())
+                             : 0.0;
+    core::log_info(source, ": ", core::format_count(static_cast<double>(loss_tokens)), " of ",
+                   core::format_count(static_cast<double>(dataset_->total_tokens())), " tokens (",
+                   core::format_fixed(share, 1), "%) carry loss");
+  }
 }
 
 // An id past the embedding would fail deep inside LibTorch, at whichever step draws its sequence:

@@ -132,6 +132,7 @@ class Trainer {
 
   void claim_run_folder();
   void check_token_ids();
+  void open_loss_mask();
   std::string describe_token_outside_vocabulary(int64_t id, int64_t position, int64_t sequence) const;
   // train_step, or under the Kineto profiler when it is logging.profile_step.
   StepMetrics next_step();

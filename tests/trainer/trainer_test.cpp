@@ -13,6 +13,7 @@
 #include "configs/config_loader.h"
 #include "core/error.h"
 #include "core/file_io.h"
+#include "data/indexed_dataset.h"
 #include "tests/support/expect_error.h"
 #include "tests/support/reference_model.h"
 #include "tests/support/temp_dir.h"
@@ -139,6 +140,40 @@ TEST(TrainerTest, AFreshStartIntoAnEarlierRunsFolderIsRefusedUnlessOverwriteDele
   int lines = 0;
   for (std::string line; std::getline(metrics, line);) ++lines;
   EXPECT_EQ(lines, 1) << "only the new run's step";
+}
+
+TEST(TrainerTest, TheLossMaskBesideTheDatasetIsUsedWithoutASecondKey) {
+  testing::TempDir dir;
+  configs::Config config = testing::tiny_run(dir);
+  config.run.steps = 2;
+  config.checkpoint.interval = -1;
+  // A mask beside the dataset, as chunkflow-data prepare writes it: loss on the second half only.
+  {
+    const data::IndexedDataset tokens(config.data.path);
+    data::IndexedDatasetWriter mask(config.data.path + "_loss_mask", data::TokenDType::kUInt8);
+    for (int64_t sequence = 0; sequence < tokens.size(); ++sequence) {
+      const int64_t length = tokens.length(sequence);
+      std::vector<int32_t> flags(static_cast<size_t>(length), 0);
+      for (int64_t position = length / 2; position < length; ++position) flags[static_cast<size_t>(position)] = 1;
+      mask.add_sequence(flags);
+      mask.end_document();
+    }
+    mask.finish();
+  }
+  const auto run = [&](const std::string& name, const std::string& mask_setting) {
+    configs::Config variant = config;
+    variant.run.name = name;
+    variant.data.loss_mask_path = mask_setting;
+    return Trainer(variant).train();
+  };
+  const std::vector<StepMetrics> found = run("found", "");
+  const std::vector<StepMetrics> named = run("named", config.data.path + "_loss_mask");
+  const std::vector<StepMetrics> unmasked = run("unmasked", "none");
+  for (size_t step = 0; step < found.size(); ++step) {
+    EXPECT_EQ(found[step].loss_tokens, named[step].loss_tokens) << step;
+    EXPECT_EQ(found[step].loss, named[step].loss) << step;
+    EXPECT_LT(found[step].loss_tokens, unmasked[step].loss_tokens) << "the mask must remove prompt tokens, step " << step;
+  }
 }
 
 TEST(TrainerTest, RejectsSettingsThisBuildCannotRunNamingTheKey) {
