@@ -31,12 +31,12 @@
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline_schedule.h"
 #include "trainer/checkpoint.h"
-#include "trainer/fused_adamw.h"
-#include "trainer/step_profiler.h"
 #include "trainer/device_setup.h"
 #include "trainer/flops.h"
+#include "trainer/fused_adamw.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/memory_stats.h"
+#include "trainer/step_profiler.h"
 #include "trainer/tensorboard_writer.h"
 
 namespace chunkflow::trainer {
