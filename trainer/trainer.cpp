@@ -324,6 +324,8 @@ void Trainer::write_trace() {
 // forgetting data.loss_mask_path would be silent); the log says which tokens carry loss.
 void Trainer::open_loss_mask() {
   const std::string mask = config_.data.resolved_loss_mask();
+  if (!mask.empty()) loss_mask_ = std::make_unique<data::LossMaskDataset>(mask, *dataset_);
+  if (!writes_outputs()) return;  // the count is for rank 0's log only
   int64_t loss_tokens = 0;
   std::string source;
   if (mask.empty()) {
@@ -332,7 +334,6 @@ void Trainer::open_loss_mask() {
                                                    : core::str_cat("no loss mask (no ", config_.data.path,
                                                                    "_loss_mask): every token but each sequence's first");
   } else {
-    loss_mask_ = std::make_unique<data::LossMaskDataset>(mask, *dataset_);
     for (int64_t sequence = 0; sequence < dataset_->size(); ++sequence) {
       const std::vector<uint8_t> flags = loss_mask_->read(sequence);
       // mask[i] marks token i as a target (predicted from [0, i)): the first token never is one.
@@ -342,19 +343,19 @@ void Trainer::open_loss_mask() {
                  ? core::str_cat("loss mask ", mask, " (found beside data.path; data.loss_mask_path = none ignores it)")
                  : core::str_cat("loss mask ", mask);
   }
-  if (writes_outputs()) {
-    const double share = dataset_->total_tokens() > 0
-                             ? 100.0 * static_cast<double>(loss_tokens) / static_cast<double>(dataset_->total_tokens())
-                             : 0.0;
-    core::log_info(source, ": ", core::format_count(static_cast<double>(loss_tokens)), " of ",
-                   core::format_count(static_cast<double>(dataset_->total_tokens())), " tokens (",
-                   core::format_fixed(share, 1), "%) carry loss");
-  }
+  const double share = dataset_->total_tokens() > 0
+                           ? 100.0 * static_cast<double>(loss_tokens) / static_cast<double>(dataset_->total_tokens())
+                           : 0.0;
+  core::log_info(source, ": ", core::format_count(static_cast<double>(loss_tokens)), " of ",
+                 core::format_count(static_cast<double>(dataset_->total_tokens())), " tokens (",
+                 core::format_fixed(share, 1), "%) carry loss");
 }
 
 // An id past the embedding would fail deep inside LibTorch, at whichever step draws its sequence:
-// every id is checked when the dataset is opened (chunk_source checks again as it reads).
+// every id is checked when the dataset is opened (chunk_source checks again as it reads). Rank 0
+// scans for all (same data.path everywhere); its error aborts the job through main.
 void Trainer::check_token_ids() {
+  if (!writes_outputs()) return;
   const auto start = std::chrono::steady_clock::now();
   const std::optional<data::TokenOutsideVocabulary> outside =
       data::first_token_outside_vocabulary(*dataset_, config_.model.vocab_size);
