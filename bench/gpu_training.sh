@@ -7,9 +7,10 @@
 #   longtail a long-tail global batch (LMSys-Chat-1M shape, lengths scaled so the longest is about
 #            128K): chunkflow vs pack_to_max (full layer recomputation) vs pad_to_longest, same
 #            trainer, same token budget;
-#   peer     Hugging Face transformers (bench/hf_peer.py: SDPA, autocast bf16, gradient
-#            checkpointing from 32K) on the single-sequence shapes (and, in longtail, on the
-#            long-tail batch: one sequence per micro-batch, gradient checkpointing).
+#   peer     Hugging Face transformers (bench/hf_peer.py: SDPA, autocast bf16; gradient
+#            checkpointing only where needed: a run that runs out of memory without it is
+#            repeated with it, both rows kept) on the single-sequence shapes (and, in longtail, on
+#            the long-tail batch, one sequence per micro-batch).
 # Prints Markdown tables and writes every number to <out>/gpu_training.json. Throughput counts real
 # tokens over steps 2..N. A failed or out-of-memory run is recorded as such, never dropped.
 #
@@ -158,28 +159,38 @@ print(int(np.fromfile(sys.argv[1] + ".idx", dtype=np.int32, count=count, offset=
     --set chunking.strategy=pack_to_max --set chunking.chunk_size="$longest" --set chunking.recompute_layers=true
   train longtail_pad_to_longest longtail "$shape" pad_to_longest "$prefix" \
     --set chunking.strategy=pad_to_longest --set chunking.micro_batch_sequences=4
-  peer peer_longtail "$shape" "$prefix" --gradient-checkpointing
+  peer peer_longtail "$shape" "$prefix"
 }
 
-# peer NAME SHAPE DATA [hf_peer.py arguments]: one transformers run, one sequence per micro-batch.
-peer() {
-  local name="$1" shape="$2" data="$3"; shift 3
-  local peer_out="$out/results/$name.json" status=ok code=0
+# peer_once NAME SHAPE STRATEGY DATA [hf_peer.py arguments]: one transformers run, one sequence per
+# micro-batch; sets peer_status (ok, oom, failed).
+peer_once() {
+  local name="$1" shape="$2" strategy="$3" data="$4"; shift 4
+  local peer_out="$out/results/$name.json" code=0
+  peer_status=ok
   log "$name: transformers (padded, one sequence per micro-batch${*:+; $*})"
   timeout "$limit" "$python" "$repo_root/bench/hf_peer.py" --config "$config" --data "$data" \
     --mode padded --micro-batch-sequences 1 --steps "$steps" --device "$peer_device" "$@" \
     >"$peer_out" 2>"$out/results/$name.log" || code=$?
-  if [ "$code" = 3 ]; then status=oom; elif [ "$code" != 0 ]; then status=failed; fi
-  [ "$status" = ok ] || log "$name: $status (log: $out/results/$name.log)"
-  record "$name" peer "$shape" "transformers" "$status" "$peer_out" 0
+  if [ "$code" = 3 ]; then peer_status=oom; elif [ "$code" != 0 ]; then peer_status=failed; fi
+  [ "$peer_status" = ok ] || log "$name: $peer_status (log: $out/results/$name.log)"
+  record "$name" peer "$shape" "$strategy" "$peer_status" "$peer_out" 0
+}
+
+# peer NAME SHAPE DATA [hf_peer.py arguments]: transformers as its users run it, gradient
+# checkpointing only where needed: without it first, and with it when that runs out of memory.
+peer() {
+  local name="$1" shape="$2" data="$3"; shift 3
+  peer_once "$name" "$shape" transformers "$data" "$@"
+  if [ "$peer_status" = oom ]; then
+    peer_once "${name}_checkpointing" "$shape" "transformers, gradient checkpointing" "$data" "$@" --gradient-checkpointing
+  fi
 }
 
 run_peer() {
   for length in $lengths; do
-    local extra=()
-    [ "$length" -ge 32768 ] && extra=(--gradient-checkpointing)
     peer "peer_$length" "$length tokens" "$(one_sequence_dataset "$length")" \
-      --set data.batch_sequences=1 --set data.batch_tokens=0 "${extra[@]}"
+      --set data.batch_sequences=1 --set data.batch_tokens=0
   done
 }
 
