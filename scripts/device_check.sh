@@ -517,14 +517,6 @@ configure_any() {
     -DCMAKE_PREFIX_PATH="$torch_prefix"
 }
 
-# What the GPU steps need, built first so that a slow or broken rest of the build cannot cost the
-# GPU tests, the attention benchmark or the training benchmark.
-gpu_targets() {
-  echo varlen_attention_gpu_test fused_ops_gpu_test tiled_cross_entropy_gpu_test attention_gpu_bench
-  [[ "$mode" == full ]] &&
-    echo gpu_training_gpu_test nccl_communicator_gpu_test layout_equivalence_test chunkflow-train chunkflow-data
-}
-
 build() {
   local name="$1" limit="$2"; shift 2
   # Keep going past a failed target: the kernel tests and the GPU benchmark need none of the rest.
@@ -613,8 +605,9 @@ if [[ "$configure_only" == 1 ]]; then
 fi
 # Priority order, as the deadline may cut the tail: GPU tests, attention benchmark, training
 # benchmark, then the rest of the project and the CPU + MPI tests.
-# shellcheck disable=SC2046  # one target per word
-build build_gpu_targets "${CHUNKFLOW_DEVICE_BUILD_TIMEOUT:-420}" --target $(gpu_targets)
+# chunkflow_gpu_targets (CMakeLists.txt): every gpu-labelled test and the benchmarks' programs, built
+# first so that a slow or broken rest of the build cannot cost the GPU steps.
+build build_gpu_targets "${CHUNKFLOW_DEVICE_BUILD_TIMEOUT:-420}" --target chunkflow_gpu_targets
 run_gpu_tests
 run_bench
 run_training_bench
