@@ -93,7 +93,9 @@ void BM_RotaryForward(benchmark::State& state) {
   const auto x = torch::randn({kTokens, kHeads, kHeadDim});
   const auto positions = torch::arange(kTokens, torch::kLong);
   const RotaryTables tables = rotary_tables(positions);
-  compare(state, [&] { benchmark::DoNotOptimize(chunkflow::kernels::apply_rotary(x, positions, kTheta)); },
+  const auto inv_freq = chunkflow::kernels::rope_inv_freq(
+      chunkflow::kernels::rope_frequencies(kTheta, kHeadDim, 4096, chunkflow::kernels::RopeScaling{}));
+  compare(state, [&] { benchmark::DoNotOptimize(chunkflow::kernels::apply_rotary(x, positions, inv_freq)); },
           [&] { benchmark::DoNotOptimize(rotary_composite(x, tables)); });
 }
 
@@ -102,11 +104,13 @@ void BM_RotaryForwardBackward(benchmark::State& state) {
   const auto positions = torch::arange(kTokens, torch::kLong);
   const auto dout = torch::randn({kTokens, kHeads, kHeadDim});
   const RotaryTables tables = rotary_tables(positions);
+  const auto inv_freq = chunkflow::kernels::rope_inv_freq(
+      chunkflow::kernels::rope_frequencies(kTheta, kHeadDim, 4096, chunkflow::kernels::RopeScaling{}));
   const auto step = [&](const auto& op) {
     op().backward(dout);
     x.mutable_grad().reset();
   };
-  compare(state, [&] { step([&] { return chunkflow::kernels::apply_rotary(x, positions, kTheta); }); },
+  compare(state, [&] { step([&] { return chunkflow::kernels::apply_rotary(x, positions, inv_freq); }); },
           [&] { step([&] { return rotary_composite(x, tables); }); });
 }
 

@@ -91,6 +91,46 @@ void check_parameter_count(const ModelConfig& config) {
                                   "many digits"));
 }
 
+// The rules of kernels::rope_frequencies, named by key. dynamic and longrope are refused with
+// their reason: transformers recomputes them from each forward call's longest position.
+void validate_rope_scaling(const ModelConfig& config) {
+  if (config.rope_type == "dynamic" || config.rope_type == "longrope") {
+    throw ConfigError("model.rope_type",
+                      core::str_cat("model.rope_type must be one of default, linear, llama3, yarn, got \"",
+                                    config.rope_type, "\": transformers recomputes ", config.rope_type,
+                                    " frequencies from the longest position of each forward call, so a token's "
+                                    "encoding would depend on how its batch is cut and no chunked or packed "
+                                    "training could match it; extend the context with linear, llama3 or yarn"));
+  }
+  check_one_of("model.rope_type", config.rope_type, {"default", "linear", "llama3", "yarn"});
+  if (config.rope_type == "default") {
+    check_field(config.rope_factor == 1.0, "model.rope_factor", "1 when model.rope_type is default",
+                config.rope_factor, "set model.rope_type to linear, llama3 or yarn to extend the context");
+    return;
+  }
+  check_field(config.rope_factor >= 1.0, "model.rope_factor", ">= 1", config.rope_factor);
+  check_field(config.rope_original_max_position_embeddings >= 0, "model.rope_original_max_position_embeddings",
+              ">= 0", config.rope_original_max_position_embeddings);
+  if (config.rope_type == "llama3") {
+    check_field(config.rope_original_max_position_embeddings > 0, "model.rope_original_max_position_embeddings",
+                "> 0 when model.rope_type is llama3 (the pre-training context)",
+                config.rope_original_max_position_embeddings);
+    check_field(config.rope_low_freq_factor > 0, "model.rope_low_freq_factor", "> 0", config.rope_low_freq_factor);
+    check_field(config.rope_high_freq_factor > config.rope_low_freq_factor, "model.rope_high_freq_factor",
+                core::str_cat("> model.rope_low_freq_factor (", config.rope_low_freq_factor, ")"),
+                config.rope_high_freq_factor);
+  }
+  if (config.rope_type == "yarn") {
+    check_field(config.rope_beta_fast > 0, "model.rope_beta_fast", "> 0", config.rope_beta_fast);
+    check_field(config.rope_beta_slow > 0, "model.rope_beta_slow", "> 0", config.rope_beta_slow);
+    check_field(config.rope_attention_factor >= 0, "model.rope_attention_factor", ">= 0 (0 = derived)",
+                config.rope_attention_factor);
+    check_field(config.rope_mscale >= 0, "model.rope_mscale", ">= 0 (0 = unset)", config.rope_mscale);
+    check_field(config.rope_mscale_all_dim >= 0, "model.rope_mscale_all_dim", ">= 0 (0 = unset)",
+                config.rope_mscale_all_dim);
+  }
+}
+
 }  // namespace
 
 int64_t ModelConfig::effective_head_dim() const {
@@ -132,6 +172,7 @@ void ModelConfig::validate() const {
   check_parameter_count(*this);
   check_field(rms_norm_eps > 0, "model.rms_norm_eps", "> 0", rms_norm_eps);
   check_field(rope_theta > 0, "model.rope_theta", "> 0", rope_theta);
+  validate_rope_scaling(*this);
   check_field(max_position_embeddings > 0, "model.max_position_embeddings", "> 0",
               max_position_embeddings);
   check_field(initializer_range > 0, "model.initializer_range", "> 0", initializer_range,

@@ -20,6 +20,18 @@ struct ModelConfig {
   int64_t head_dim = 0;  // 0: hidden_size / num_attention_heads
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
+  // RoPE scaling for context extension, as transformers' rope_scaling (kernels/rope_frequencies.h).
+  std::string rope_type = "default";
+  double rope_factor = 1.0;
+  int64_t rope_original_max_position_embeddings = 0;
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  double rope_beta_fast = 32.0;
+  double rope_beta_slow = 1.0;
+  double rope_attention_factor = 0.0;
+  double rope_mscale = 0.0;
+  double rope_mscale_all_dim = 0.0;
+  bool rope_truncate = true;
   int64_t max_position_embeddings = 4096;
   bool tie_word_embeddings = false;
   bool attention_bias = false;
@@ -54,8 +66,22 @@ struct ModelConfig {
     visit("head_dim", self.head_dim, "per-head width; 0 = hidden_size / num_attention_heads");
     visit("rms_norm_eps", self.rms_norm_eps, "RMSNorm epsilon");
     visit("rope_theta", self.rope_theta, "RoPE base");
+    visit("rope_type", self.rope_type, "RoPE scaling: default | linear | llama3 | yarn");
+    visit("rope_factor", self.rope_factor, "context extension factor (linear, llama3, yarn); 1 with default");
+    visit("rope_original_max_position_embeddings", self.rope_original_max_position_embeddings,
+          "pre-extension context (llama3: required; yarn: 0 = max_position_embeddings)");
+    visit("rope_low_freq_factor", self.rope_low_freq_factor, "llama3: long-wavelength bound");
+    visit("rope_high_freq_factor", self.rope_high_freq_factor, "llama3: short-wavelength bound");
+    visit("rope_beta_fast", self.rope_beta_fast, "yarn: rotations where extrapolation ends");
+    visit("rope_beta_slow", self.rope_beta_slow, "yarn: rotations where interpolation begins");
+    visit("rope_attention_factor", self.rope_attention_factor,
+          "yarn: cos/sin scaling; 0 = derived from rope_factor (and mscale)");
+    visit("rope_mscale", self.rope_mscale, "yarn: mscale (0 = unset)");
+    visit("rope_mscale_all_dim", self.rope_mscale_all_dim, "yarn: mscale_all_dim (0 = unset)");
+    visit("rope_truncate", self.rope_truncate, "yarn: round the correction range to whole dimensions");
     visit("max_position_embeddings", self.max_position_embeddings,
-          "positions the checkpoint was trained on (metadata for export)");
+          "positions the model is meant for (yarn's pre-extension context when "
+          "rope_original_max_position_embeddings is 0; otherwise metadata for export)");
     visit("tie_word_embeddings", self.tie_word_embeddings, "LM head shares the embedding matrix");
     visit("attention_bias", self.attention_bias, "biases on the attention projections");
     visit("initializer_range", self.initializer_range, "std of the random init");

@@ -108,8 +108,9 @@ __global__ void rms_norm_weight_sum_kernel(const float* workspace, T* dweight, i
 
 // One thread per rotated pair (token, head, i < head_dim / 2).
 template <typename T>
-__global__ void rotary_kernel(const T* in, const int64_t* positions, T* out, int64_t tokens,
-                              int64_t heads, int64_t head_dim, float theta, float direction) {
+__global__ void rotary_kernel(const T* in, const int64_t* positions, const float* inv_freq, T* out,
+                              int64_t tokens, int64_t heads, int64_t head_dim, float scaling,
+                              float direction) {
   const int64_t half = head_dim / 2;
   const int64_t pairs = tokens * heads * half;
   for (int64_t pair = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; pair < pairs;
@@ -117,13 +118,12 @@ __global__ void rotary_kernel(const T* in, const int64_t* positions, T* out, int
     const int64_t i = pair % half;
     const int64_t row = pair / half;  // token * heads + head
     const int64_t token = row / heads;
-    // Hugging Face's fp32 tables: inv_freq = 1 / theta^(2i / head_dim), angle = position * inv_freq.
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    const float inv_freq = 1.0f / powf(theta, exponent);
-    const float angle = static_cast<float>(positions[token]) * inv_freq;
+    // Hugging Face's fp32 tables: angle = position * inv_freq, cos and sin times the scaling.
+    const float angle = static_cast<float>(positions[token]) * inv_freq[i];
     float sin_angle, cos_angle;
     sincosf(angle, &sin_angle, &cos_angle);
-    sin_angle *= direction;
+    cos_angle *= scaling;
+    sin_angle = direction * (sin_angle * scaling);
     const T* in_row = in + row * head_dim;
     T* out_row = out + row * head_dim;
     const float first = to_float(in_row[i]), second = to_float(in_row[i + half]);
@@ -199,9 +199,9 @@ void rotary_cuda(const RotaryParams& params, void* stream) {
   dispatch_scalar_type(params.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     rotary_kernel<T><<<blocks_for(pairs), kThreads, 0, as_stream(stream)>>>(
-        static_cast<const T*>(params.in), params.positions, static_cast<T*>(params.out),
-        params.tokens, params.heads, params.head_dim, params.theta,
-        params.inverse ? -1.0f : 1.0f);
+        static_cast<const T*>(params.in), params.positions, params.inv_freq,
+        static_cast<T*>(params.out), params.tokens, params.heads, params.head_dim,
+        params.attention_scaling, params.inverse ? -1.0f : 1.0f);
     CF_CUDA_CHECK_LAUNCH(rotary_kernel);
   });
 }

@@ -56,18 +56,21 @@ int64_t rms_norm_weight_partials(int64_t rows);
 
 // ---------------------------------------------------------------------------------------------
 // Rotary position embedding (Hugging Face's rotate-half convention) with a position per token:
-//   inv_freq[i] = 1 / theta^(2i / head_dim)          fp32, i in [0, head_dim / 2)
-//   angle[t, i] = float(positions[t]) * inv_freq[i]  fp32 (as Hugging Face's fp32 tables)
-//   out[t, h, i]        = in[t, h, i] * cos(angle) - in[t, h, i + half] * sin(angle)
-//   out[t, h, i + half] = in[t, h, i + half] * cos(angle) + in[t, h, i] * sin(angle)
-// `inverse` rotates by -angle instead. The rotation is orthogonal, so its backward is its
-// inverse: the gradient launch passes dout as `in`, dx as `out` and inverse = true.
+//   inv_freq[i]  the table of rope_frequencies.h (1 / theta^(2i / head_dim) without scaling)
+//   angle[t, i] = float(positions[t]) * inv_freq[i]                 fp32 (Hugging Face's tables)
+//   c = cos(angle) * attention_scaling, s = sin(angle) * attention_scaling   fp32
+//   out[t, h, i]        = in[t, h, i] * c - in[t, h, i + half] * s
+//   out[t, h, i + half] = in[t, h, i + half] * c + in[t, h, i] * s
+// `inverse` rotates by -angle instead (same scaling). The map is a scaled rotation, so its
+// backward is the inverse rotation with the same scaling: the gradient launch passes dout as
+// `in`, dx as `out` and inverse = true.
 struct RotaryParams {
   const void* in = nullptr;            // [tokens, heads, head_dim], dtype
   const int64_t* positions = nullptr;  // [tokens], on the same device as `in`
+  const float* inv_freq = nullptr;     // [head_dim / 2] fp32, on the same device as `in`
   void* out = nullptr;                 // [tokens, heads, head_dim], dtype (written; may equal `in`)
   int64_t tokens = 0, heads = 0, head_dim = 0;  // head_dim even
-  float theta = 10000.0f;              // the RoPE base (rope_theta), > 0
+  float attention_scaling = 1.0f;      // multiplies cos and sin (yarn's attention factor), > 0
   bool inverse = false;
   ScalarType dtype = ScalarType::kFloat32;
 };
@@ -95,7 +98,7 @@ struct SwigluBackwardParams {
 };
 
 // Throw core::Error quoting the broken rule: a null pointer (allowed only when its op has nothing
-// to do), a negative size, hidden or head_dim 0 with rows, an odd head_dim, eps < 0, theta <= 0,
+// to do), a negative size, hidden or head_dim 0 with rows, an odd head_dim, eps < 0, a scaling <= 0,
 // an unknown dtype. Called by every launcher.
 void check_params(const RmsNormParams& params);
 void check_params(const RmsNormBackwardParams& params);

@@ -158,8 +158,8 @@ CF_SIMD_CLONES void rms_norm_backward_rows(const float* x, const float* weight, 
 // Tokens [begin, end): cos/sin of the token's angles once, then every head. sin is pre-negated
 // for the inverse rotation.
 CF_SIMD_CLONES void rotate_tokens(const float* in, const int64_t* positions, float* out,
-                                  const float* inv_freq, float direction, int64_t begin,
-                                  int64_t end, int64_t heads, int64_t head_dim) {
+                                  const float* inv_freq, float scaling, float direction,
+                                  int64_t begin, int64_t end, int64_t heads, int64_t head_dim) {
   const int64_t half = head_dim / 2;
   std::vector<float> cos_table(static_cast<size_t>(half)), sin_table(static_cast<size_t>(half));
   float* c = cos_table.data();
@@ -168,8 +168,8 @@ CF_SIMD_CLONES void rotate_tokens(const float* in, const int64_t* positions, flo
     const float position = static_cast<float>(positions[token]);
     for (int64_t i = 0; i < half; ++i) {
       const float angle = position * inv_freq[i];
-      c[i] = std::cos(angle);
-      s[i] = direction * std::sin(angle);
+      c[i] = std::cos(angle) * scaling;
+      s[i] = direction * (std::sin(angle) * scaling);
     }
     for (int64_t head = 0; head < heads; ++head) {
       const float* in_row = in + (token * heads + head) * head_dim;
@@ -250,10 +250,11 @@ void check_params(const RotaryParams& params) {
   CF_CHECK(params.head_dim > 0 && params.head_dim % 2 == 0, kOp,
            ": head_dim must be even and > 0 (rotate-half pairs element i with i + head_dim / 2), "
            "got ", params.head_dim);
-  CF_CHECK(params.theta > 0.0f && std::isfinite(params.theta), kOp,
-           ": theta (rope_theta) must be finite and > 0, got ", params.theta);
+  CF_CHECK(params.attention_scaling > 0.0f && std::isfinite(params.attention_scaling), kOp,
+           ": attention_scaling must be finite and > 0, got ", params.attention_scaling);
   const int64_t elements = params.tokens * params.heads * params.head_dim;
   check_buffer(params.in, elements, kOp, "in", "[tokens, heads, head_dim]");
+  check_buffer(params.inv_freq, elements == 0 ? 0 : params.head_dim / 2, kOp, "inv_freq", "[head_dim / 2]");
   check_buffer(params.out, elements, kOp, "out", "[tokens, heads, head_dim]");
   check_buffer(params.positions, elements == 0 ? 0 : params.tokens, kOp, "positions", "[tokens]");
 }
@@ -323,16 +324,11 @@ void rms_norm_backward_cpu(const RmsNormBackwardParams& params) {
 void rotary_cpu(const RotaryParams& params) {
   check_params(params);
   check_cpu_dtype(params.dtype, "rotary_cpu");
-  const int64_t head_dim = params.head_dim, half = head_dim / 2;
-  // Hugging Face's fp32 inv_freq: the exponent 2i / head_dim in fp32, then theta^-exponent.
-  std::vector<float> inv_freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) {
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    inv_freq[static_cast<size_t>(i)] = 1.0f / std::pow(params.theta, exponent);
-  }
+  const int64_t head_dim = params.head_dim;
   at::parallel_for(0, params.tokens, grain_rows(params.heads * head_dim), [&](int64_t begin, int64_t end) {
     rotate_tokens(static_cast<const float*>(params.in), params.positions, static_cast<float*>(params.out),
-                  inv_freq.data(), params.inverse ? -1.0f : 1.0f, begin, end, params.heads, head_dim);
+                  params.inv_freq, params.attention_scaling, params.inverse ? -1.0f : 1.0f, begin, end,
+                  params.heads, head_dim);
   });
 }
 

@@ -205,16 +205,17 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
   }
 };
 
-RotaryParams rotary_params(const torch::Tensor& in, const torch::Tensor& positions,
-                           torch::Tensor& out, double theta, bool inverse) {
+RotaryParams rotary_params(const torch::Tensor& in, const torch::Tensor& positions, const torch::Tensor& inv_freq,
+                           torch::Tensor& out, double attention_scaling, bool inverse) {
   RotaryParams params;
   params.in = in.const_data_ptr();
   params.positions = positions.const_data_ptr<int64_t>();
+  params.inv_freq = inv_freq.const_data_ptr<float>();
   params.out = out.mutable_data_ptr();
   params.tokens = in.size(0);
   params.heads = in.size(1);
   params.head_dim = in.size(2);
-  params.theta = static_cast<float>(theta);
+  params.attention_scaling = static_cast<float>(attention_scaling);
   params.inverse = inverse;
   params.dtype = kernel_dtype(in);
   return params;
@@ -222,27 +223,30 @@ RotaryParams rotary_params(const torch::Tensor& in, const torch::Tensor& positio
 
 class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
  public:
-  // x [tokens, heads, head_dim] and positions [tokens] int64 contiguous, checked by apply_rotary.
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
-                               const torch::Tensor& positions, double theta) {
+  // x [tokens, heads, head_dim], positions [tokens] int64 and inv_freq [head_dim / 2] fp32,
+  // contiguous, checked by apply_rotary.
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& positions,
+                               const torch::Tensor& inv_freq, double attention_scaling) {
     torch::Tensor out = torch::empty_like(x);
-    launch(rotary_params(x, positions, out, theta, /*inverse=*/false), x);
-    ctx->save_for_backward({positions});
-    ctx->saved_data["theta"] = theta;
+    launch(rotary_params(x, positions, inv_freq, out, attention_scaling, /*inverse=*/false), x);
+    ctx->save_for_backward({positions, inv_freq});
+    ctx->saved_data["attention_scaling"] = attention_scaling;
     ctx->saved_data["dtype"] = static_cast<int64_t>(x.scalar_type());
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    if (!grad_outputs[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
-    const torch::Tensor positions = ctx->get_saved_variables()[0];
+    const variable_list none(4);
+    if (!grad_outputs[0].defined()) return none;
+    const variable_list saved = ctx->get_saved_variables();
     const auto dtype = static_cast<torch::ScalarType>(ctx->saved_data["dtype"].toInt());
     const torch::Tensor dout = grad_outputs[0].to(dtype).contiguous();
     torch::Tensor dx = torch::empty_like(dout);
-    // The rotation is orthogonal: its backward rotates the gradient back.
-    launch(rotary_params(dout, positions, dx, ctx->saved_data["theta"].toDouble(), /*inverse=*/true),
+    // A scaled rotation: its backward rotates the gradient back, with the same scaling.
+    launch(rotary_params(dout, saved[0], saved[1], dx, ctx->saved_data["attention_scaling"].toDouble(),
+                         /*inverse=*/true),
            dout);
-    return {dx, torch::Tensor(), torch::Tensor()};
+    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -293,18 +297,15 @@ torch::Tensor rms_norm_composite(const torch::Tensor& x, const torch::Tensor& we
   return weight * normed.to(x.scalar_type());
 }
 
-torch::Tensor rotary_composite(const torch::Tensor& x, const torch::Tensor& positions, double theta) {
-  // Hugging Face's fp32 tables (fp32 inv_freq and angles), applied in x's dtype.
-  const int64_t head_dim = x.size(2), half = head_dim / 2;
-  const auto float_options = torch::TensorOptions().dtype(torch::kFloat).device(x.device());
-  const torch::Tensor exponents =
-      torch::arange(0, head_dim, 2, float_options.dtype(torch::kLong)).to(torch::kFloat) /
-      static_cast<double>(head_dim);
-  const torch::Tensor inv_freq = 1.0 / torch::pow(torch::tensor(theta, float_options), exponents);
+torch::Tensor rotary_composite(const torch::Tensor& x, const torch::Tensor& positions, const torch::Tensor& inv_freq,
+                               double attention_scaling) {
+  // Hugging Face's fp32 tables (fp32 angles, cos and sin times the scaling), applied in x's dtype.
+  const int64_t half = x.size(2) / 2;
   const torch::Tensor angles = positions.to(torch::kFloat).unsqueeze(1) * inv_freq.unsqueeze(0);
   const torch::Tensor doubled = torch::cat({angles, angles}, 1).unsqueeze(1);
   const torch::Tensor rotated = torch::cat({-x.narrow(2, half, half), x.narrow(2, 0, half)}, 2);
-  return x * doubled.cos().to(x.scalar_type()) + rotated * doubled.sin().to(x.scalar_type());
+  const torch::Tensor cos = doubled.cos() * attention_scaling, sin = doubled.sin() * attention_scaling;
+  return x * cos.to(x.scalar_type()) + rotated * sin.to(x.scalar_type());
 }
 
 }  // namespace
@@ -322,7 +323,8 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   return RmsNormFunction::apply(x.contiguous(), weight.contiguous(), eps);
 }
 
-torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& positions, double theta) {
+torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& positions, const torch::Tensor& inv_freq,
+                           double attention_scaling) {
   constexpr const char* kOp = "apply_rotary";
   const Path path = choose_path(kOp, {{"x", &x}});
   CF_CHECK(x.dim() == 3 && x.size(2) > 0 && x.size(2) % 2 == 0, kOp,
@@ -336,10 +338,20 @@ torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& position
            positions.scalar_type());
   CF_CHECK(positions.device() == x.device(), kOp, ": positions must be on x's device ",
            x.device(), ", got ", positions.device());
-  CF_CHECK(std::isfinite(theta) && theta > 0.0, kOp, ": theta (rope_theta) must be finite and > 0, "
-           "got ", theta);
-  if (path == Path::kCompositeCpu) return rotary_composite(x, positions, theta);
-  return RotaryFunction::apply(x.contiguous(), positions.contiguous(), theta);
+  CF_CHECK(inv_freq.defined(), kOp, ": inv_freq is an undefined tensor");
+  CF_CHECK(inv_freq.dim() == 1 && inv_freq.size(0) == x.size(2) / 2 && inv_freq.scalar_type() == torch::kFloat, kOp,
+           ": inv_freq must be [head_dim / 2] = [", x.size(2) / 2, "] float32, got ", shape_of(inv_freq), " ",
+           inv_freq.scalar_type());
+  CF_CHECK(inv_freq.device() == x.device(), kOp, ": inv_freq must be on x's device ", x.device(), ", got ",
+           inv_freq.device());
+  CF_CHECK(std::isfinite(attention_scaling) && attention_scaling > 0.0, kOp,
+           ": attention_scaling must be finite and > 0, got ", attention_scaling);
+  if (path == Path::kCompositeCpu) return rotary_composite(x, positions, inv_freq, attention_scaling);
+  return RotaryFunction::apply(x.contiguous(), positions.contiguous(), inv_freq.contiguous(), attention_scaling);
+}
+
+torch::Tensor rope_inv_freq(const RopeFrequencies& frequencies, const torch::Device& device) {
+  return torch::tensor(frequencies.inv_freq, torch::kFloat).to(device);
 }
 
 torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up) {

@@ -15,6 +15,8 @@
 
 #include <torch/types.h>
 
+#include "kernels/rope_frequencies.h"
+
 namespace chunkflow::kernels {
 
 // RMSNorm with Hugging Face Llama's arithmetic: weight * (x * rsqrt(mean(x^2, -1) + eps)), the
@@ -27,13 +29,19 @@ namespace chunkflow::kernels {
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
 // Rotary position embedding with a position per token (Hugging Face's rotate-half convention):
-// pairs (i, i + head_dim / 2) of each head rotate by positions[t] * theta^(-2i / head_dim), the
-// angle computed in fp32 as Hugging Face's fp32 cos/sin tables are.
+// pairs (i, i + head_dim / 2) of each head rotate by positions[t] * inv_freq[i], the angle
+// computed in fp32 as Hugging Face's fp32 cos/sin tables are, cos and sin times
+// attention_scaling (see fused_ops.h for the arithmetic, rope_frequencies.h for the table).
 //   x         [tokens, heads, head_dim], head_dim even; float32/bfloat16/float16 (float64 on CPU)
 //   positions [tokens] int64, same device as x (position within the original sequence)
-//   theta     > 0, the RoPE base (model.rope_theta)
+//   inv_freq  [head_dim / 2] float32, same device as x (rope_inv_freq below)
+//   attention_scaling  > 0 (1 except for yarn)
 //   returns   [tokens, heads, head_dim], x's dtype. Gradient for x.
-torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& positions, double theta);
+torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& positions, const torch::Tensor& inv_freq,
+                           double attention_scaling = 1.0);
+
+// rope_frequencies(...).inv_freq as a float32 tensor on `device`.
+torch::Tensor rope_inv_freq(const RopeFrequencies& frequencies, const torch::Device& device = torch::kCPU);
 
 // SwiGLU's gated product silu(gate) * up, element-wise.
 //   gate, up  same shape (any), dtype and device; float32/bfloat16/float16 (float64 on the CPU)

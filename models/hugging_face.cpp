@@ -90,37 +90,112 @@ bool ignorable_extra(const std::string& name, const configs::ModelConfig& config
   return config.tie_word_embeddings && name == "lm_head.weight";
 }
 
-// A RoPE dictionary (transformers 5's "rope_parameters", or 4's "rope_scaling") must describe
-// plain RoPE: rope_type "default" and no keys that would change the frequencies. Returns its
-// rope_theta, or `fallback` where it has none.
-double plain_rope_theta(const std::string& path, const char* key, const Json& rope, double fallback) {
-  CF_CHECK(rope.is_object(), path, ": \"", key, "\" must be an object, got ", rope.dump());
-  const ConfigReader reader{path, rope};
-  // "type" is the name transformers 4 accepted before "rope_type".
-  const std::string type = reader.string_or("rope_type", reader.string_or("type", "default"));
-  CF_CHECK(type == "default", path, ": \"", key, "\" = ", rope.dump(), ": rope_type \"", type,
-           "\" is not supported (plain RoPE only); the model's positions would be rotated differently");
-  for (const auto& [name, value] : rope.items()) {
-    const bool understood = name == "rope_type" || name == "type" || name == "rope_theta" ||
-                            (name == "partial_rotary_factor" && value.is_number() && value.get<double>() == 1.0);
-    CF_CHECK(understood, path, ": \"", key, "\" has \"", name, "\" = ", value.dump(),
-             ", which plain RoPE does not have (rotary on every dimension, rope_type and rope_theta only)");
-  }
-  return reader.number_or("rope_theta", fallback);
+// The keys each rope_type may carry in a RoPE dictionary, beside rope_type/type and rope_theta.
+const std::map<std::string, std::set<std::string>>& rope_keys_by_type() {
+  static const std::map<std::string, std::set<std::string>> keys = {
+      {"default", {}},
+      {"linear", {"factor"}},
+      {"llama3", {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}},
+      {"yarn",
+       {"factor", "attention_factor", "beta_fast", "beta_slow", "original_max_position_embeddings", "mscale",
+        "mscale_all_dim", "truncate"}}};
+  return keys;
 }
 
-// rope_theta from either generation of config.json: transformers 4 writes it at the top level,
-// 5 inside "rope_parameters" (and reads the top-level one into it when that lacks one).
-double read_rope_theta(const ConfigReader& reader) {
+// A RoPE dictionary (transformers 5's "rope_parameters", or 4's "rope_scaling"): its scaling, and
+// its rope_theta (or `theta` where it has none). Keys its rope_type does not have are errors:
+// they would change the frequencies in a way this build does not implement.
+kernels::RopeScaling read_rope_dictionary(const std::string& path, const char* key, const Json& rope, double& theta) {
+  CF_CHECK(rope.is_object(), path, ": \"", key, "\" must be an object, got ", rope.dump());
+  const ConfigReader reader{path, rope};
+  kernels::RopeScaling scaling;
+  // "type" is the name transformers 4 accepted before "rope_type".
+  scaling.type = reader.string_or("rope_type", reader.string_or("type", "default"));
+  const auto known = rope_keys_by_type().find(scaling.type);
+  CF_CHECK(known != rope_keys_by_type().end(), path, ": \"", key, "\" = ", rope.dump(), ": rope_type \"", scaling.type,
+           "\" is not supported; supported are ", kernels::supported_rope_types(),
+           " (dynamic and longrope recompute the frequencies from each forward call's longest position, so a "
+           "token's encoding would depend on how its batch is cut)");
+  for (const auto& [name, value] : rope.items()) {
+    const bool understood = name == "rope_type" || name == "type" || name == "rope_theta" || known->second.count(name);
+    CF_CHECK(understood || value.is_null(), path, ": \"", key, "\" has \"", name, "\" = ", value.dump(), ", which ",
+             scaling.type, " RoPE does not have (rotary on every dimension; its keys are rope_type, rope_theta",
+             known->second.empty() ? "" : ", ",
+             core::join(std::vector<std::string>(known->second.begin(), known->second.end()), ", "), ")");
+  }
+  theta = reader.number_or("rope_theta", theta);
+  const kernels::RopeScaling defaults;
+  scaling.factor = reader.number_or("factor", defaults.factor);
+  scaling.original_max_position_embeddings =
+      reader.integer_or("original_max_position_embeddings", defaults.original_max_position_embeddings);
+  scaling.low_freq_factor = reader.number_or("low_freq_factor", defaults.low_freq_factor);
+  scaling.high_freq_factor = reader.number_or("high_freq_factor", defaults.high_freq_factor);
+  scaling.beta_fast = reader.number_or("beta_fast", defaults.beta_fast);
+  scaling.beta_slow = reader.number_or("beta_slow", defaults.beta_slow);
+  scaling.attention_factor = reader.number_or("attention_factor", defaults.attention_factor);
+  scaling.mscale = reader.number_or("mscale", defaults.mscale);
+  scaling.mscale_all_dim = reader.number_or("mscale_all_dim", defaults.mscale_all_dim);
+  scaling.truncate = reader.boolean_or("truncate", defaults.truncate);
+  return scaling;
+}
+
+void set_rope_scaling(configs::ModelConfig& config, const kernels::RopeScaling& scaling) {
+  config.rope_type = scaling.type;
+  config.rope_factor = scaling.factor;
+  config.rope_original_max_position_embeddings = scaling.original_max_position_embeddings;
+  config.rope_low_freq_factor = scaling.low_freq_factor;
+  config.rope_high_freq_factor = scaling.high_freq_factor;
+  config.rope_beta_fast = scaling.beta_fast;
+  config.rope_beta_slow = scaling.beta_slow;
+  config.rope_attention_factor = scaling.attention_factor;
+  config.rope_mscale = scaling.mscale;
+  config.rope_mscale_all_dim = scaling.mscale_all_dim;
+  config.rope_truncate = scaling.truncate;
+}
+
+// rope_theta and the RoPE scaling from either generation of config.json: transformers 4 writes
+// rope_theta at the top level and the scaling in "rope_scaling", 5 both inside "rope_parameters"
+// (and reads the top-level rope_theta into it when that lacks one).
+void read_rope(const ConfigReader& reader, configs::ModelConfig& config) {
   const double top_level = reader.number_or("rope_theta", 10000.0);
   double theta = top_level;
-  if (const Json* scaling = reader.find("rope_scaling")) theta = plain_rope_theta(reader.path, "rope_scaling", *scaling, theta);
-  if (const Json* parameters = reader.find("rope_parameters")) {
-    theta = plain_rope_theta(reader.path, "rope_parameters", *parameters, theta);
+  kernels::RopeScaling scaling;
+  if (const Json* dictionary = reader.find("rope_scaling")) {
+    scaling = read_rope_dictionary(reader.path, "rope_scaling", *dictionary, theta);
+  }
+  if (const Json* dictionary = reader.find("rope_parameters")) {
+    const kernels::RopeScaling parameters = read_rope_dictionary(reader.path, "rope_parameters", *dictionary, theta);
+    CF_CHECK(scaling.type == "default" || parameters.type == "default" || scaling == parameters, reader.path,
+             ": \"rope_scaling\" = ", reader.find("rope_scaling")->dump(), " and \"rope_parameters\" = ",
+             dictionary->dump(), " describe different RoPE scalings; which one the model was trained with is unknown");
+    if (parameters.type != "default") scaling = parameters;
     CF_CHECK(!reader.find("rope_theta") || theta == top_level, reader.path, ": \"rope_theta\" = ", top_level,
              " and \"rope_parameters\".rope_theta = ", theta, " disagree; which one the model was trained with is unknown");
   }
-  return theta;
+  config.rope_theta = theta;
+  set_rope_scaling(config, scaling);
+}
+
+// The RoPE scaling keys of `config` as transformers writes them (its rope_type's keys only).
+Json rope_dictionary(const configs::ModelConfig& config) {
+  Json rope = {{"rope_type", config.rope_type}};
+  if (config.rope_type == "default") return rope;
+  rope["factor"] = config.rope_factor;
+  if (config.rope_original_max_position_embeddings > 0) {
+    rope["original_max_position_embeddings"] = config.rope_original_max_position_embeddings;
+  }
+  if (config.rope_type == "llama3") {
+    rope["low_freq_factor"] = config.rope_low_freq_factor;
+    rope["high_freq_factor"] = config.rope_high_freq_factor;
+  } else if (config.rope_type == "yarn") {
+    rope["beta_fast"] = config.rope_beta_fast;
+    rope["beta_slow"] = config.rope_beta_slow;
+    if (config.rope_attention_factor > 0) rope["attention_factor"] = config.rope_attention_factor;
+    if (config.rope_mscale > 0) rope["mscale"] = config.rope_mscale;
+    if (config.rope_mscale_all_dim > 0) rope["mscale_all_dim"] = config.rope_mscale_all_dim;
+    if (!config.rope_truncate) rope["truncate"] = false;  // the key only newer transformers know
+  }
+  return rope;
 }
 
 }  // namespace
@@ -157,7 +232,7 @@ configs::ModelConfig read_hf_config(const std::string& directory) {
   config.head_dim = reader.integer_or("head_dim", 0);
   if (config.head_dim == config.hidden_size / std::max<int64_t>(config.num_attention_heads, 1)) config.head_dim = 0;
   config.rms_norm_eps = reader.number_or("rms_norm_eps", 1e-6);
-  config.rope_theta = read_rope_theta(reader);
+  read_rope(reader, config);
   config.max_position_embeddings = reader.integer_or("max_position_embeddings", config.max_position_embeddings);
   config.tie_word_embeddings = reader.boolean_or("tie_word_embeddings", false);
   config.initializer_range = reader.number_or("initializer_range", 0.02);
@@ -165,7 +240,7 @@ configs::ModelConfig read_hf_config(const std::string& directory) {
   config.attention_bias = config.family == "qwen2" ? true : reader.boolean_or("attention_bias", false);
 
   // Features that would change the math and are not implemented: refuse rather than differ
-  // (RoPE scaling is refused by read_rope_theta).
+  // (RoPE types other than those of kernels/rope_frequencies.h are refused by read_rope).
   const std::string activation = reader.string_or("hidden_act", "silu");
   CF_CHECK(activation == "silu", path, ": \"hidden_act\" = \"", activation, "\" is not supported (SwiGLU with silu only)");
   CF_CHECK(!reader.boolean_or("mlp_bias", false), path, ": \"mlp_bias\" = true is not supported (MLP without biases only)");
@@ -192,8 +267,13 @@ configs::ModelConfig merge_hf_config(const configs::ModelConfig& run_model) {
   const auto run = configs::field_texts(run_model);
   const auto defaults = configs::field_texts(configs::ModelConfig{});
   const auto from_file = configs::field_texts(merged);
+  // Context extension: a run that sets a RoPE scaling replaces config.json's (and may set the new
+  // max_position_embeddings); the export writes it back.
+  const bool extends_context = run_model.rope_type != "default";
   for (const auto& [key, value] : run) {
     if (key == "init_from" || key == "dtype" || key == "initializer_range") continue;
+    if (extends_context && (key.rfind("rope_", 0) == 0 && key != "rope_theta")) continue;
+    if (extends_context && key == "max_position_embeddings") continue;
     CF_CHECK(value == defaults.at(key) || value == from_file.at(key), "model.", key, " = ", value,
              " in the run config, but ", run_model.init_from, "/config.json says ", from_file.at(key),
              "; with model.init_from the architecture comes from config.json: remove model.", key,
@@ -201,6 +281,15 @@ configs::ModelConfig merge_hf_config(const configs::ModelConfig& run_model) {
   }
   merged.dtype = run_model.dtype;
   merged.initializer_range = run_model.initializer_range;
+  if (extends_context) {
+    const double theta = merged.rope_theta;
+    set_rope_scaling(merged, rope_scaling_of(run_model));
+    merged.rope_theta = theta;
+    if (run_model.max_position_embeddings != configs::ModelConfig{}.max_position_embeddings) {
+      merged.max_position_embeddings = run_model.max_position_embeddings;
+    }
+    merged.validate();
+  }
   return merged;
 }
 
@@ -306,10 +395,15 @@ std::string hf_config_json(const configs::ModelConfig& config, const std::string
   json["head_dim"] = config.effective_head_dim();
   json["hidden_act"] = "silu";
   json["rms_norm_eps"] = config.rms_norm_eps;
-  // Both generations of transformers: 4 reads the top-level rope_theta, 5 "rope_parameters"
-  // (where 5 aliases "rope_scaling", so that key is left out: a null one could clear it).
+  // Both generations of transformers: 4 reads the top-level rope_theta and "rope_scaling", 5
+  // "rope_parameters" (where 5 aliases "rope_scaling": without scaling that key is left out, as
+  // a null one could clear it; with scaling both carry the same dictionary).
   json["rope_theta"] = config.rope_theta;
-  json["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", config.rope_theta}};
+  Json rope = rope_dictionary(config);
+  json.erase("rope_scaling");
+  if (config.rope_type != "default") json["rope_scaling"] = rope;
+  rope["rope_theta"] = config.rope_theta;
+  json["rope_parameters"] = rope;
   json["max_position_embeddings"] = config.max_position_embeddings;
   json["tie_word_embeddings"] = config.tie_word_embeddings;
   json["initializer_range"] = config.initializer_range;

@@ -19,8 +19,9 @@
 
 namespace chunkflow::models {
 
-// Reads `directory`/config.json. Supports LlamaForCausalLM and Qwen2ForCausalLM with plain RoPE
-// and SwiGLU; anything that would change the math and is not implemented (rope_scaling,
+// Reads `directory`/config.json. Supports LlamaForCausalLM and Qwen2ForCausalLM with RoPE (plain,
+// or scaled: linear, llama3, yarn, from "rope_scaling" or "rope_parameters") and SwiGLU; anything
+// that would change the math and is not implemented (dynamic or longrope RoPE, partial rotary,
 // hidden_act other than silu, mlp_bias, Qwen2 sliding-window attention) is an error naming the
 // file, the key and the value, as is a missing or mistyped required key. init_from is set to
 // `directory`, dtype stays float32 (training precision is the run's choice).
@@ -29,7 +30,9 @@ configs::ModelConfig read_hf_config(const std::string& directory);
 // The run's model section with the architecture of run_model.init_from's config.json: every
 // architecture key comes from config.json. A key the run config sets to a value that is neither
 // the default nor config.json's is an error naming both values (the run would silently train a
-// different model than the user wrote); dtype and init_from stay the run's.
+// different model than the user wrote); dtype and init_from stay the run's. Context extension: a
+// run whose model.rope_type is not default brings its own RoPE scaling keys (and may set
+// max_position_embeddings), replacing config.json's.
 configs::ModelConfig merge_hf_config(const configs::ModelConfig& run_model);
 
 // Every tensor the whole model has in a Hugging Face checkpoint, with its shape, in module order

@@ -57,6 +57,27 @@ torch::Tensor attach_prefix(const torch::Tensor& own, const torch::Tensor& state
   return AttachPrefix::apply(own, state, gradient, rows);
 }
 
+kernels::RopeScaling rope_scaling_of(const configs::ModelConfig& config) {
+  kernels::RopeScaling scaling;
+  scaling.type = config.rope_type;
+  scaling.factor = config.rope_factor;
+  scaling.original_max_position_embeddings = config.rope_original_max_position_embeddings;
+  scaling.low_freq_factor = config.rope_low_freq_factor;
+  scaling.high_freq_factor = config.rope_high_freq_factor;
+  scaling.beta_fast = config.rope_beta_fast;
+  scaling.beta_slow = config.rope_beta_slow;
+  scaling.attention_factor = config.rope_attention_factor;
+  scaling.mscale = config.rope_mscale;
+  scaling.mscale_all_dim = config.rope_mscale_all_dim;
+  scaling.truncate = config.rope_truncate;
+  return scaling;
+}
+
+kernels::RopeFrequencies rope_frequencies_of(const configs::ModelConfig& config) {
+  return kernels::rope_frequencies(config.rope_theta, config.effective_head_dim(), config.max_position_embeddings,
+                                   rope_scaling_of(config));
+}
+
 torch::Tensor project(ComputeWeights& weights, const torch::nn::Linear& layer, const torch::Tensor& x) {
   return torch::nn::functional::linear(x, weights(layer->weight), weights(layer->bias));
 }
@@ -73,9 +94,11 @@ AttentionImpl::AttentionImpl(const configs::ModelConfig& config, SharedComputeWe
     : heads_(config.num_attention_heads),
       kv_heads_(config.num_key_value_heads),
       head_dim_(config.effective_head_dim()),
-      rope_theta_(config.rope_theta),
       weights_(std::move(weights)),
       backend_(backend) {
+  const kernels::RopeFrequencies frequencies = rope_frequencies_of(config);
+  rope_inv_freq = register_buffer("rope_inv_freq", kernels::rope_inv_freq(frequencies));
+  rope_attention_scaling_ = frequencies.attention_scaling;
   const bool qkv_bias = config.attention_bias;
   // Llama's attention_bias covers o_proj too; Qwen2 has q/k/v biases only.
   const bool o_bias = config.attention_bias && config.family == "llama";
@@ -89,9 +112,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& b
                                      LayerKV* own_kv) {
   const int64_t tokens = x.size(0);
   const torch::Tensor q =
-      kernels::apply_rotary(project(*weights_, q_proj, x).view({tokens, heads_, head_dim_}), batch.positions, rope_theta_);
+      kernels::apply_rotary(project(*weights_, q_proj, x).view({tokens, heads_, head_dim_}), batch.positions,
+                            rope_inv_freq, rope_attention_scaling_);
   const torch::Tensor k = kernels::apply_rotary(project(*weights_, k_proj, x).view({tokens, kv_heads_, head_dim_}),
-                                                batch.positions, rope_theta_);
+                                                batch.positions, rope_inv_freq, rope_attention_scaling_);
   const torch::Tensor v = project(*weights_, v_proj, x).view({tokens, kv_heads_, head_dim_});
   // Under context parallelism the attention reads every cp rank's K/V: this chunk's "own" K/V
   // (what the K/V state stores and what later chunks send gradients to) are the gathered rows.

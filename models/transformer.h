@@ -17,6 +17,7 @@
 #include "models/chunk_batch.h"
 #include "models/mixed_precision.h"
 #include "kernels/attention_torch.h"
+#include "kernels/rope_frequencies.h"
 
 namespace chunkflow::models {
 
@@ -46,6 +47,12 @@ torch::Tensor attach_prefix(const torch::Tensor& own, const torch::Tensor& state
 // are in the compute dtype. One ComputeWeights is shared by the whole model.
 using SharedComputeWeights = std::shared_ptr<ComputeWeights>;
 
+// The model section's RoPE scaling keys as the kernels' RopeScaling.
+kernels::RopeScaling rope_scaling_of(const configs::ModelConfig& config);
+
+// kernels::rope_frequencies for the model's head_dim, theta and scaling.
+kernels::RopeFrequencies rope_frequencies_of(const configs::ModelConfig& config);
+
 // x @ weight^T + bias with the weights in the compute dtype.
 torch::Tensor project(ComputeWeights& weights, const torch::nn::Linear& layer, const torch::Tensor& x);
 
@@ -69,13 +76,17 @@ class AttentionImpl : public torch::nn::Module {
   AttentionImpl(const configs::ModelConfig& config, SharedComputeWeights weights, kernels::AttentionBackend backend);
   // x [tokens, hidden]; state: the split sequence's K/V state for the batch's first segment
   // (undefined tensors for a standalone chunk). Queries and keys are rotated by batch.positions
-  // (kernels::apply_rotary). Writes this chunk's own K/V into *own_kv. Returns [tokens, hidden].
+  // (kernels::apply_rotary with the config's RoPE scaling). Writes this chunk's own K/V into
+  // *own_kv. Returns [tokens, hidden].
   torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const KVPrefix& state, LayerKV* own_kv);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  // [head_dim / 2] float32 buffer (not a parameter: never trained, saved or exported); moves with
+  // the module to its device, so no rotary call copies it from the host.
+  torch::Tensor rope_inv_freq;
 
  private:
   int64_t heads_, kv_heads_, head_dim_;
-  double rope_theta_;
+  double rope_attention_scaling_;
   SharedComputeWeights weights_;
   kernels::AttentionBackend backend_;
 };

@@ -86,23 +86,22 @@ torch::Tensor rms_norm_composite(const torch::Tensor& x, const torch::Tensor& we
 }
 
 // Hugging Face's fp32 angles [tokens, 1, head_dim] (cat of the two halves), on positions' device.
-torch::Tensor hf_angles(const torch::Tensor& positions, int64_t head_dim, double theta) {
-  const auto options = torch::TensorOptions().dtype(torch::kFloat).device(positions.device());
-  const auto exponents =
-      torch::arange(0, head_dim, 2, options.dtype(torch::kLong)).to(torch::kFloat) / static_cast<double>(head_dim);
-  const auto inv_freq = 1.0 / torch::pow(torch::tensor(theta, options), exponents);
+torch::Tensor hf_angles(const torch::Tensor& positions, const RopeFrequencies& frequencies) {
+  const auto inv_freq = rope_inv_freq(frequencies, positions.device());
   const auto angles = positions.to(torch::kFloat).unsqueeze(1) * inv_freq.unsqueeze(0);
   return torch::cat({angles, angles}, 1).unsqueeze(1);
 }
 
-// x * cos + rotate_half(x) * sin with the fp32 angles' cos/sin taken in `table_dtype`, then cast
-// to x's dtype (the composite: float32 tables; the reference: float64 of the same angles).
-torch::Tensor rotary_composite(const torch::Tensor& x, const torch::Tensor& positions, double theta,
-                               torch::ScalarType table_dtype) {
+// x * cos + rotate_half(x) * sin with the fp32 angles' cos/sin (times the attention scaling)
+// taken in `table_dtype`, then cast to x's dtype (the composite: float32 tables; the reference:
+// float64 of the same angles).
+torch::Tensor rotary_composite(const torch::Tensor& x, const torch::Tensor& positions,
+                               const RopeFrequencies& frequencies, torch::ScalarType table_dtype) {
   const int64_t half = x.size(2) / 2;
-  const auto angles = hf_angles(positions, x.size(2), theta).to(table_dtype);
+  const auto angles = hf_angles(positions, frequencies).to(table_dtype);
+  const double scaling = frequencies.attention_scaling;
   const auto rotated = torch::cat({-x.narrow(2, half, half), x.narrow(2, 0, half)}, 2);
-  return x * angles.cos().to(x.scalar_type()) + rotated * angles.sin().to(x.scalar_type());
+  return x * (angles.cos() * scaling).to(x.scalar_type()) + rotated * (angles.sin() * scaling).to(x.scalar_type());
 }
 
 class FusedOpsGpuTest : public ::testing::Test {
@@ -147,10 +146,15 @@ TEST_F(FusedOpsGpuTest, RotaryWithinTwiceTheCompositeErrorInEveryPrecision) {
   struct Shape {
     int64_t tokens, heads, head_dim;
     double theta;
+    RopeScaling scaling;
   };
-  const std::vector<Shape> shapes = {{1, 1, 2, 10000.0}, {37, 4, 64, 10000.0}, {513, 3, 6, 500000.0},
-                                     {1000, 8, 128, 1000000.0}};
+  RopeScaling yarn;  // cos and sin scaled by 0.1 ln(4) + 1
+  yarn.type = "yarn";
+  yarn.factor = 4.0;
+  const std::vector<Shape> shapes = {{1, 1, 2, 10000.0, {}}, {37, 4, 64, 10000.0, {}}, {513, 3, 6, 500000.0, {}},
+                                     {1000, 8, 128, 1000000.0, yarn}};
   for (const Shape& shape : shapes) {
+    const RopeFrequencies frequencies = rope_frequencies(shape.theta, shape.head_dim, 64, shape.scaling);
     for (const auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
       const auto options = torch::TensorOptions().device(device_);
       const auto x = torch::randn({shape.tokens, shape.heads, shape.head_dim}, options).to(dtype);
@@ -158,15 +162,18 @@ TEST_F(FusedOpsGpuTest, RotaryWithinTwiceTheCompositeErrorInEveryPrecision) {
       const auto dout = torch::randn_like(x, options.dtype(torch::kFloat)).to(dtype);
       const std::string label = std::string(dtype_name(dtype)) + " rotary [" + std::to_string(shape.tokens) + ", " +
                                 std::to_string(shape.heads) + ", " + std::to_string(shape.head_dim) + "]";
-      const double theta = shape.theta;
-      const Result ours =
-          run([&](const std::vector<torch::Tensor>& in) { return apply_rotary(in[0], positions, theta); }, {x}, dout);
-      const Result composite = run(
-          [&](const std::vector<torch::Tensor>& in) { return rotary_composite(in[0], positions, theta, torch::kFloat); },
-          {x}, dout);
-      const Result reference = run(
-          [&](const std::vector<torch::Tensor>& in) { return rotary_composite(in[0], positions, theta, torch::kDouble); },
-          {x.to(torch::kDouble)}, dout);
+      const auto inv_freq = rope_inv_freq(frequencies, device_);
+      const double scaling = frequencies.attention_scaling;
+      const Result ours = run(
+          [&](const std::vector<torch::Tensor>& in) { return apply_rotary(in[0], positions, inv_freq, scaling); }, {x},
+          dout);
+      const auto composite_with = [&](torch::ScalarType table_dtype) {
+        return [&, table_dtype](const std::vector<torch::Tensor>& in) {
+          return rotary_composite(in[0], positions, frequencies, table_dtype);
+        };
+      };
+      const Result composite = run(composite_with(torch::kFloat), {x}, dout);
+      const Result reference = run(composite_with(torch::kDouble), {x.to(torch::kDouble)}, dout);
       expect_within_rule(ours.out, composite.out, reference.out, kOutputFactor, kRotaryFloor, label + " out");
       expect_within_rule(ours.first, composite.first, reference.first, kGradientFactor, kRotaryFloor, label + " dx");
     }
@@ -297,7 +304,8 @@ TEST_F(FusedOpsGpuTest, AdaptersOnCudaRejectMixedDevicesAndFloat64) {
     }
     return std::string("<no error thrown>");
   };
-  EXPECT_NE(message([&] { apply_rotary(x, torch::arange(4, torch::kLong), 1e4); })
+  const auto inv_freq = rope_inv_freq(rope_frequencies(1e4, 8, 64, RopeScaling{}), device_);
+  EXPECT_NE(message([&] { apply_rotary(x, torch::arange(4, torch::kLong), inv_freq); })
                 .find("apply_rotary: positions must be on x's device"),
             std::string::npos);
   EXPECT_NE(message([&] { rms_norm(x, torch::ones({8}), 1e-6); }).find("rms_norm: weight is on cpu but x is on cuda"),

@@ -91,26 +91,24 @@ Gradients rms_norm_reference(const torch::Tensor& x, const torch::Tensor& weight
   return {out.detach(), x64.grad(), w64.grad()};
 }
 
-// The angles the contract fixes: fp32 inv_freq = 1 / theta^(2i / head_dim) and fp32
-// position * inv_freq, as Hugging Face's tables; [tokens, head_dim / 2] float64 holding those
-// fp32 values. Everything after the angle is float64.
-torch::Tensor contract_angles(const torch::Tensor& positions, int64_t head_dim, double theta) {
-  const int64_t half = head_dim / 2;
-  std::vector<float> inv_freq;
-  for (int64_t i = 0; i < half; ++i) {
-    inv_freq.push_back(1.0f / std::pow(static_cast<float>(theta),
-                                       static_cast<float>(2 * i) / static_cast<float>(head_dim)));
-  }
-  const auto frequencies = torch::tensor(inv_freq, torch::kFloat);
-  return (positions.to(torch::kFloat).unsqueeze(1) * frequencies.unsqueeze(0)).to(torch::kDouble);
+// The angles the contract fixes: fp32 position * inv_freq, as Hugging Face's tables;
+// [tokens, head_dim / 2] float64 holding those fp32 values. Everything after the angle is float64.
+torch::Tensor contract_angles(const torch::Tensor& positions, const RopeFrequencies& frequencies) {
+  const auto inv_freq = torch::tensor(frequencies.inv_freq, torch::kFloat);
+  return (positions.to(torch::kFloat).unsqueeze(1) * inv_freq.unsqueeze(0)).to(torch::kDouble);
 }
 
-Gradients rotary_reference(const torch::Tensor& x, const torch::Tensor& positions, double theta,
+RopeFrequencies plain_rope(double theta, int64_t head_dim) {
+  return rope_frequencies(theta, head_dim, /*max_position_embeddings=*/4096, RopeScaling{});
+}
+
+Gradients rotary_reference(const torch::Tensor& x, const torch::Tensor& positions, const RopeFrequencies& frequencies,
                            const torch::Tensor& dout) {
   const int64_t half = x.size(2) / 2;
   const auto x64 = x.detach().to(torch::kDouble).requires_grad_();
-  const auto angles = contract_angles(positions, x.size(2), theta).unsqueeze(1);  // [t, 1, half]
-  const auto cos = angles.cos(), sin = angles.sin();
+  const auto angles = contract_angles(positions, frequencies).unsqueeze(1);  // [t, 1, half]
+  const double scaling = frequencies.attention_scaling;
+  const auto cos = angles.cos() * scaling, sin = angles.sin() * scaling;
   const auto first = x64.narrow(2, 0, half), second = x64.narrow(2, half, half);
   const auto out = torch::cat({first * cos - second * sin, second * cos + first * sin}, 2);
   out.backward(dout.to(torch::kDouble));
@@ -137,10 +135,10 @@ Gradients rms_norm_adapter(const torch::Tensor& x, const torch::Tensor& weight, 
   return {out.detach(), leaf_x.grad(), leaf_w.grad()};
 }
 
-Gradients rotary_adapter(const torch::Tensor& x, const torch::Tensor& positions, double theta,
+Gradients rotary_adapter(const torch::Tensor& x, const torch::Tensor& positions, const RopeFrequencies& frequencies,
                          const torch::Tensor& dout) {
   const auto leaf = x.detach().clone().requires_grad_();
-  const auto out = apply_rotary(leaf, positions, theta);
+  const auto out = apply_rotary(leaf, positions, rope_inv_freq(frequencies), frequencies.attention_scaling);
   out.backward(dout);
   return {out.detach(), leaf.grad(), torch::Tensor()};
 }
@@ -193,16 +191,18 @@ RmsNormLaunch rms_norm_launchers(const torch::Tensor& x, const torch::Tensor& we
 // Forward (x -> out) and inverse (dout -> dx) rotations into NaN-filled buffers.
 std::pair<torch::Tensor, torch::Tensor> rotary_launchers(const torch::Tensor& x,
                                                          const torch::Tensor& positions,
-                                                         double theta, const torch::Tensor& dout) {
+                                                         const RopeFrequencies& frequencies,
+                                                         const torch::Tensor& dout) {
   torch::Tensor out = nan_like(x), dx = nan_like(x);
   RotaryParams params;
   params.in = x.data_ptr();
   params.positions = positions.data_ptr<int64_t>();
+  params.inv_freq = frequencies.inv_freq.data();
+  params.attention_scaling = frequencies.attention_scaling;
   params.out = out.data_ptr();
   params.tokens = x.size(0);
   params.heads = x.size(1);
   params.head_dim = x.size(2);
-  params.theta = static_cast<float>(theta);
   rotary_cpu(params);
   params.in = dout.data_ptr();
   params.out = dx.data_ptr();
@@ -328,25 +328,34 @@ TEST_F(FusedOpsTest, RotaryMatchesFloat64ReferenceWithPerTokenPositions) {
   struct Shape {
     int64_t tokens, heads, head_dim;
     double theta;
+    RopeScaling scaling;
   };
-  const std::vector<Shape> shapes = {{1, 1, 2, 10000.0},
-                                     {5, 3, 6, 10000.0},
-                                     {37, 4, 64, 500000.0},
-                                     {129, 2, 128, 1000000.0},
-                                     {1 + below(300), 1 + below(8), 2 * (1 + below(80)), 10000.0}};
+  RopeScaling yarn;  // attention scaling 0.1 ln(8) + 1 = 1.208: the scaled rotation and its inverse
+  yarn.type = "yarn";
+  yarn.factor = 8.0;
+  RopeScaling llama3;
+  llama3.type = "llama3";
+  llama3.factor = 8.0;
+  llama3.original_max_position_embeddings = 8192;
+  const std::vector<Shape> shapes = {{1, 1, 2, 10000.0, {}},
+                                     {5, 3, 6, 10000.0, {}},
+                                     {37, 4, 64, 500000.0, yarn},
+                                     {129, 2, 128, 1000000.0, llama3},
+                                     {1 + below(300), 1 + below(8), 2 * (1 + below(80)), 10000.0, {}}};
   for (const Shape& shape : shapes) {
+    const RopeFrequencies frequencies = rope_frequencies(shape.theta, shape.head_dim, 4096, shape.scaling);
     const auto x = torch::randn({shape.tokens, shape.heads, shape.head_dim});
     // Unordered positions with repeats, up to long-context values where fp32 angles matter.
     const auto positions = torch::randint(0, 131072, {shape.tokens}, torch::kLong);
     const auto dout = torch::randn_like(x);
     const std::string label = "rotary [" + std::to_string(shape.tokens) + ", " +
                               std::to_string(shape.heads) + ", " + std::to_string(shape.head_dim) +
-                              "] theta " + std::to_string(shape.theta);
-    const Gradients expected = rotary_reference(x, positions, shape.theta, dout);
-    const Gradients adapter = rotary_adapter(x, positions, shape.theta, dout);
+                              "] theta " + std::to_string(shape.theta) + " " + shape.scaling.type;
+    const Gradients expected = rotary_reference(x, positions, frequencies, dout);
+    const Gradients adapter = rotary_adapter(x, positions, frequencies, dout);
     expect_close(adapter.out, expected.out, label + " out");
     expect_close(adapter.first, expected.first, label + " dx");
-    const auto [out, dx] = rotary_launchers(x, positions, shape.theta, dout);
+    const auto [out, dx] = rotary_launchers(x, positions, frequencies, dout);
     expect_close(out, expected.out, label + " launcher out");
     expect_close(dx, expected.first, label + " launcher dx");
   }
@@ -356,7 +365,7 @@ TEST_F(FusedOpsTest, RotaryRotatesFirstHalfAgainstSecondHalfAndKeepsPositionZero
   // Position 0 is the identity; position 1 turns pair (0, half) by exactly 1 radian (inv_freq 1).
   const auto x = torch::randn({2, 1, 8});
   const auto positions = torch::tensor({int64_t{0}, int64_t{1}}, torch::kLong);
-  const auto out = apply_rotary(x, positions, 10000.0);
+  const auto out = apply_rotary(x, positions, rope_inv_freq(plain_rope(10000.0, 8)));
   EXPECT_TRUE(torch::equal(out[0], x[0]));
   const float first = x[1][0][0].item<float>(), second = x[1][0][4].item<float>();
   EXPECT_NEAR(out[1][0][0].item<float>(), first * std::cos(1.0f) - second * std::sin(1.0f), 1e-6);
@@ -368,11 +377,12 @@ TEST_F(FusedOpsTest, RotaryOfATokenDependsOnItsPositionOnlyAndWorksInPlace) {
   const auto x = torch::randn({tokens, heads, head_dim});
   const auto positions = torch::randint(0, 100000, {tokens}, torch::kLong);
   const auto dout = torch::randn_like(x);
-  const auto [out, dx] = rotary_launchers(x, positions, 10000.0, dout);
+  const RopeFrequencies frequencies = plain_rope(10000.0, head_dim);
+  const auto [out, dx] = rotary_launchers(x, positions, frequencies, dout);
   const int64_t first = below(static_cast<uint64_t>(tokens - 5)), count = 1 + below(4);
   const auto [part_out, part_dx] =
       rotary_launchers(x.narrow(0, first, count).contiguous(), positions.narrow(0, first, count).contiguous(),
-                       10000.0, dout.narrow(0, first, count).contiguous());
+                       frequencies, dout.narrow(0, first, count).contiguous());
   EXPECT_TRUE(torch::equal(part_out, out.narrow(0, first, count)));
   EXPECT_TRUE(torch::equal(part_dx, dx.narrow(0, first, count)));
 
@@ -381,6 +391,7 @@ TEST_F(FusedOpsTest, RotaryOfATokenDependsOnItsPositionOnlyAndWorksInPlace) {
   RotaryParams params;
   params.in = in_place.data_ptr();
   params.positions = positions.data_ptr<int64_t>();
+  params.inv_freq = frequencies.inv_freq.data();
   params.out = in_place.data_ptr();
   params.tokens = tokens;
   params.heads = heads;
@@ -448,7 +459,7 @@ TEST_F(FusedOpsTest, LaunchersWriteEveryElementOfNaNPoisonedBuffers) {
     EXPECT_FALSE(torch::isnan(tensor).any().item<bool>()) << "rms_norm " << name << " kept a poisoned element";
   }
   const auto q = torch::randn({rows, 3, 10});
-  const auto [out, dx] = rotary_launchers(q, torch::randint(0, 5000, {rows}, torch::kLong), 10000.0,
+  const auto [out, dx] = rotary_launchers(q, torch::randint(0, 5000, {rows}, torch::kLong), plain_rope(10000.0, 10),
                                           torch::randn_like(q));
   EXPECT_FALSE(torch::isnan(out).any().item<bool>()) << "rotary out kept a poisoned element";
   EXPECT_FALSE(torch::isnan(dx).any().item<bool>()) << "rotary dx kept a poisoned element";
@@ -464,10 +475,8 @@ TEST_F(FusedOpsTest, Float64TensorsTakeTheCompositePathWithTheSameResults) {
   const auto x = torch::randn({13, 3, 16}, torch::kDouble);
   const auto positions = torch::randint(0, 64, {13}, torch::kLong);
   const auto dout = torch::randn_like(x);
-  // Positions below 64 keep the fp32 angles of the reference's and the composite's tables
-  // (which may differ by an ulp of inv_freq) within 1e-5.
-  const Gradients rotated = rotary_adapter(x, positions, 10000.0, dout);
-  const Gradients rotated_expected = rotary_reference(x, positions, 10000.0, dout);
+  const Gradients rotated = rotary_adapter(x, positions, plain_rope(10000.0, x.size(2)), dout);
+  const Gradients rotated_expected = rotary_reference(x, positions, plain_rope(10000.0, x.size(2)), dout);
   expect_close(rotated.out, rotated_expected.out, "float64 rotary out");
   expect_close(rotated.first, rotated_expected.first, "float64 rotary dx");
 
@@ -538,6 +547,7 @@ TEST_F(FusedOpsTest, CheckParamsQuoteTheBrokenRule) {
 
   RotaryParams rotary;
   rotary.in = buffer.data();
+  rotary.inv_freq = buffer.data();
   rotary.out = buffer.data();
   rotary.positions = positions.data();
   rotary.tokens = 4;
@@ -550,9 +560,13 @@ TEST_F(FusedOpsTest, CheckParamsQuoteTheBrokenRule) {
                        "rotary: head_dim must be even and > 0 (rotate-half pairs element i with "
                        "i + head_dim / 2), got 7"));
   broken_rotary = rotary;
-  broken_rotary.theta = 0.0f;
+  broken_rotary.attention_scaling = 0.0f;
   EXPECT_TRUE(contains(error_of([&] { check_params(broken_rotary); }),
-                       "theta (rope_theta) must be finite and > 0, got 0"));
+                       "attention_scaling must be finite and > 0, got 0"));
+  broken_rotary = rotary;
+  broken_rotary.inv_freq = nullptr;
+  EXPECT_TRUE(contains(error_of([&] { check_params(broken_rotary); }),
+                       "rotary: params.inv_freq [head_dim / 2] must not be null"));
   broken_rotary = rotary;
   broken_rotary.positions = nullptr;
   EXPECT_TRUE(contains(error_of([&] { check_params(broken_rotary); }),
@@ -579,16 +593,21 @@ TEST_F(FusedOpsTest, AdaptersRejectMismatchedTensorsNamingTensorAndRule) {
   EXPECT_TRUE(contains(error_of([&] { rms_norm(x.to(torch::kInt), torch::ones({8}, torch::kInt), 1e-6); }),
                        "rms_norm: x must be a floating-point tensor, got Int"));
   const auto positions = torch::arange(4, torch::kLong);
-  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x.view({4, 24}), positions, 1e4); }),
+  const auto inv_freq = rope_inv_freq(plain_rope(1e4, 8));
+  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x.view({4, 24}), positions, inv_freq); }),
                        "apply_rotary: x must be [tokens, heads, head_dim] with head_dim even"));
-  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x.narrow(2, 0, 5), positions, 1e4); }),
+  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x.narrow(2, 0, 5), positions, inv_freq); }),
                        "got [4, 3, 5]"));
-  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x, positions.to(torch::kInt), 1e4); }),
+  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x, positions.to(torch::kInt), inv_freq); }),
                        "apply_rotary: positions must be int64, got Int"));
-  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x, positions.narrow(0, 0, 3), 1e4); }),
+  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x, positions.narrow(0, 0, 3), inv_freq); }),
                        "positions must be [tokens] with tokens = x.size(0) = 4, got [3]"));
-  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x, positions, -5.0); }),
-                       "theta (rope_theta) must be finite and > 0, got -5"));
+  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x, positions, inv_freq, -5.0); }),
+                       "attention_scaling must be finite and > 0, got -5"));
+  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x, positions, inv_freq.narrow(0, 0, 3)); }),
+                       "apply_rotary: inv_freq must be [head_dim / 2] = [4] float32, got [3] Float"));
+  EXPECT_TRUE(contains(error_of([&] { apply_rotary(x, positions, inv_freq.to(torch::kDouble)); }),
+                       "inv_freq must be [head_dim / 2] = [4] float32, got [4] Double"));
   EXPECT_TRUE(contains(error_of([&] { swiglu(x, x.view({12, 8})); }),
                        "swiglu: gate and up must have the same shape, got gate [4, 3, 8] and up [12, 8]"));
   EXPECT_TRUE(contains(error_of([&] { swiglu(x, torch::Tensor()); }), "swiglu: up is an undefined tensor"));

@@ -84,12 +84,69 @@ with torch.no_grad():
 save_file(logits, sys.argv[1] + "/transformers_logits.safetensors")
 )";
 
-// Both sequences packed into one chunk (two segments): our logits per sequence.
-std::vector<torch::Tensor> our_logits(CausalLM& model) {
+// Models with each RoPE scaling transformers defines and we implement, same weights (seed and
+// architecture as "llama"/"qwen2", context 32 stretched to 128), and their logits on one 96-token
+// sequence, most of it past the original context: argv = out_dir.
+constexpr const char* kMakeScaledModels = R"(
+import sys, torch, transformers
+from safetensors.torch import save_file
+out = sys.argv[1]
+sequence = [(i * 37 + 11) % 101 for i in range(96)]
+def build(name, config):
+    torch.manual_seed(1234)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(f"{out}/{name}", safe_serialization=True)
+    with torch.no_grad():
+        logits = model.eval()(torch.tensor([sequence])).logits[0].contiguous()
+    save_file({"seq0": logits}, f"{out}/{name}/reference_logits.safetensors")
+def llama(rope_scaling, max_positions=128):
+    return transformers.LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                                    rope_theta=10000.0, max_position_embeddings=max_positions,
+                                    rope_scaling=rope_scaling)
+build("plain", llama(None, 32))
+build("linear", llama({"rope_type": "linear", "factor": 4.0}))
+build("llama3", llama({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 32}))
+build("yarn", llama({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}))
+build("yarn_mscale", llama({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                            "beta_fast": 16.0, "beta_slow": 2.0, "mscale": 0.707, "mscale_all_dim": 1.0}))
+build("yarn_v4_type", llama({"type": "yarn", "factor": 3.0, "attention_factor": 1.5, "truncate": False}))
+build("qwen2_yarn", transformers.Qwen2Config(vocab_size=101, hidden_size=64, intermediate_size=80,
+                                             num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                                             rope_theta=1000000.0, max_position_embeddings=128,
+                                             tie_word_embeddings=True,
+                                             rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                           "original_max_position_embeddings": 32}))
+)";
+
+// The 96-token sequence of kMakeScaledModels.
+std::vector<int64_t> long_sequence() {
+  std::vector<int64_t> sequence;
+  for (int64_t index = 0; index < 96; ++index) sequence.push_back((index * 37 + 11) % 101);
+  return sequence;
+}
+
+// Loads a directory with transformers and writes its logits on the 96-token sequence: argv = dir.
+constexpr const char* kLongLogitsOf = R"(
+import sys, torch, transformers
+from safetensors.torch import save_file
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+sequence = [(i * 37 + 11) % 101 for i in range(96)]
+with torch.no_grad():
+    logits = model(torch.tensor([sequence])).logits[0].contiguous()
+save_file({"seq0": logits}, sys.argv[1] + "/transformers_logits.safetensors")
+)";
+
+// The sequences packed into one chunk (one segment each): our logits per sequence.
+std::vector<torch::Tensor> our_logits(CausalLM& model, const std::vector<std::vector<int64_t>>& sequences = kSequences) {
   std::vector<int64_t> ids, positions;
   std::vector<int32_t> cu{0};
   int64_t longest = 0;
-  for (const auto& sequence : kSequences) {
+  for (const auto& sequence : sequences) {
     for (size_t index = 0; index < sequence.size(); ++index) {
       ids.push_back(sequence[index]);
       positions.push_back(static_cast<int64_t>(index));
@@ -107,7 +164,7 @@ std::vector<torch::Tensor> our_logits(CausalLM& model) {
   torch::NoGradGuard no_grad;
   const torch::Tensor logits = torch::matmul(model->forward_chunk(batch).hidden, model->lm_head_weight().t());
   std::vector<torch::Tensor> per_sequence;
-  for (size_t index = 0; index < kSequences.size(); ++index) {
+  for (size_t index = 0; index < sequences.size(); ++index) {
     per_sequence.push_back(logits.narrow(0, cu[index], cu[index + 1] - cu[index]));
   }
   return per_sequence;
@@ -285,7 +342,20 @@ TEST_F(HuggingFaceTest, BrokenDirectoriesNameTheTensorOrKey) {
     json["rope_scaling"] = {{"type", "llama3"}, {"factor", 8.0}};
   }));
   EXPECT_TRUE(contains(error_message([&] { read_hf_config(scaling); }),
-                       "\"rope_scaling\" = {\"factor\":8.0,\"type\":\"llama3\"}: rope_type \"llama3\" is not supported"));
+                       "describes a model this build cannot hold: model.rope_original_max_position_embeddings must "
+                       "be > 0 when model.rope_type is llama3 (the pre-training context), got 0"));
+  const std::string dynamic = make("dynamic", [](auto&) {}, edited([](nlohmann::json& json) {
+    json["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
+  }));
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(dynamic); }),
+                       "\"rope_scaling\" = {\"factor\":2.0,\"rope_type\":\"dynamic\"}: rope_type \"dynamic\" is not "
+                       "supported; supported are default, linear, llama3, yarn (dynamic and longrope recompute"));
+  const std::string stray = make("stray", [](auto&) {}, edited([](nlohmann::json& json) {
+    json["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}, {"beta_fast", 8.0}};
+  }));
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(stray); }),
+                       "\"rope_scaling\" has \"beta_fast\" = 8.0, which linear RoPE does not have (rotary on every "
+                       "dimension; its keys are rope_type, rope_theta, factor)"));
 
   // transformers 5 writes rope_theta inside "rope_parameters" (found on the GPU machine's image:
   // read from the top level only, a Qwen2 model got theta 10000 instead of 1e6, silently).
@@ -301,14 +371,20 @@ TEST_F(HuggingFaceTest, BrokenDirectoriesNameTheTensorOrKey) {
   EXPECT_TRUE(contains(error_message([&] { read_hf_config(disagreeing); }),
                        "\"rope_theta\" = 10000 and \"rope_parameters\".rope_theta = 500000 disagree"));
   const std::string yarn = make("yarn", [](auto&) {}, edited([](nlohmann::json& json) {
-    json["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 10000.0}, {"factor", 4.0}};
+    json["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
   }));
-  EXPECT_TRUE(contains(error_message([&] { read_hf_config(yarn); }), "rope_type \"yarn\" is not supported"));
+  EXPECT_EQ(read_hf_config(yarn).rope_type, "yarn");
+  EXPECT_DOUBLE_EQ(read_hf_config(yarn).rope_factor, 4.0);
+  const std::string two_scalings = make("two_scalings", [](auto&) {}, edited([](nlohmann::json& json) {
+    json["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+    json["rope_parameters"] = {{"rope_type", "linear"}, {"factor", 4.0}};
+  }));
+  EXPECT_TRUE(contains(error_message([&] { read_hf_config(two_scalings); }), "describe different RoPE scalings"));
   const std::string partial = make("partial", [](auto&) {}, edited([](nlohmann::json& json) {
     json["rope_parameters"] = {{"rope_type", "default"}, {"partial_rotary_factor", 0.5}};
   }));
   EXPECT_TRUE(contains(error_message([&] { read_hf_config(partial); }),
-                       "\"rope_parameters\" has \"partial_rotary_factor\" = 0.5, which plain RoPE does not have"));
+                       "\"rope_parameters\" has \"partial_rotary_factor\" = 0.5, which default RoPE does not have"));
 
   const std::string mistral = make("mistral", [](auto&) {}, edited([](nlohmann::json& json) {
     json["architectures"] = {"MistralForCausalLM"};
@@ -335,6 +411,76 @@ TEST_F(HuggingFaceTest, BrokenDirectoriesNameTheTensorOrKey) {
   CausalLM model = import(source);
   EXPECT_TRUE(contains(error_message([&] { write_hf_directory(source, hf_named_tensors(model, "float32"), model->config(), {}); }),
                        "already holds config.json"));
+}
+
+class RopeScalingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    models_ = new testing::TempDir();
+    run_python(*models_, kMakeScaledModels, models_->path());
+  }
+  static void TearDownTestSuite() {
+    delete models_;
+    models_ = nullptr;
+  }
+  static std::string model_dir(const std::string& name) { return models_->file(name); }
+  static std::string reference(const std::string& name) { return model_dir(name) + "/reference_logits.safetensors"; }
+  static testing::TempDir* models_;
+};
+testing::TempDir* RopeScalingTest::models_ = nullptr;
+
+TEST_F(RopeScalingTest, EveryScalingGivesTransformersLogitsPastTheOriginalContext) {
+  for (const char* name : {"linear", "llama3", "yarn", "yarn_mscale", "yarn_v4_type", "qwen2_yarn"}) {
+    CausalLM model = import(model_dir(name));
+    EXPECT_NE(model->config().rope_type, "default") << name;
+    EXPECT_LE(max_difference(our_logits(model, {long_sequence()}), reference(name)), 1e-4) << name;
+  }
+  // The test can fail: at these positions the scaling changes the logits.
+  CausalLM plain = import(model_dir("plain"));
+  EXPECT_GT(max_difference(our_logits(plain, {long_sequence()}), reference("yarn")), 1e-2);
+}
+
+TEST_F(RopeScalingTest, ExportWritesTheScalingBackForTransformers) {
+  testing::TempDir out;
+  for (const char* name : {"llama3", "yarn_mscale", "yarn_v4_type"}) {
+    CausalLM model = import(model_dir(name));
+    const std::string exported = out.file(name);
+    HfExportOptions options;
+    options.source_directory = model_dir(name);
+    write_hf_directory(exported, hf_named_tensors(model, "float32"), model->config(), options);
+    configs::ModelConfig reread = read_hf_config(exported);
+    reread.init_from = model->config().init_from;
+    EXPECT_EQ(reread, model->config()) << name;
+    run_python(out, kLongLogitsOf, exported);
+    EXPECT_LE(max_difference(our_logits(model, {long_sequence()}), exported + "/transformers_logits.safetensors"), 1e-4)
+        << name;
+  }
+}
+
+TEST_F(RopeScalingTest, ARunExtendsAPlainModelsContextWithItsOwnScaling) {
+  configs::ModelConfig run;
+  run.init_from = model_dir("plain");
+  run.rope_type = "yarn";
+  run.rope_factor = 4.0;
+  run.rope_original_max_position_embeddings = 32;
+  run.max_position_embeddings = 128;
+  const configs::ModelConfig merged = merge_hf_config(run);
+  EXPECT_EQ(merged.rope_type, "yarn");
+  EXPECT_EQ(merged.max_position_embeddings, 128);
+  CausalLM model(merged, ModelStage{}, 0);
+  load_hf_weights(model, model_dir("plain"));
+  // "yarn" has the same weights and this scaling in its config.json: transformers' logits.
+  EXPECT_LE(max_difference(our_logits(model, {long_sequence()}), reference("yarn")), 1e-4);
+
+  // Without a scaling of its own, a run's RoPE keys must agree with config.json.
+  configs::ModelConfig stray;
+  stray.init_from = model_dir("plain");
+  stray.rope_beta_fast = 8.0;
+  EXPECT_TRUE(contains(error_message([&] { merge_hf_config(stray); }), "model.rope_beta_fast = 8 in the run config"));
+  configs::ModelConfig dynamic = run;
+  dynamic.rope_type = "dynamic";
+  EXPECT_TRUE(contains(error_message([&] { merge_hf_config(dynamic); }),
+                       "model.rope_type must be one of default, linear, llama3, yarn, got \"dynamic\""));
 }
 
 }  // namespace

@@ -44,6 +44,12 @@ configs::ModelConfig small_model(core::Rng& rng) {
   config.num_attention_heads = 4;
   config.num_key_value_heads = std::vector<int64_t>{1, 2, 4}[rng.below(3)];
   config.rope_theta = rng.uniform() < 0.5 ? 10000.0 : 1000000.0;
+  // Scaled RoPE (yarn also scales cos/sin) rotates the K/V state's rows as the chunk's own.
+  config.rope_type = std::vector<std::string>{"default", "linear", "llama3", "yarn"}[rng.below(4)];
+  if (config.rope_type != "default") {
+    config.rope_factor = 2.0 + static_cast<double>(rng.below(7));
+    config.rope_original_max_position_embeddings = 16;
+  }
   config.tie_word_embeddings = rng.uniform() < 0.3;
   config.family = rng.uniform() < 0.5 ? "llama" : "qwen2";
   config.attention_bias = config.family == "qwen2" || rng.uniform() < 0.3;
