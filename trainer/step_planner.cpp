@@ -21,6 +21,7 @@
 #include "models/chunk_batch.h"
 #include "models/transformer.h"
 #include "trainer/chunk_scheduler.h"
+#include "trainer/memory_estimate.h"
 #include "trainer/memory_stats.h"
 #include "trainer/trainer.h"
 
@@ -507,9 +508,9 @@ MemoryEstimate stage_memory(const configs::Config& config, const StepCostModel& 
   const double cp = static_cast<double>(config.parallel.cp);
   MemoryEstimate estimate;
   estimate.runtime_bytes = static_cast<int64_t>(costs.runtime_bytes);
-  // Parameters, gradients, AdamW's two moments, and the flat all-reduce buckets over dp x cp.
-  const int64_t state_copies = 4 + (config.parallel.dp * config.parallel.cp > 1 ? 1 : 0);
-  estimate.model_state_bytes = state_copies * stage_parameter_count(model, stage, stages) * bytes;
+  // Parameters, gradients, AdamW's two moments, the compute copy under mixed precision, and the
+  // flat all-reduce buckets over dp x cp.
+  estimate.model_state_bytes = model_state_bytes_per_parameter(config) * stage_parameter_count(model, stage, stages);
 
   const auto activation = [&](int64_t tokens) {
     const double rows = static_cast<double>(tokens) / cp;  // a cp rank holds its share of the rows
@@ -517,8 +518,8 @@ MemoryEstimate stage_memory(const configs::Config& config, const StepCostModel& 
                                 (part.output_head ? costs.activation_per_head_token * rows : 0.0) +
                                 costs.activation_per_chunk);
   };
-  // Every cp rank holds the whole gathered prefix (docs/parallelism.md); x2: gradient accumulators.
-  const int64_t state_row_bytes = layers * 2 * model.num_key_value_heads * model.effective_head_dim() * bytes * 2;
+  // Every cp rank holds the whole gathered prefix (docs/parallelism.md), with its accumulators.
+  const int64_t state_row_bytes = kv_state_bytes_per_row(model, layers);
   int64_t live_activation = 0, live_state = 0, live_inputs = 0;
   std::map<int32_t, int64_t> backwards_left;  // split group -> its backwards still to run here
   const auto note_peak = [&](int64_t transient_activation) {

@@ -11,11 +11,12 @@
 //   recompute + backward = forward + backward
 // Step time = max over DP ranks of the simulated pipeline time of its chunk groups (summed over
 // the step's global batches) + the optimizer (clip + AdamW, per parameter of the largest stage).
-// Memory of a stage = runtime (process before the model) + parameters x (1 + gradient + 2 AdamW
-// + 1 all-reduce bucket when dp x cp > 1) + the peak, over the stage's schedule, of live chunk
-// activations (per chunk: m_l x layers x t + [last stage] m_h x t + m_0) + K/V states of split
-// sequences in flight (exact: pieces x chunk_size rows x layers x 2 x kv_heads x head_dim x bytes,
-// doubled for the gradient accumulators) + stage inputs kept for recompute (stages after the first).
+// Memory of a stage = runtime (process before the model) + parameters x model_state_bytes_per_
+// parameter (memory_estimate.h: float32 weights, gradients and 2 AdamW moments, the compute copy
+// under mixed precision, an all-reduce bucket when dp x cp > 1) + the peak, over the stage's
+// schedule, of live chunk activations (per chunk: m_l x layers x t + [last stage] m_h x t + m_0)
+// + K/V states of split sequences in flight (exact: pieces x chunk_size rows x
+// kv_state_bytes_per_row) + stage inputs kept for recompute (stages after the first).
 #pragma once
 
 #include <cstdint>

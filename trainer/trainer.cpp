@@ -35,6 +35,7 @@
 #include "trainer/flops.h"
 #include "trainer/fused_adamw.h"
 #include "trainer/lr_schedule.h"
+#include "trainer/memory_estimate.h"
 #include "trainer/memory_stats.h"
 #include "trainer/step_profiler.h"
 #include "trainer/tensorboard_writer.h"
@@ -183,6 +184,26 @@ struct Trainer::Outputs {
   }
 };
 
+namespace {
+
+// Before the model exists: this rank's memory estimate against its device. A model state larger
+// than the device is an error here, not an allocator failure later; a tight fit is a warning.
+void check_memory_before_start(const configs::Config& config, int stage, const data::IndexedDataset& dataset,
+                               const torch::Device& device, bool log) {
+  const auto& lengths = dataset.lengths();
+  const int64_t longest = lengths.empty() ? 0 : *std::max_element(lengths.begin(), lengths.end());
+  const RankMemoryEstimate estimate = estimate_rank_memory(config, stage, longest);
+  const DeviceMemory memory = read_device_memory(device);
+  const int local_ranks = std::max(local_world_size_from_environment(), 1);
+  const int gpus = std::max(kernels::cuda_device_count(), 1);
+  const int ranks_sharing = device.is_cpu() ? local_ranks : (local_ranks + gpus - 1) / gpus;
+  if (log) core::log_info(describe_memory_estimate(estimate, memory, longest));
+  const std::string warning = check_memory_estimate(estimate, memory, config, ranks_sharing);
+  if (log && !warning.empty()) core::log_warn(warning);
+}
+
+}  // namespace
+
 Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config_(std::move(config)), world_(world) {
   config_.validate();
   // Fine-tuning from a Hugging Face directory: its config.json defines the architecture.
@@ -228,6 +249,7 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   }
   sampler_ = std::make_unique<data::GlobalBatchSampler>(dataset_->lengths(), config_.data,
                                                          static_cast<uint64_t>(config_.run.seed));
+  check_memory_before_start(config_, pipeline_stage_, *dataset_, device_, writes_outputs());
   build_model(stage);
   optimizer_ = make_optimizer(model_, config_.optim);
   PipelineStage pipeline;

@@ -1,0 +1,149 @@
+// See memory_estimate.h for the equations.
+#include "trainer/memory_estimate.h"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/strings.h"
+#include "models/transformer.h"
+#include "trainer/step_planner.h"
+
+#ifdef CHUNKFLOW_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace chunkflow::trainer {
+namespace {
+
+int64_t compute_bytes(const configs::ModelConfig& model) { return model.dtype == "bfloat16" ? 2 : 4; }
+bool mixed_precision(const configs::ModelConfig& model) { return model.dtype != "float32"; }
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// "MemTotal:  24576 kB" -> bytes, from /proc/meminfo.
+int64_t meminfo_bytes(const std::string& text, const std::string& field) {
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(field + ":", 0) != 0) continue;
+    std::istringstream value(line.substr(field.size() + 1));
+    int64_t kib = -1;
+    value >> kib;
+    CF_CHECK(kib >= 0, "/proc/meminfo: cannot read ", field, " from '", line, "'");
+    return kib * 1024;
+  }
+  CF_FAIL("/proc/meminfo has no ", field, " line");
+}
+
+}  // namespace
+
+int64_t model_state_bytes_per_parameter(const configs::Config& config) {
+  return 4 + 4 + 8 + (mixed_precision(config.model) ? compute_bytes(config.model) : 0) +
+         (config.parallel.dp * config.parallel.cp > 1 ? 4 : 0);
+}
+
+int64_t kv_state_bytes_per_row(const configs::ModelConfig& model, int64_t layers) {
+  // K and V in the compute dtype, their gradient accumulators in float32 (trainer/kv_state_store.h).
+  return layers * 2 * model.num_key_value_heads * model.effective_head_dim() * (compute_bytes(model) + 4);
+}
+
+int64_t activation_bytes_per_layer_token(const configs::ModelConfig& model) {
+  const int64_t head_dim = model.effective_head_dim();
+  const int64_t q_width = model.num_attention_heads * head_dim, kv_width = model.num_key_value_heads * head_dim;
+  return compute_bytes(model) * (4 * model.hidden_size + 2 * q_width + 2 * kv_width + 3 * model.intermediate_size) +
+         4 * (model.num_attention_heads + 2);
+}
+
+int64_t activation_bytes_per_head_token(const configs::ModelConfig& model) {
+  return compute_bytes(model) * 2 * model.hidden_size + 4 * 4;
+}
+
+RankMemoryEstimate estimate_rank_memory(const configs::Config& config, int stage, int64_t longest_sequence) {
+  const configs::ModelConfig& model = config.model;
+  const int stages = static_cast<int>(config.parallel.pp);
+  const models::ModelStage part = models::pipeline_stage(model, stage, stages);
+  const int64_t layers = part.end_layer - part.first_layer;
+  RankMemoryEstimate estimate;
+  estimate.parameters = stage_parameter_count(model, stage, stages);
+  estimate.model_state_bytes = estimate.parameters * model_state_bytes_per_parameter(config);
+
+  const configs::ChunkingConfig& chunking = config.chunking;
+  const int64_t chunk_size = chunking.chunk_size;
+  if (chunking.strategy == "chunkflow" && longest_sequence > chunk_size) {
+    const int64_t rows = ceil_div(longest_sequence, chunk_size) * chunk_size;
+    estimate.kv_state_bytes = rows * kv_state_bytes_per_row(model, layers);
+  }
+  estimate.chunks_in_flight = std::max<int64_t>(chunking.resident_chunks, stages - stage);
+  const int64_t tokens_per_chunk = chunking.strategy == "pad_to_longest"
+                                       ? chunking.micro_batch_sequences * longest_sequence
+                                       : chunk_size;
+  const int64_t per_token = layers * activation_bytes_per_layer_token(model) +
+                            (part.output_head ? activation_bytes_per_head_token(model) : 0);
+  const double cp = static_cast<double>(config.parallel.cp);  // a cp rank holds its share of the rows
+  estimate.activation_bytes = static_cast<int64_t>(static_cast<double>(estimate.chunks_in_flight * tokens_per_chunk) /
+                                                   cp * static_cast<double>(per_token));
+  return estimate;
+}
+
+DeviceMemory read_device_memory(const torch::Device& device) {
+  DeviceMemory memory;
+  if (device.is_cuda()) {
+#ifdef CHUNKFLOW_WITH_CUDA
+    size_t free_bytes = 0, total_bytes = 0;
+    int previous = 0;
+    cudaGetDevice(&previous);
+    cudaSetDevice(device.index());
+    const cudaError_t status = cudaMemGetInfo(&free_bytes, &total_bytes);
+    cudaSetDevice(previous);
+    CF_CHECK(status == cudaSuccess, "cudaMemGetInfo on cuda:", static_cast<int>(device.index()), " failed: ",
+             cudaGetErrorString(status));
+    memory.total_bytes = static_cast<int64_t>(total_bytes);
+    memory.available_bytes = static_cast<int64_t>(free_bytes);
+    memory.source = core::str_cat("cuda:", static_cast<int>(device.index()));
+    return memory;
+#else
+    CF_FAIL("read_device_memory: ", device, " needs a build with CUDA");
+#endif
+  }
+  std::ifstream file("/proc/meminfo");
+  CF_CHECK(file.good(), "/proc/meminfo: cannot open (not Linux, or /proc not mounted)");
+  std::stringstream text;
+  text << file.rdbuf();
+  memory.total_bytes = meminfo_bytes(text.str(), "MemTotal");
+  memory.available_bytes = meminfo_bytes(text.str(), "MemAvailable");
+  memory.source = "host RAM (/proc/meminfo, shared by this machine's ranks)";
+  return memory;
+}
+
+std::string describe_memory_estimate(const RankMemoryEstimate& estimate, const DeviceMemory& device,
+                                     int64_t longest_sequence) {
+  return core::str_cat("memory estimate per rank: model state ", core::format_bytes(estimate.model_state_bytes), " (",
+                       estimate.parameters, " parameters) + K/V state ", core::format_bytes(estimate.kv_state_bytes),
+                       " (longest sequence ", longest_sequence, " tokens) + activations ",
+                       core::format_bytes(estimate.activation_bytes), " (", estimate.chunks_in_flight,
+                       " chunk(s) in flight) = ", core::format_bytes(estimate.total_bytes()),
+                       " before the runtime and allocator overhead; ", device.source, " has ",
+                       core::format_bytes(device.total_bytes), " (", core::format_bytes(device.available_bytes),
+                       " available)");
+}
+
+std::string check_memory_estimate(const RankMemoryEstimate& estimate, const DeviceMemory& device,
+                                  const configs::Config& config, int ranks_sharing) {
+  const int64_t ranks = std::max(ranks_sharing, 1);
+  const std::string whose = ranks > 1 ? core::str_cat(" x ", ranks, " ranks sharing it") : "";
+  CF_CHECK(estimate.model_state_bytes * ranks <= device.total_bytes, "the model cannot fit: ", estimate.parameters,
+           " parameters on this rank need ", core::format_bytes(estimate.model_state_bytes), whose,
+           " for weights, gradients and AdamW state (model.dtype = ", config.model.dtype, "), but ", device.source,
+           " has ", core::format_bytes(device.total_bytes), " in all; split the layers over more pipeline stages "
+           "(parallel.pp = ", config.parallel.pp, ") or use a smaller model");
+  if (estimate.total_bytes() * ranks <= device.available_bytes) return "";
+  return core::str_cat("the memory estimate ", core::format_bytes(estimate.total_bytes()), whose, " exceeds the ",
+                       core::format_bytes(device.available_bytes), " available on ", device.source,
+                       "; the run may run out of memory: lower chunking.chunk_size (", config.chunking.chunk_size,
+                       ") or chunking.resident_chunks (", config.chunking.resident_chunks,
+                       "), or add pipeline stages (parallel.pp = ", config.parallel.pp, ")");
+}
+
+}  // namespace chunkflow::trainer
