@@ -4,6 +4,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "models/transformer.h"
+
 namespace chunkflow::testing {
 namespace {
 
@@ -11,13 +13,17 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   return weight * (x / torch::sqrt(x.square().mean({-1}, true) + eps));
 }
 
-// x [heads, tokens, dim]: rotate pairs (i, i + dim/2) by angle position x theta^(-2i/dim).
-torch::Tensor rotate(const torch::Tensor& x, double theta) {
-  const int64_t tokens = x.size(1), dim = x.size(2), half = dim / 2;
+// x [heads, tokens, dim]: rotate pairs (i, i + dim/2) by angle position x inv_freq[i], cos and
+// sin times the attention scaling, in x's dtype. The table is the model's (kernels/
+// rope_frequencies.h, checked against transformers by RopeScalingTest): what is tested here is
+// that chunking rotates every row at its position in the whole sequence.
+torch::Tensor rotate(const torch::Tensor& x, const kernels::RopeFrequencies& frequencies) {
+  const int64_t tokens = x.size(1), half = x.size(2) / 2;
   const auto options = torch::TensorOptions().dtype(torch::kFloat64);
-  const torch::Tensor frequency = torch::pow(theta, -torch::arange(half, options) * 2.0 / static_cast<double>(dim));
+  const torch::Tensor frequency = torch::tensor(frequencies.inv_freq, torch::kFloat).to(torch::kFloat64);
   const torch::Tensor angle = torch::outer(torch::arange(tokens, options), frequency).to(x.scalar_type());
-  const torch::Tensor c = angle.cos(), s = angle.sin();
+  const double scaling = frequencies.attention_scaling;
+  const torch::Tensor c = angle.cos() * scaling, s = angle.sin() * scaling;
   const torch::Tensor first = x.narrow(2, 0, half), second = x.narrow(2, half, half);
   return torch::cat({first * c - second * s, second * c + first * s}, 2);
 }
@@ -38,6 +44,7 @@ torch::Tensor reference_mean_loss(const torch::OrderedDict<std::string, torch::T
   };
   const int64_t heads = config.num_attention_heads, kv_heads = config.num_key_value_heads;
   const int64_t dim = config.effective_head_dim();
+  const kernels::RopeFrequencies frequencies = models::rope_frequencies_of(config);
   const torch::Tensor head = config.tie_word_embeddings ? p("model.embed_tokens.weight") : p("lm_head.weight");
 
   torch::Tensor total = torch::zeros({}, p("model.embed_tokens.weight").options());
@@ -59,8 +66,8 @@ torch::Tensor reference_mean_loss(const torch::OrderedDict<std::string, torch::T
       torch::Tensor q = project(h, "self_attn.q_proj").view({length, heads, dim}).transpose(0, 1);
       torch::Tensor k = project(h, "self_attn.k_proj").view({length, kv_heads, dim}).transpose(0, 1);
       torch::Tensor v = project(h, "self_attn.v_proj").view({length, kv_heads, dim}).transpose(0, 1);
-      q = rotate(q, config.rope_theta);
-      k = rotate(k, config.rope_theta).repeat_interleave(heads / kv_heads, 0);
+      q = rotate(q, frequencies);
+      k = rotate(k, frequencies).repeat_interleave(heads / kv_heads, 0);
       v = v.repeat_interleave(heads / kv_heads, 0);
       const torch::Tensor scores =
           q.matmul(k.transpose(1, 2)).div(std::sqrt(static_cast<double>(dim))).masked_fill(future, -INFINITY);
