@@ -2,11 +2,12 @@
 #include "trainer/memory_estimate.h"
 
 #include <algorithm>
-#include <fstream>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/strings.h"
+#include "models/mixed_precision.h"
 #include "models/transformer.h"
 #include "trainer/step_planner.h"
 
@@ -17,7 +18,10 @@
 namespace chunkflow::trainer {
 namespace {
 
-int64_t compute_bytes(const configs::ModelConfig& model) { return model.dtype == "bfloat16" ? 2 : 4; }
+// The project's one dtype mapper (models/mixed_precision.h) decides the compute dtype's size.
+int64_t compute_bytes(const configs::ModelConfig& model) {
+  return static_cast<int64_t>(c10::elementSize(models::parse_dtype(model.dtype, "model.dtype")));
+}
 bool mixed_precision(const configs::ModelConfig& model) { return model.dtype != "float32"; }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -107,12 +111,9 @@ DeviceMemory read_device_memory(const torch::Device& device) {
     CF_FAIL("read_device_memory: ", device, " needs a build with CUDA");
 #endif
   }
-  std::ifstream file("/proc/meminfo");
-  CF_CHECK(file.good(), "/proc/meminfo: cannot open (not Linux, or /proc not mounted)");
-  std::stringstream text;
-  text << file.rdbuf();
-  memory.total_bytes = meminfo_bytes(text.str(), "MemTotal");
-  memory.available_bytes = meminfo_bytes(text.str(), "MemAvailable");
+  const std::string text = core::read_file("/proc/meminfo");
+  memory.total_bytes = meminfo_bytes(text, "MemTotal");
+  memory.available_bytes = meminfo_bytes(text, "MemAvailable");
   memory.source = "host RAM (/proc/meminfo, shared by this machine's ranks)";
   return memory;
 }
