@@ -13,10 +13,10 @@
 #
 #   bench/baselines.sh [--steps N] [--layouts "dp2 pp4"] [--datasets "longtail lmsys"] [--out DIR]
 #
-# Datasets: longtail = the demo dataset (scripts/demo.sh writes it; at most 4096 tokens); lmsys =
+# Datasets: longtail = the benchmarks' long-tail dataset (bench_longtail_dataset in scripts/env.sh; at most 4096 tokens); lmsys =
 # lengths drawn from the published LMSys-Chat-1M shape (data/distributions/lmsys_chat_1m.txt: 99%
 # below 4K, the rest up to 300K) scaled by 0.05 so that the longest (~15K) trains on a 2-core CPU,
-# written here once with `chunkflow-data synth --length-histogram`. Model: configs/demo.yaml with 4 layers (so pp=4 has a
+# written here once with `chunkflow-data synth --length-histogram`. Model: configs/small_llama.yaml with 4 layers (so pp=4 has a
 # layer per stage). One OpenMP thread per rank; one run at a time.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
@@ -42,10 +42,7 @@ export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM
 dataset_path() {
   case "$1" in
     longtail)
-      local path="$repo_root/runs/demo/data/longtail"
-      [ -f "$path.idx" ] || "$bin/chunkflow-data" synth --output "$path" --sequences 4000 --scale 0.25 \
-        --max-length 4096 --vocab-size 2048 --seed 1 --quiet >/dev/null
-      echo "$path" ;;
+      bench_longtail_dataset ;;
     lmsys)
       local path="$out/data/lmsys"
       [ -f "$path.idx" ] || "$bin/chunkflow-data" synth --output "$path" --sequences 4000 --scale 0.05 \
@@ -93,7 +90,7 @@ run_one() {  # dataset layout strategy-index
     *) echo "bench/baselines.sh: unknown layout '$layout' (single, dp2, pp4)" >&2; exit 2 ;;
   esac
   # shellcheck disable=SC2086
-  local command=("$bin/chunkflow-train" --config "$repo_root/configs/demo.yaml"
+  local command=("$bin/chunkflow-train" --config "$repo_root/configs/small_llama.yaml"
     --set data.path="$(dataset_path "$data")" --set data.batch_tokens="$(batch_tokens "$data")"
     --set model.num_hidden_layers=4 --set run.steps="$steps"
     --set run.output_dir="$out/runs" --set run.name="$run_name" --set logging.interval=1

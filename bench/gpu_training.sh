@@ -20,8 +20,8 @@
 # --profile runs each ChunkFlow run's last step under the Kineto profiler (logging.profile_step)
 # and keeps its table as <out>/results/<name>.profile.txt (the heaviest GPU kernels and CPU
 # operators, the GPU's busy share); that step is then left out of the timing.
-# --smoke rehearses the whole script on a CPU in about a minute: the demo model (configs/
-# demo.yaml) on the CPU in float32, short lengths, 3 steps (ctest: bench.gpu_training_smoke, with --profile).
+# --smoke rehearses the whole script on a CPU in about a minute: the small benchmark model
+# (configs/small_llama.yaml) on the CPU in float32, short lengths, 3 steps (ctest: bench.gpu_training_smoke, with --profile).
 # Environment: CHUNKFLOW_BIN (binaries, default build/bin), PYTHON (for hf_peer.py and the
 # tables; default the bootstrap virtualenv's, else python3), CHUNKFLOW_BENCH_TIMEOUT (seconds per
 # run, default 600).
@@ -58,7 +58,7 @@ common=(--set logging.progress=lines --set logging.tensorboard=false --set check
 peer_device=cuda
 longtail_scale=0.43  # the histogram's 300K tail bound x 0.43 = 129K
 if [ "$smoke" = 1 ]; then
-  config="$repo_root/configs/demo.yaml"
+  config="$repo_root/configs/small_llama.yaml"
   lengths="300 1100"
   steps=3
   common+=(--set run.device=cpu --set chunking.chunk_size=256)

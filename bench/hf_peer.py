@@ -50,7 +50,7 @@ Modes (one process each, so ru_maxrss is the mode's own peak):
 Both modes divide the summed token loss by the global batch's loss-token count (transformers'
 num_items_in_batch), which is ChunkFlow's loss, so equal weights give equal losses.
 
-  bench/hf_peer.py --config configs/demo.yaml --data runs/demo/data/longtail --mode packed --steps 20
+  bench/hf_peer.py --config configs/small_llama.yaml --data runs/bench/data/longtail --mode packed --steps 20
   bench/hf_peer.py --config run.yaml --mode padded --device cuda --set model.dtype=bfloat16 --gradient-checkpointing
 """
 

@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
-# Trains the demo config for a few steps on each parallel layout that fits in this machine
+# Trains the small benchmark config (configs/small_llama.yaml) for a few steps on each parallel layout that fits in this machine
 # (1 rank; dp=2; cp=2; pp=2 under mpirun -np 2) and prints one table: tokens/s (mean over steps
 # 2..N, one OpenMP thread per rank), the final loss (equal across layouts: they compute the same
 # thing) and the pipeline bubble, measured and simulated.
-#   bench/parallel_layouts.sh [steps]     (default 20; needs the demo dataset: scripts/demo.sh)
+#   bench/parallel_layouts.sh [steps]     (default 20; writes the benchmarks' dataset when it is missing)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 steps="${1:-20}"
-data="$repo_root/runs/demo/data/longtail"
-[ -f "$data.idx" ] || { echo "no demo dataset at $data (run scripts/demo.sh once)" >&2; exit 1; }
+data="$(bench_longtail_dataset)"
 train="$build_dir/bin/chunkflow-train"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-common=(--config "$repo_root/configs/demo.yaml" --set data.path="$data" --set run.steps="$steps"
+common=(--config "$repo_root/configs/small_llama.yaml" --set data.path="$data" --set run.steps="$steps"
         --set run.output_dir="$work" --set logging.progress=lines --set logging.tensorboard=false)
 run_layout() {
   local name="$1" ranks="$2"; shift 2

@@ -1,23 +1,19 @@
 #!/usr/bin/env bash
 # ChunkFlow next to an outside peer, Hugging Face transformers, on this machine: the same model
-# config (configs/demo.yaml), the same dataset (the demo one), the same global-batch token budget
+# config (configs/small_llama.yaml), the same dataset (the benchmarks' long-tail one), the same global-batch token budget
 # (data.batch_tokens) and the same number of optimizer steps, one process at a time, OMP_NUM_THREADS
 # threads each (default 2). Runs chunkflow-train (1 rank), then bench/hf_peer.py padded and packed,
 # after hf_peer.py's check that its packed mode computes the padded mode's loss. Prints a Markdown
 # table: tokens/s (real tokens, steps 2..N), mean step time, tokens per CPU-second of the process
 # (steady where other jobs share the cores), peak RSS, ratios to ChunkFlow.
-#   bench/peer_comparison.sh [steps]     (default 20; needs the build; writes scripts/demo.sh's
+#   bench/peer_comparison.sh [steps]     (default 20; needs the build; writes the benchmarks'
 #                                         dataset when it is missing)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 steps="${1:-20}"
 python="${CHUNKFLOW_VENV:-$cache_root/venv}/bin/python"
-config="$repo_root/configs/demo.yaml"
-data="$repo_root/runs/demo/data/longtail"
-if [ ! -f "$data.idx" ]; then  # the command scripts/demo.sh runs
-  "$build_dir/bin/chunkflow-data" synth --output "$data" --sequences 4000 --scale 0.25 --max-length 4096 \
-    --vocab-size 2048 --seed 1 --quiet
-fi
+config="$repo_root/configs/small_llama.yaml"
+data="$(bench_longtail_dataset)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"

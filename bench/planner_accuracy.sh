@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# How far chunkflow-plan's predictions are from measured runs: plans the demo config once per
-# layout (one shared calibration, one OpenMP thread like the runs), then trains each setting for
-# a few steps and prints predicted vs measured step time (median of steps 2..N), peak memory
-# (rank 0's peak RSS) and pipeline bubble, with relative errors.
-#   bench/planner_accuracy.sh [steps]     (default 15; needs the demo dataset: scripts/demo.sh)
+# How far chunkflow-plan's predictions are from measured runs: plans the small benchmark config
+# (configs/small_llama.yaml) once per layout (one shared calibration, one OpenMP thread like the
+# runs), then trains each setting for a few steps and prints predicted vs measured step time
+# (median of steps 2..N), peak memory (rank 0's peak RSS) and pipeline bubble, with relative errors.
+#   bench/planner_accuracy.sh [steps]     (default 15; writes the benchmarks' dataset when it is missing)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 steps="${1:-15}"
-data="$repo_root/runs/demo/data/longtail"
-[ -f "$data.idx" ] || { echo "no demo dataset at $data (run scripts/demo.sh once)" >&2; exit 1; }
+data="$(bench_longtail_dataset)"
 train="$build_dir/bin/chunkflow-train"
 plan="$build_dir/bin/chunkflow-plan"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-config=(--config "$repo_root/configs/demo.yaml" --set data.path="$data")
+config=(--config "$repo_root/configs/small_llama.yaml" --set data.path="$data")
 
 # settings: name ranks chunk_size resident_chunks extra --set arguments
 settings=(

@@ -33,4 +33,7 @@ std::string pad_right(const std::string& text, size_t width);
 
 std::string join(const std::vector<std::string>& parts, const std::string& separator);
 
+// Text for an XML/SVG element or attribute: < > & " escaped.
+std::string xml_escape(const std::string& text);
+
 }  // namespace chunkflow::core

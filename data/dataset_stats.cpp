@@ -24,20 +24,6 @@ std::string bin_label(const HistogramBin& bin) {
   return std::to_string(bin.lower) + "-" + std::to_string(bin.upper - 1);
 }
 
-std::string xml_escape(const std::string& text) {
-  std::string out;
-  for (const char c : text) {
-    switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 LengthSummary summarize_lengths(const std::vector<int32_t>& lengths) {
@@ -127,7 +113,7 @@ std::string histogram_svg(const std::vector<HistogramBin>& bins, const std::stri
   std::string svg = core::str_cat(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"", width, "\" height=\"", height,
       "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
-      "<text x=\"", width / 2, "\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">", xml_escape(title), "</text>\n");
+      "<text x=\"", width / 2, "\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">", core::xml_escape(title), "</text>\n");
   // Horizontal grid at each power of ten.
   for (int decade = 0; decade <= static_cast<int>(log_top); ++decade) {
     const double y = top + plot_h - plot_h * decade / std::max(log_top, 1.0);
@@ -153,7 +139,7 @@ std::string histogram_svg(const std::vector<HistogramBin>& bins, const std::stri
                          "\" width=\"", core::format_fixed(slot * 0.35, 1), "\" height=\"", core::format_fixed(token_h, 1),
                          "\" fill=\"#ee7733\"><title>", bin_label(bin), ": ", bin.tokens, " tokens</title></rect>\n");
     svg += core::str_cat("<text transform=\"translate(", core::format_fixed(x + slot * 0.5, 1), ",", top + plot_h + 12,
-                         ") rotate(40)\">", xml_escape(bin_label(bin)), "</text>\n");
+                         ") rotate(40)\">", core::xml_escape(bin_label(bin)), "</text>\n");
   }
   svg += core::str_cat(
       "<line x1=\"", left, "\" x2=\"", left, "\" y1=\"", top, "\" y2=\"", top + plot_h, "\" stroke=\"black\"/>\n",

@@ -140,6 +140,7 @@ void SynthOptions::validate() const {
   CF_CHECK(vocab_size >= 3, "--vocab-size must be >= 3 (ids 0 and 1 are reserved), got ", vocab_size);
   CF_CHECK(vocab_size <= (int64_t{1} << 31) - 1, "--vocab-size must fit int32, got ", vocab_size);
   CF_CHECK(scale > 0 && std::isfinite(scale), "--scale must be > 0, got ", scale);
+  CF_CHECK(copy_period >= 0, "--copy-period must be >= 0 (0: the half-span layout), got ", copy_period);
   CF_CHECK(tail_fraction >= 0 && tail_fraction <= 1, "--tail-fraction must be in [0, 1], got ",
            tail_fraction);
   if (!length_histogram.bins.empty()) {
@@ -183,20 +184,24 @@ std::vector<int64_t> sample_longtail_lengths(const SynthOptions& options) {
   return lengths;
 }
 
-int64_t copy_start(int64_t length) {
+int64_t copy_start(int64_t length, int64_t copy_period) {
+  if (copy_period > 0 && length > 2 * copy_period + 2) return copy_period + 1;
   // Layout: BOS, A (span_length tokens), COPY, then length - span_length - 2 repeated tokens.
   if (length < 4) return length;
   const int64_t span_length = (length - 1) / 2;
   return span_length + 2;
 }
 
-void synthesize_sequence(int64_t length, int64_t vocab_size, core::Rng& rng, std::vector<int32_t>& out) {
+void synthesize_sequence(int64_t length, int64_t vocab_size, core::Rng& rng, std::vector<int32_t>& out,
+                         int64_t copy_period) {
   out.resize(static_cast<size_t>(length));
   if (length == 0) return;
   out[0] = kBosToken;
   const auto content = static_cast<uint64_t>(vocab_size - 2);
-  const int64_t repeat_from = copy_start(length);
-  const int64_t span_end = repeat_from < length ? repeat_from - 1 : length;  // A occupies [1, span_end)
+  const int64_t repeat_from = copy_start(length, copy_period);
+  // A occupies [1, span_end); the half-span layout puts a COPY token at span_end.
+  const bool periodic = copy_period > 0 && length > 2 * copy_period + 2;
+  const int64_t span_end = repeat_from >= length ? length : periodic ? repeat_from : repeat_from - 1;
   const auto span_length = static_cast<uint64_t>(span_end - 1);
   if (span_length <= content && span_length * 4 <= content) {
     // Distinct tokens drawn without replacement: every token of the repeat occurs exactly once
@@ -220,6 +225,10 @@ void synthesize_sequence(int64_t length, int64_t vocab_size, core::Rng& rng, std
     for (int64_t i = 1; i < span_end; ++i) out[static_cast<size_t>(i)] = static_cast<int32_t>(2 + rng.below(content));
   }
   if (repeat_from >= length) return;
+  if (periodic) {
+    for (int64_t i = repeat_from; i < length; ++i) out[static_cast<size_t>(i)] = out[static_cast<size_t>(i - copy_period)];
+    return;
+  }
   out[static_cast<size_t>(span_end)] = kCopyToken;
   for (int64_t i = repeat_from; i < length; ++i) {
     out[static_cast<size_t>(i)] = out[static_cast<size_t>(1 + i - repeat_from)];
@@ -240,7 +249,7 @@ SynthSummary write_synthetic_dataset(const std::string& prefix, const SynthOptio
   for (const int64_t length : lengths) total_tokens += length;
   core::Progress progress("synth " + prefix, show_progress ? total_tokens : 0, "tokens");
   for (const int64_t length : lengths) {
-    synthesize_sequence(length, options.vocab_size, rng, tokens);
+    synthesize_sequence(length, options.vocab_size, rng, tokens, options.copy_period);
     writer.add_sequence(tokens);
     writer.end_document();
     summary.tokens += length;

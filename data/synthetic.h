@@ -57,6 +57,11 @@ struct SynthOptions {
   int64_t max_length = 131072;   // the tail's upper end (tokens)
   double tail_fraction = 0.005;  // share of sequences drawn from the tail
   uint64_t seed = 1;
+  // 0: each sequence repeats the first half of itself (see synthesize_sequence). N > 0: sequences
+  // longer than 2N + 2 tokens hold a span of N tokens that repeats with period N to the end, so
+  // every repeated token's source lies exactly N positions back (in an earlier chunk when
+  // N > chunk_size); shorter ones keep the half layout.
+  int64_t copy_period = 0;
   // When it has bins, lengths come from it (times `scale`) and max_length / tail_fraction are
   // unused.
   LengthHistogram length_histogram;
@@ -80,10 +85,13 @@ std::vector<int64_t> sample_longtail_lengths(const SynthOptions& options);
 // which for long sequences lies in an earlier chunk. A is drawn uniformly from [2, vocab_size)
 // without replacement when it fits (|A| <= vocab_size - 2), so each repeated token has exactly
 // one earlier occurrence; longer spans are drawn with replacement.
-void synthesize_sequence(int64_t length, int64_t vocab_size, core::Rng& rng, std::vector<int32_t>& out);
+// With copy_period N > 0 and length > 2N + 2 instead: BOS, a span A of N tokens (drawn the same
+// way), then A again and again to the end, without COPY tokens.
+void synthesize_sequence(int64_t length, int64_t vocab_size, core::Rng& rng, std::vector<int32_t>& out,
+                         int64_t copy_period = 0);
 
 // First position of the repeated part, or `length` when the sequence is too short to have one.
-int64_t copy_start(int64_t length);
+int64_t copy_start(int64_t length, int64_t copy_period = 0);
 
 struct SynthSummary {
   int64_t sequences = 0;

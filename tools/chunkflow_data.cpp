@@ -64,6 +64,8 @@ int run_synth(const std::vector<std::string>& args) {
   command_line.add_int("sequences", &options.sequences, "number of sequences");
   command_line.add_int("vocab-size", &options.vocab_size, "vocabulary size (ids 0 and 1 reserved)");
   command_line.add_double("scale", &options.scale, "multiplies all lengths (body median 200 x scale)");
+  command_line.add_int("copy-period", &options.copy_period,
+                       "0: each sequence repeats its first half; N: a random span of N tokens repeating with period N");
   command_line.add_int("max-length", &options.max_length, "longest possible sequence (built-in shape only)");
   command_line.add_double("tail-fraction", &options.tail_fraction,
                           "share of sequences in the long tail (built-in shape only)");

@@ -34,6 +34,7 @@
 #include "trainer/device_setup.h"
 #include "trainer/flops.h"
 #include "trainer/fused_adamw.h"
+#include "trainer/loss_chart.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/memory_estimate.h"
 #include "trainer/memory_stats.h"
@@ -400,7 +401,7 @@ void Trainer::claim_run_folder() {
   if (!config_.checkpoint.resume.empty()) return;
   const std::string run_dir = config_.run.run_dir();
   std::vector<std::string> earlier;
-  for (const char* output : {"metrics.jsonl", "config.yaml", "tensorboard", "trace", "profile"}) {
+  for (const char* output : {"metrics.jsonl", "loss.svg", "summary.json", "config.yaml", "tensorboard", "trace", "profile"}) {
     if (core::path_exists(run_dir + "/" + output)) earlier.push_back(run_dir + "/" + output);
   }
   for (const std::string& checkpoint : list_checkpoints(config_.checkpoint_dir())) earlier.push_back(checkpoint);
@@ -761,6 +762,65 @@ void Trainer::report(const StepMetrics& metrics) {
   }
 }
 
+// <run_dir>/loss.svg from metrics.jsonl, so a resumed run's chart covers every step.
+void Trainer::write_loss_chart() {
+  std::fflush(outputs_->metrics);
+  const std::string run_dir = config_.run.run_dir();
+  const std::vector<LossCurvePoint> curves = read_loss_curves(run_dir + "/metrics.jsonl");
+  core::write_file_atomic(run_dir + "/loss.svg",
+                          loss_chart_svg(curves, "run " + config_.run.name + ": loss on near and far tokens"));
+}
+
+// The run in one line and in <run_dir>/summary.json: speed, and the loss and far-token loss at
+// its start and end. Token-weighted means over the first and the last tenth of this invocation's
+// steps: single steps are noisy (each global batch has its own mix of short and long sequences).
+void Trainer::write_run_summary(const std::vector<StepMetrics>& history) const {
+  double seconds = 0, tokens = 0;
+  for (const auto& metrics : history) {
+    seconds += metrics.seconds;
+    tokens += static_cast<double>(metrics.tokens);
+  }
+  // Token-weighted mean loss of all, far or near tokens over the first or the last tenth.
+  enum class Tokens { kAll, kFar, kNear };
+  const auto window_mean = [&](bool first, Tokens kind) {
+    const size_t window = std::max<size_t>(1, history.size() / 10);
+    double sum = 0, count = 0;
+    for (size_t i = 0; i < window; ++i) {
+      const StepMetrics& metrics = history[first ? i : history.size() - 1 - i];
+      const auto far = static_cast<double>(metrics.far_tokens), all = static_cast<double>(metrics.loss_tokens);
+      const double far_sum = metrics.far_tokens > 0 ? metrics.far_loss * far : 0.0;
+      if (!std::isfinite(metrics.loss) || !std::isfinite(far_sum)) continue;
+      const double step_sum = kind == Tokens::kAll ? metrics.loss * all
+                              : kind == Tokens::kFar ? far_sum
+                                                     : metrics.loss * all - far_sum;
+      sum += step_sum;
+      count += kind == Tokens::kAll ? all : kind == Tokens::kFar ? far : all - far;
+    }
+    return count > 0 ? sum / count : NAN;
+  };
+  const auto shown = [](double value) { return std::isfinite(value) ? core::format_fixed(value, 4) : std::string("-"); };
+  const double loss_start = window_mean(true, Tokens::kAll), loss_end = window_mean(false, Tokens::kAll);
+  const double far_loss_start = window_mean(true, Tokens::kFar), far_loss_end = window_mean(false, Tokens::kFar);
+  nlohmann::ordered_json summary;  // NaN is written as null
+  summary["first_step"] = history.front().step;
+  summary["last_step"] = history.back().step;
+  summary["seconds"] = seconds;
+  summary["tokens_per_second"] = tokens / seconds;
+  summary["loss_start"] = loss_start;
+  summary["loss_end"] = loss_end;
+  summary["far_loss_start"] = far_loss_start;  // null when no step had far tokens
+  summary["far_loss_end"] = far_loss_end;
+  summary["near_loss_start"] = window_mean(true, Tokens::kNear);  // targets inside their sequence's first chunk
+  summary["near_loss_end"] = window_mean(false, Tokens::kNear);
+  summary["window_steps"] = std::max<size_t>(1, history.size() / 10);
+  core::write_file_atomic(config_.run.run_dir() + "/summary.json", summary.dump(2) + "\n");
+  core::log_info("done: ", history.size(), " steps in ", core::format_duration(seconds), ", ",
+                 core::format_count(tokens / seconds), " tokens/s; loss ", shown(loss_start), " -> ",
+                 shown(loss_end), ", far-token loss ", shown(far_loss_start), " -> ", shown(far_loss_end),
+                 " (means over the first and last tenth of the steps); outputs in ", config_.run.run_dir(),
+                 " (metrics.jsonl, loss.svg, summary.json, tensorboard/, config.yaml)");
+}
+
 std::vector<StepMetrics> Trainer::train() {
   const std::string run_dir = config_.run.run_dir();
   if (!writes_outputs()) {
@@ -806,34 +866,8 @@ std::vector<StepMetrics> Trainer::train() {
   }
   if (outputs_->tensorboard) outputs_->tensorboard->flush();
   write_trace();
-  if (!history.empty()) {
-    double seconds = 0, tokens = 0;
-    for (const auto& metrics : history) {
-      seconds += metrics.seconds;
-      tokens += static_cast<double>(metrics.tokens);
-    }
-    // Token-weighted means over the first and the last tenth of the run: single steps are noisy
-    // (each global batch has its own mix of short and long sequences).
-    const auto window_mean = [&](bool first, bool far) {
-      const size_t window = std::max<size_t>(1, history.size() / 10);
-      double sum = 0, count = 0;
-      for (size_t i = 0; i < window; ++i) {
-        const StepMetrics& metrics = history[first ? i : history.size() - 1 - i];
-        const double weight = static_cast<double>(far ? metrics.far_tokens : metrics.loss_tokens);
-        const double value = far ? metrics.far_loss : metrics.loss;
-        if (weight > 0 && std::isfinite(value)) {
-          sum += value * weight;
-          count += weight;
-        }
-      }
-      return count > 0 ? core::format_fixed(sum / count, 4) : std::string("-");
-    };
-    core::log_info("done: ", history.size(), " steps in ", core::format_duration(seconds), ", ",
-                   core::format_count(tokens / seconds), " tokens/s; loss ", window_mean(true, false), " -> ",
-                   window_mean(false, false), ", far-token loss ", window_mean(true, true), " -> ",
-                   window_mean(false, true), " (means over the first and last tenth of the steps); outputs in ",
-                   run_dir, " (metrics.jsonl, tensorboard/, config.yaml)");
-  }
+  write_loss_chart();
+  if (!history.empty()) write_run_summary(history);
   return history;
 }
 

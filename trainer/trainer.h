@@ -140,6 +140,8 @@ class Trainer {
   void report(const StepMetrics& metrics);
   void after_step();
   void write_trace();
+  void write_loss_chart();
+  void write_run_summary(const std::vector<StepMetrics>& history) const;
 
   configs::Config config_;
   torch::Device device_{torch::kCPU};  // run.device, resolved

@@ -16,7 +16,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 "$data_tool" synth --output "$work/tiny" --sequences 60 --scale 0.1 --max-length 600 --tail-fraction 0.05 \
   --vocab-size 2048 --seed 3 --quiet >/dev/null
-peer_args=(--config "$repo_root/configs/demo.yaml" --data "$work/tiny" --set data.batch_tokens=1024)
+peer_args=(--config "$repo_root/configs/small_llama.yaml" --data "$work/tiny" --set data.batch_tokens=1024)
 peer=("$python" "$repo_root/bench/hf_peer.py" "${peer_args[@]}")
 qwen2=(--set model.family=qwen2 --set model.attention_bias=true)
 "${peer[@]}" --mode check >"$work/check.json" || { cat "$work/check.json" >&2; fail "padded and packed losses differ"; }

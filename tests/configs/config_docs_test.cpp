@@ -22,20 +22,39 @@ TEST(ConfigDocsTest, ReadmeDocumentsEveryKey) {
   }
 }
 
+// The number after `flag` in `text` (e.g. "--vocab-size 512"), or -1 when `flag` is absent.
+int64_t number_after(const std::string& text, const std::string& flag) {
+  const size_t at = text.find(flag);
+  return at == std::string::npos ? -1 : std::stoll(text.substr(at + flag.size()));
+}
+
 TEST(ConfigDocsTest, DemoConfigFitsTheDatasetTheDemoScriptWrites) {
-  // scripts/demo.sh writes the dataset with `chunkflow-data synth --vocab-size N` under
-  // runs/demo/data/longtail; the demo config must read exactly that.
+  // scripts/demo_run.sh writes the dataset with `chunkflow-data synth --vocab-size N` under
+  // <run folder>/data/longtail and states the chunk size it reports; the demo config must match.
   const Config config = load_config(repo_file("configs/demo.yaml"));
-  const std::string script = core::read_file(repo_file("scripts/demo.sh"));
-  const size_t flag = script.find("--vocab-size ");
-  ASSERT_NE(flag, std::string::npos) << "scripts/demo.sh no longer passes --vocab-size";
-  EXPECT_EQ(config.model.vocab_size, std::stoll(script.substr(flag + 13)));
+  const std::string script = core::read_file(repo_file("scripts/demo_run.sh"));
+  EXPECT_EQ(config.model.vocab_size, number_after(script, "--vocab-size "));
+  EXPECT_EQ(config.chunking.chunk_size, number_after(script, "chunk_size="));
+  // Copies lie --copy-period tokens back: more than a chunk, so every one crosses a chunk boundary.
+  EXPECT_GT(number_after(script, "--copy-period "), config.chunking.chunk_size);
   EXPECT_NE(script.find("data=\"$out/data/longtail\""), std::string::npos);
   EXPECT_EQ(config.data.path, "runs/demo/data/longtail");
   EXPECT_EQ(config.run.name, "demo");
   // Small enough for the 2-core machines: a few layers, split sequences recomputed with K = 1.
   EXPECT_LE(config.model.num_hidden_layers, 4);
   EXPECT_EQ(config.chunking.resident_chunks, 1);
+}
+
+TEST(ConfigDocsTest, BenchmarkConfigFitsTheBenchmarkDataset) {
+  // bench_longtail_dataset (scripts/env.sh) writes the data configs/small_llama.yaml trains on.
+  const Config config = load_config(repo_file("configs/small_llama.yaml"));
+  const std::string env = core::read_file(repo_file("scripts/env.sh"));
+  const size_t at = env.find("bench_longtail_dataset() {");
+  ASSERT_NE(at, std::string::npos) << "scripts/env.sh no longer defines bench_longtail_dataset";
+  const std::string function = env.substr(at);
+  EXPECT_EQ(config.model.vocab_size, number_after(function, "--vocab-size "));
+  EXPECT_EQ(config.data.path, "runs/bench/data/longtail");
+  EXPECT_NE(function.find("runs/bench/data/longtail"), std::string::npos);
 }
 
 TEST(ConfigDocsTest, GpuConfigIsTheQwen2HalfBillionShape) {

@@ -76,6 +76,36 @@ TEST(SyntheticTest, SecondHalfRepeatsTheFirstSoFarTokensArePredictable) {
   }
 }
 
+TEST(SyntheticTest, CopyPeriodRepeatsASpanInLongSequencesOnly) {
+  core::Rng rng(11);
+  std::vector<int32_t> tokens;
+  const int64_t period = 80;
+  // 162 = 2 x 80 + 2 keeps the half layout; 163 and longer repeat an 80-token span to the end.
+  for (const int64_t length : {5, 100, 162, 163, 500, 1024}) {
+    synthesize_sequence(length, 512, rng, tokens, period);
+    ASSERT_EQ(static_cast<int64_t>(tokens.size()), length);
+    EXPECT_EQ(tokens[0], kBosToken);
+    const int64_t start = copy_start(length, period);
+    if (length <= 2 * period + 2) {
+      EXPECT_EQ(start, copy_start(length)) << "length " << length;
+      continue;
+    }
+    EXPECT_EQ(start, period + 1);
+    // Every repeated token equals the one `period` back; no COPY token anywhere.
+    for (int64_t i = start; i < length; ++i) {
+      ASSERT_EQ(tokens[static_cast<size_t>(i)], tokens[static_cast<size_t>(i - period)]) << "length " << length;
+    }
+    EXPECT_EQ(std::count(tokens.begin(), tokens.end(), kCopyToken), 0);
+    // The span is 80 distinct content ids, so each copy has exactly one source.
+    const std::set<int32_t> span(tokens.begin() + 1, tokens.begin() + start);
+    EXPECT_EQ(static_cast<int64_t>(span.size()), period);
+    EXPECT_EQ(span.count(kBosToken), 0u);
+  }
+  SynthOptions options;
+  options.copy_period = -1;
+  EXPECT_THROW(options.validate(), core::Error);
+}
+
 TEST(SyntheticTest, LongSpansStayDistinctWhenTheVocabularyAllows) {
   core::Rng rng(9);
   std::vector<int32_t> tokens;

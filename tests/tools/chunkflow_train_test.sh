@@ -37,6 +37,9 @@ grep -q "far-token loss" "$work/log" || fail "no summary line"
 [ "$(wc -l <"$work/runs/tiny/metrics.jsonl")" -eq 4 ] || fail "metrics.jsonl should have 4 lines"
 grep -q "resident_chunks: 2" "$work/runs/tiny/config.yaml" || fail "resolved config lacks the override"
 ls "$work/runs/tiny/tensorboard/" | grep -q "tfevents" || fail "no TensorBoard events"
+# The loss chart (near and far lines, drawn from metrics.jsonl) and the run summary.
+grep -q "<polyline" "$work/runs/tiny/loss.svg" || fail "loss.svg has no curve"
+grep -q '"far_loss_end"' "$work/runs/tiny/summary.json" || fail "summary.json lacks far_loss_end"
 
 expect_error() {  # expect_error "<fragment>" args...
   local fragment="$1"; shift
