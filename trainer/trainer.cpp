@@ -762,13 +762,19 @@ void Trainer::report(const StepMetrics& metrics) {
   }
 }
 
-// <run_dir>/loss.svg from metrics.jsonl, so a resumed run's chart covers every step.
+// <run_dir>/loss.svg from metrics.jsonl, so a resumed run's chart covers every step. The
+// training's results are saved by then: a chart that cannot be drawn (an edited metrics file, a
+// full disk) is a warning, not a failed run.
 void Trainer::write_loss_chart() {
   std::fflush(outputs_->metrics);
   const std::string run_dir = config_.run.run_dir();
-  const std::vector<LossCurvePoint> curves = read_loss_curves(run_dir + "/metrics.jsonl");
-  core::write_file_atomic(run_dir + "/loss.svg",
-                          loss_chart_svg(curves, "run " + config_.run.name + ": loss on near and far tokens"));
+  try {
+    const std::vector<LossCurvePoint> curves = read_loss_curves(run_dir + "/metrics.jsonl");
+    core::write_file_atomic(run_dir + "/loss.svg",
+                            loss_chart_svg(curves, "run " + config_.run.name + ": loss on near and far tokens"));
+  } catch (const core::Error& error) {
+    core::log_warn("loss chart not written: ", error.what());
+  }
 }
 
 // The run in one line and in <run_dir>/summary.json: speed, and the loss and far-token loss at

@@ -40,6 +40,12 @@ ls "$work/runs/tiny/tensorboard/" | grep -q "tfevents" || fail "no TensorBoard e
 # The loss chart (near and far lines, drawn from metrics.jsonl) and the run summary.
 grep -q "<polyline" "$work/runs/tiny/loss.svg" || fail "loss.svg has no curve"
 grep -q '"far_loss_end"' "$work/runs/tiny/summary.json" || fail "summary.json lacks far_loss_end"
+# A chart that cannot be drawn is a warning, not a failed run: resume after spoiling a kept line.
+sed -i '1s/.*/{"step":1,"loss":oops}/' "$work/runs/tiny/metrics.jsonl"
+"$train" --config "$work/run.yaml" --set run.steps=5 --set checkpoint.resume=auto 2>"$work/log" ||
+  { cat "$work/log"; fail "a spoiled metrics line failed the resumed run"; }
+grep -q "loss chart not written: .*metrics.jsonl:1: not a step record" "$work/log" || { cat "$work/log"; fail "no chart warning"; }
+grep -q "step 5/5" "$work/log" || fail "the resumed run did not reach step 5"
 
 expect_error() {  # expect_error "<fragment>" args...
   local fragment="$1"; shift
