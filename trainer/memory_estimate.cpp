@@ -18,10 +18,6 @@
 namespace chunkflow::trainer {
 namespace {
 
-// The project's one dtype mapper (models/mixed_precision.h) decides the compute dtype's size.
-int64_t compute_bytes(const configs::ModelConfig& model) {
-  return static_cast<int64_t>(c10::elementSize(models::parse_dtype(model.dtype, "model.dtype")));
-}
 bool mixed_precision(const configs::ModelConfig& model) { return model.dtype != "float32"; }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -42,6 +38,11 @@ int64_t meminfo_bytes(const std::string& text, const std::string& field) {
 }
 
 }  // namespace
+
+// The project's one dtype mapper (models/mixed_precision.h) decides the compute dtype's size.
+int64_t compute_bytes(const configs::ModelConfig& model) {
+  return static_cast<int64_t>(c10::elementSize(models::parse_dtype(model.dtype, "model.dtype")));
+}
 
 int64_t model_state_bytes_per_parameter(const configs::Config& config) {
   return 4 + 4 + 8 + (mixed_precision(config.model) ? compute_bytes(config.model) : 0) +

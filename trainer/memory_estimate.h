@@ -43,6 +43,8 @@ RankMemoryEstimate estimate_rank_memory(const configs::Config& config, int stage
 // (K and V in the compute dtype + their float32 gradient accumulators): the model-state and K/V
 // terms above, shared with chunkflow-plan's memory model (step_planner.h).
 int64_t model_state_bytes_per_parameter(const configs::Config& config);
+// Bytes of one element of model.dtype (the compute dtype): 2 for bfloat16 and float16, 4 for float32.
+int64_t compute_bytes(const configs::ModelConfig& model);
 int64_t kv_state_bytes_per_row(const configs::ModelConfig& model, int64_t layers);
 
 // Bytes one decoder layer keeps per token for its backward, and the final norm + LM head + loss

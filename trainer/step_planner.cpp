@@ -95,8 +95,6 @@ std::vector<double> nonnegative_least_squares(const std::vector<std::vector<doub
   }
 }
 
-int64_t element_bytes(const configs::ModelConfig& model) { return model.dtype == "bfloat16" ? 2 : 4; }
-
 // Causal score entries of a chunk (prefix included).
 double chunk_entries(const data::ChunkPlan& plan, int32_t chunk) {
   double entries = 0;
@@ -504,7 +502,7 @@ MemoryEstimate stage_memory(const configs::Config& config, const StepCostModel& 
   const int stages = static_cast<int>(config.parallel.pp);
   const models::ModelStage part = models::pipeline_stage(model, stage, stages);
   const int64_t layers = part.end_layer - part.first_layer;
-  const int64_t bytes = element_bytes(model);
+  const int64_t bytes = compute_bytes(model);
   const double cp = static_cast<double>(config.parallel.cp);
   MemoryEstimate estimate;
   estimate.runtime_bytes = static_cast<int64_t>(costs.runtime_bytes);

@@ -777,6 +777,31 @@ void Trainer::write_loss_chart() {
   }
 }
 
+namespace {
+
+enum class LossTokens { kAll, kFar, kNear };
+
+size_t tenth_of(const std::vector<StepMetrics>& history) { return std::max<size_t>(1, history.size() / 10); }
+
+// Token-weighted mean loss of all, far or near tokens over the first or the last tenth of
+// `history`; NaN when that window has no such tokens. Steps with a non-finite loss are left out.
+double tenth_mean_loss(const std::vector<StepMetrics>& history, bool first, LossTokens kind) {
+  double sum = 0, count = 0;
+  for (size_t i = 0; i < tenth_of(history); ++i) {
+    const StepMetrics& metrics = history[first ? i : history.size() - 1 - i];
+    const auto far = static_cast<double>(metrics.far_tokens), all = static_cast<double>(metrics.loss_tokens);
+    const double far_sum = metrics.far_tokens > 0 ? metrics.far_loss * far : 0.0;
+    if (!std::isfinite(metrics.loss) || !std::isfinite(far_sum)) continue;
+    sum += kind == LossTokens::kAll   ? metrics.loss * all
+           : kind == LossTokens::kFar ? far_sum
+                                      : metrics.loss * all - far_sum;
+    count += kind == LossTokens::kAll ? all : kind == LossTokens::kFar ? far : all - far;
+  }
+  return count > 0 ? sum / count : NAN;
+}
+
+}  // namespace
+
 // The run in one line and in <run_dir>/summary.json: speed, and the loss and far-token loss at
 // its start and end. Token-weighted means over the first and the last tenth of this invocation's
 // steps: single steps are noisy (each global batch has its own mix of short and long sequences).
@@ -786,27 +811,11 @@ void Trainer::write_run_summary(const std::vector<StepMetrics>& history) const {
     seconds += metrics.seconds;
     tokens += static_cast<double>(metrics.tokens);
   }
-  // Token-weighted mean loss of all, far or near tokens over the first or the last tenth.
-  enum class Tokens { kAll, kFar, kNear };
-  const auto window_mean = [&](bool first, Tokens kind) {
-    const size_t window = std::max<size_t>(1, history.size() / 10);
-    double sum = 0, count = 0;
-    for (size_t i = 0; i < window; ++i) {
-      const StepMetrics& metrics = history[first ? i : history.size() - 1 - i];
-      const auto far = static_cast<double>(metrics.far_tokens), all = static_cast<double>(metrics.loss_tokens);
-      const double far_sum = metrics.far_tokens > 0 ? metrics.far_loss * far : 0.0;
-      if (!std::isfinite(metrics.loss) || !std::isfinite(far_sum)) continue;
-      const double step_sum = kind == Tokens::kAll ? metrics.loss * all
-                              : kind == Tokens::kFar ? far_sum
-                                                     : metrics.loss * all - far_sum;
-      sum += step_sum;
-      count += kind == Tokens::kAll ? all : kind == Tokens::kFar ? far : all - far;
-    }
-    return count > 0 ? sum / count : NAN;
-  };
   const auto shown = [](double value) { return std::isfinite(value) ? core::format_fixed(value, 4) : std::string("-"); };
-  const double loss_start = window_mean(true, Tokens::kAll), loss_end = window_mean(false, Tokens::kAll);
-  const double far_loss_start = window_mean(true, Tokens::kFar), far_loss_end = window_mean(false, Tokens::kFar);
+  const double loss_start = tenth_mean_loss(history, true, LossTokens::kAll);
+  const double loss_end = tenth_mean_loss(history, false, LossTokens::kAll);
+  const double far_loss_start = tenth_mean_loss(history, true, LossTokens::kFar);
+  const double far_loss_end = tenth_mean_loss(history, false, LossTokens::kFar);
   nlohmann::ordered_json summary;  // NaN is written as null
   summary["first_step"] = history.front().step;
   summary["last_step"] = history.back().step;
@@ -816,9 +825,10 @@ void Trainer::write_run_summary(const std::vector<StepMetrics>& history) const {
   summary["loss_end"] = loss_end;
   summary["far_loss_start"] = far_loss_start;  // null when no step had far tokens
   summary["far_loss_end"] = far_loss_end;
-  summary["near_loss_start"] = window_mean(true, Tokens::kNear);  // targets inside their sequence's first chunk
-  summary["near_loss_end"] = window_mean(false, Tokens::kNear);
-  summary["window_steps"] = std::max<size_t>(1, history.size() / 10);
+  // Near tokens: targets inside their sequence's first chunk.
+  summary["near_loss_start"] = tenth_mean_loss(history, true, LossTokens::kNear);
+  summary["near_loss_end"] = tenth_mean_loss(history, false, LossTokens::kNear);
+  summary["window_steps"] = tenth_of(history);
   core::write_file_atomic(config_.run.run_dir() + "/summary.json", summary.dump(2) + "\n");
   core::log_info("done: ", history.size(), " steps in ", core::format_duration(seconds), ", ",
                  core::format_count(tokens / seconds), " tokens/s; loss ", shown(loss_start), " -> ",
