@@ -74,16 +74,20 @@ std::vector<testing::ReferenceSequence> random_batch(core::Rng& rng, int64_t chu
 }
 
 // Relative error of one gradient tensor against float64. The denominator is the tensor's own
-// reference norm, but at least a tenth of the norm it would have if the whole model's gradient
-// were spread evenly over all elements (the rule of tests/parallel/layout_equivalence_test.cpp):
-// k_proj.bias's gradient nearly cancels (softmax ignores a shift common to all keys; only RoPE
-// breaks the symmetry), so it is a small difference of large per-token terms whose fp32 rounding
-// would otherwise dominate (seen up to 2.3e-5 of its own tiny norm while every other tensor
-// stayed near 3e-6).
+// reference norm, but at least the norm it would have if the whole model's gradient were spread
+// evenly over all elements (its even share). k_proj.bias's gradient nearly cancels (softmax ignores
+// a shift common to all keys; only RoPE breaks the symmetry): it is a small difference of large
+// per-token terms, and fp32 rounds those terms, not their small sum, so its error against its own
+// tiny norm is noise that chunked and plain fp32 training draw alike (seen: chunked 1.3e-5 where plain
+// had 5.8e-6, on a norm of 0.4 of its even share; plain 1.5e-5 in another case). With a floor of a
+// tenth of the even share (this test until 2026-12-04) a CI run failed on that noise (the worst
+// error / allowed of 17 random seeds: 1.11). A real
+// error (a prefix term dropped, a chunk counted twice) is of the tensor's own size, 1e3-1e4 times
+// the tolerance either way.
 double gradient_error(const torch::Tensor& got, const torch::Tensor& want, double model_norm, int64_t model_numel) {
   const double even_share =
       model_norm * std::sqrt(static_cast<double>(want.numel()) / static_cast<double>(model_numel));
-  const double scale = std::max(want.norm().item<double>(), 0.1 * even_share);
+  const double scale = std::max(want.norm().item<double>(), even_share);
   const double difference = (got - want).norm().item<double>();
   return scale > 0 ? difference / scale : difference;
 }
@@ -180,7 +184,7 @@ uint64_t fresh_seed() {
 TEST(SchedulerExactnessTest, ChunkedTrainingMatchesWholeSequenceTrainingOnRandomBatches) {
   const uint64_t seed = fresh_seed();
   core::Rng rng(seed);
-  double worst_loss = 0, worst_gradient = 0;
+  double worst_loss = 0, worst_gradient = 0, worst_ratio = 0;
   int64_t cases = 0, recomputes = 0, split = 0;
   for (const int64_t chunk_size : {7, 64, 100}) {
     const auto started = std::chrono::steady_clock::now();
@@ -200,6 +204,7 @@ TEST(SchedulerExactnessTest, ChunkedTrainingMatchesWholeSequenceTrainingOnRandom
         }
         worst_loss = std::max(worst_loss, result.loss_error);
         worst_gradient = std::max(worst_gradient, result.worst_gradient_error);
+        worst_ratio = std::max(worst_ratio, result.worst_gradient_ratio);
         recomputes += result.recomputes;
         split += result.split_sequences;
         ++cases;
@@ -208,9 +213,9 @@ TEST(SchedulerExactnessTest, ChunkedTrainingMatchesWholeSequenceTrainingOnRandom
     std::printf("chunk_size %lld: %.1f s\n", static_cast<long long>(chunk_size),
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   }
-  std::printf("%lld cases (%lld split sequences, %lld recomputed chunks): worst relative error loss %.3g, gradient %.3g\n",
+  std::printf("%lld cases (%lld split sequences, %lld recomputed chunks): worst relative error loss %.3g, gradient %.3g (error / allowed %.3g)\n",
               static_cast<long long>(cases), static_cast<long long>(split), static_cast<long long>(recomputes),
-              worst_loss, worst_gradient);
+              worst_loss, worst_gradient, worst_ratio);
   EXPECT_GT(recomputes, 0) << "the recompute pass was never exercised";
   EXPECT_GT(split, 0);
 }
