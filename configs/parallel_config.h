@@ -19,6 +19,9 @@ struct ParallelConfig {
   // started during the step's last backward as their gradients become final (overlap) or after it.
   double gradient_bucket_mb = 25.0;
   bool overlap_gradient_reduce = true;
+  // ZeRO-1 (parallel/sharded_optimizer.h): the AdamW moments sharded over a stage's dp x cp ranks,
+  // gradients reduce-scattered instead of all-reduced (no overlap with the backward then).
+  bool shard_optimizer = false;
   // Balance DP ranks with the cost model fitted to measured compute times (true), or with the
   // fixed FLOP model (false: the assignment, hence fp32 summation order, is then reproducible
   // bit for bit from run to run).
@@ -59,6 +62,8 @@ struct ParallelConfig {
     visit("gradient_bucket_mb", self.gradient_bucket_mb, "gradient all-reduce bucket size in MiB");
     visit("overlap_gradient_reduce", self.overlap_gradient_reduce,
           "start bucket all-reduces during the step's last backward");
+    visit("shard_optimizer", self.shard_optimizer,
+          "shard the AdamW moments over each stage's dp x cp ranks (ZeRO-1); gradients reduce-scattered");
     visit("calibrate_costs", self.calibrate_costs, "balance DP ranks by measured compute times (else by FLOPs)");
     visit("pipeline_extra_in_flight", self.pipeline_extra_in_flight,
           "chunks a pipeline stage may keep in flight beyond 1F1B's pp - stage");

@@ -2,6 +2,7 @@
 #include "trainer/memory_estimate.h"
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "core/error.h"
@@ -44,9 +45,14 @@ int64_t compute_bytes(const configs::ModelConfig& model) {
   return static_cast<int64_t>(c10::elementSize(models::parse_dtype(model.dtype, "model.dtype")));
 }
 
-int64_t model_state_bytes_per_parameter(const configs::Config& config) {
-  return 4 + 4 + 8 + (mixed_precision(config.model) ? compute_bytes(config.model) : 0) +
-         (config.parallel.dp * config.parallel.cp > 1 ? 4 : 0);
+double model_state_bytes_per_parameter(const configs::Config& config) {
+  const int64_t stage_ranks = config.parallel.dp * config.parallel.cp;
+  const double weights_and_gradients = 4 + 4 + (mixed_precision(config.model) ? compute_bytes(config.model) : 0);
+  if (config.parallel.shard_optimizer) {
+    // Moments, master slice and gradient slice: 16 bytes over the stage's ranks.
+    return weights_and_gradients + 16.0 / static_cast<double>(stage_ranks);
+  }
+  return weights_and_gradients + 8 + (stage_ranks > 1 ? 4 : 0);
 }
 
 int64_t kv_state_bytes_per_row(const configs::ModelConfig& model, int64_t layers) {
@@ -72,7 +78,8 @@ RankMemoryEstimate estimate_rank_memory(const configs::Config& config, int stage
   const int64_t layers = part.end_layer - part.first_layer;
   RankMemoryEstimate estimate;
   estimate.parameters = stage_parameter_count(model, stage, stages);
-  estimate.model_state_bytes = estimate.parameters * model_state_bytes_per_parameter(config);
+  estimate.model_state_bytes =
+      static_cast<int64_t>(std::ceil(static_cast<double>(estimate.parameters) * model_state_bytes_per_parameter(config)));
 
   const configs::ChunkingConfig& chunking = config.chunking;
   const int64_t chunk_size = chunking.chunk_size;
@@ -139,7 +146,10 @@ std::string check_memory_estimate(const RankMemoryEstimate& estimate, const Devi
            " parameters on this rank need ", core::format_bytes(estimate.model_state_bytes), whose,
            " for weights, gradients and AdamW state (model.dtype = ", config.model.dtype, "), but ", device.source,
            " has ", core::format_bytes(device.total_bytes), " in all; split the layers over more pipeline stages "
-           "(parallel.pp = ", config.parallel.pp, ") or use a smaller model");
+           "(parallel.pp = ", config.parallel.pp, ")",
+           config.parallel.shard_optimizer ? "" : ", shard the AdamW state over the data-parallel ranks "
+                                                  "(parallel.shard_optimizer: true)",
+           " or use a smaller model");
   if (estimate.total_bytes() * ranks <= device.available_bytes) return "";
   return core::str_cat("the memory estimate ", core::format_bytes(estimate.total_bytes()), whose, " exceeds the ",
                        core::format_bytes(device.available_bytes), " available on ", device.source,

@@ -5,7 +5,9 @@
 //
 //   model state  parameters of this rank's pipeline stage x (4 float32 master weights + 4 float32
 //                gradients + 8 AdamW moments + 2 bfloat16 compute copy under mixed precision
-//                + 4 flat all-reduce bucket when dp x cp > 1)
+//                + 4 flat all-reduce bucket when dp x cp > 1); with parallel.shard_optimizer
+//                4 + 4 (+ 2) + 16 / (dp x cp): moments, master slice and gradient slice sharded
+//                (+ one flat bucket of parallel.gradient_bucket_mb while reduce-scattering)
 //   K/V state    the longest sequence split into chunks (chunkflow strategy): rows rounded up to
 //                whole chunks x stage layers x 2 (K, V) x kv_heads x head_dim x (compute bytes for
 //                the state + 4 for its float32 gradient accumulators)
@@ -42,7 +44,7 @@ RankMemoryEstimate estimate_rank_memory(const configs::Config& config, int stage
 // Bytes per parameter alive for the whole run, and of one K/V state row over `layers` layers
 // (K and V in the compute dtype + their float32 gradient accumulators): the model-state and K/V
 // terms above, shared with chunkflow-plan's memory model (step_planner.h).
-int64_t model_state_bytes_per_parameter(const configs::Config& config);
+double model_state_bytes_per_parameter(const configs::Config& config);
 // Bytes of one element of model.dtype (the compute dtype): 2 for bfloat16 and float16, 4 for float32.
 int64_t compute_bytes(const configs::ModelConfig& model);
 int64_t kv_state_bytes_per_row(const configs::ModelConfig& model, int64_t layers);

@@ -508,7 +508,8 @@ MemoryEstimate stage_memory(const configs::Config& config, const StepCostModel& 
   estimate.runtime_bytes = static_cast<int64_t>(costs.runtime_bytes);
   // Parameters, gradients, AdamW's two moments, the compute copy under mixed precision, and the
   // flat all-reduce buckets over dp x cp.
-  estimate.model_state_bytes = model_state_bytes_per_parameter(config) * stage_parameter_count(model, stage, stages);
+  estimate.model_state_bytes = static_cast<int64_t>(std::ceil(
+      model_state_bytes_per_parameter(config) * static_cast<double>(stage_parameter_count(model, stage, stages))));
 
   const auto activation = [&](int64_t tokens) {
     const double rows = static_cast<double>(tokens) / cp;  // a cp rank holds its share of the rows

@@ -92,7 +92,8 @@ bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& 
   return parameter.dim() >= 2 && parameter_name.find("norm") == std::string::npos;
 }
 
-std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, const configs::OptimConfig& optim) {
+std::vector<torch::optim::OptimizerParamGroup> optimizer_groups(models::CausalLM& model,
+                                                                 const configs::OptimConfig& optim) {
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& item : model->named_parameters()) {
     (takes_weight_decay(item.key(), item.value()) ? decay : no_decay).push_back(item.value());
@@ -104,8 +105,17 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, con
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, options(optim.weight_decay));
   groups.emplace_back(no_decay, options(0.0));
-  if (optim.fused) return std::make_unique<FusedAdamW>(groups, torch::optim::AdamWOptions(optim.lr));
-  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(optim.lr));
+  return groups;
+}
+
+std::unique_ptr<torch::optim::AdamW> make_adamw(std::vector<torch::optim::OptimizerParamGroup> groups,
+                                                const configs::OptimConfig& optim) {
+  if (optim.fused) return std::make_unique<FusedAdamW>(std::move(groups), torch::optim::AdamWOptions(optim.lr));
+  return std::make_unique<torch::optim::AdamW>(std::move(groups), torch::optim::AdamWOptions(optim.lr));
+}
+
+std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, const configs::OptimConfig& optim) {
+  return make_adamw(optimizer_groups(model, optim), optim);
 }
 
 double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group) {
@@ -137,19 +147,34 @@ double clip_gradients(models::CausalLM& model, double max_norm, parallel::Commun
   return norm;
 }
 
-void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh, parallel::GradientReducer* reducer) {
-  // dp ranks ran different groups and cp ranks different rows of the same chunks: both hold
-  // partial sums of every gradient of their stage.
-  if (reducer != nullptr) {
-    reducer->finish();
-  } else if (mesh.stage_group().size() > 1) {
-    parallel::all_reduce_gradients(model->parameters(), mesh.stage_group());
+double clip_sharded_gradients(parallel::ShardedAdamW& optimizer, models::CausalLM& model, double max_norm,
+                              parallel::DeviceMesh& mesh) {
+  // The last stage's copy of a tied embedding is the first stage's parameter again: counted there.
+  const void* tied_copy = nullptr;
+  if (!model->stage().input_embedding && model->config().tie_word_embeddings) {
+    tied_copy = model->model->embed_tokens->weight.unsafeGetTensorImpl();
   }
+  const auto& parameters = optimizer.parameters();
+  torch::Tensor squares = torch::tensor(
+      {optimizer.gradient_square_sum([&](size_t index) { return parameters[index].unsafeGetTensorImpl() != tied_copy; })},
+      torch::kFloat64);
+  // Each rank holds slices of its stage's gradients; the stages hold the rest of the model.
+  if (mesh.stage_group().size() > 1) mesh.stage_group().all_reduce(squares, parallel::ReduceOp::kSum);
+  if (mesh.pp_group().size() > 1) mesh.pp_group().all_reduce(squares, parallel::ReduceOp::kSum);
+  const double norm = std::sqrt(squares.item<double>());
+  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) optimizer.scale_gradients(max_norm / (norm + 1e-6));
+  return norm;
+}
+
+namespace {
+
+// The first stage's embedding and the last stage's LM head are one matrix: adds the two stages'
+// gradients on both (the optimizers then keep the two copies equal). Pairs the ranks of the two
+// stages with the same dp and cp coordinates, so it is right for whole sums and partial ones alike.
+void add_tied_embedding_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh) {
   parallel::Communicator& pipeline = mesh.pp_group();
   const int stages = pipeline.size(), stage = mesh.coordinates().pp;
   if (stages == 1 || !model->config().tie_word_embeddings || (stage != 0 && stage != stages - 1)) return;
-  // The first stage's embedding and the last stage's LM head are one matrix: add the two
-  // gradients on both (the optimizers then keep the two copies equal).
   torch::Tensor& weight = model->model->embed_tokens->weight;
   if (!weight.grad().defined()) weight.mutable_grad() = torch::zeros_like(weight);
   const int peer = stage == 0 ? stages - 1 : 0;
@@ -160,6 +185,26 @@ void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh, paral
   pipeline.recv(theirs, peer, kTiedEmbeddingTag);
   send->wait();
   weight.mutable_grad().add_(theirs);
+}
+
+}  // namespace
+
+void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh, parallel::GradientReducer* reducer,
+                      parallel::ShardedAdamW* sharded) {
+  // dp ranks ran different groups and cp ranks different rows of the same chunks: both hold
+  // partial sums of every gradient of their stage.
+  if (sharded != nullptr) {
+    // Partial sums first: the tied pair's exchange then reaches every slice through the sum.
+    add_tied_embedding_gradients(model, mesh);
+    sharded->reduce_scatter_gradients();
+    return;
+  }
+  if (reducer != nullptr) {
+    reducer->finish();
+  } else if (mesh.stage_group().size() > 1) {
+    parallel::all_reduce_gradients(model->parameters(), mesh.stage_group());
+  }
+  add_tied_embedding_gradients(model, mesh);
 }
 
 // Keeps the lines of metrics.jsonl whose "step" is at most `last_step` (rewritten atomically).
@@ -266,16 +311,24 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   }
   scheduler_ = std::make_unique<ChunkScheduler>(model_, config_.chunking.resident_chunks, pipeline,
                                                 config_.chunking.recompute_layers);
-  if (mesh_ != nullptr && mesh_->stage_group().size() > 1) {
-    reducer_ = std::make_unique<parallel::GradientReducer>(
-        model_->parameters(), mesh_->stage_group(),
-        static_cast<int64_t>(config_.parallel.gradient_bucket_mb * 1024 * 1024));
+  const auto bucket_bytes = static_cast<int64_t>(config_.parallel.gradient_bucket_mb * 1024 * 1024);
+  if (mesh_ != nullptr && config_.parallel.shard_optimizer) {
+    sharded_optimizer_ = std::make_unique<parallel::ShardedAdamW>(
+        optimizer_groups(model_, config_.optim), mesh_->stage_group(),
+        [&](std::vector<torch::optim::OptimizerParamGroup> slices) { return make_adamw(std::move(slices), config_.optim); },
+        bucket_bytes);
+  } else if (mesh_ != nullptr && mesh_->stage_group().size() > 1) {
+    reducer_ = std::make_unique<parallel::GradientReducer>(model_->parameters(), mesh_->stage_group(), bucket_bytes);
   }
 
   // Resume: weights, optimizer state, RNG and sampler position of the checkpoint (any layout).
   resumed_from_ = resolve_resume(config_);
   if (!resumed_from_.empty()) {
     const checkpoint::Manifest manifest = load_checkpoint(resumed_from_, config_, *dataset_, model_, *optimizer_);
+    if (sharded_optimizer_) {  // keep this rank's slices of the whole state
+      sharded_optimizer_->load_state(optimizer_->state());
+      optimizer_->state().clear();
+    }
     steps_done_ = manifest.step();
     data::SamplerPosition position;
     position.epoch = manifest.sampler().epoch();
@@ -322,12 +375,20 @@ void Trainer::save_checkpoint_now() {
   contents.step = steps_done_;
   contents.model = &model_;
   contents.optimizer = optimizer_.get();
+  // Checkpoints hold whole per-parameter state whatever the layout: gathered for the save only.
+  if (sharded_optimizer_) optimizer_->state() = sharded_optimizer_->gather_state();
   contents.sampler = sampler_->position();
   contents.dataset = dataset_fingerprint(*dataset_, config_.data.path);
   contents.config = &config_;
   contents.counters.set_skipped_steps(skipped_steps_);
   contents.counters.set_consecutive_skipped_steps(consecutive_skipped_);
-  save_checkpoint(contents, world_ != nullptr && world_->size() > 1 ? world_ : nullptr, mesh_.get());
+  try {
+    save_checkpoint(contents, world_ != nullptr && world_->size() > 1 ? world_ : nullptr, mesh_.get());
+  } catch (...) {
+    if (sharded_optimizer_) optimizer_->state().clear();
+    throw;
+  }
+  if (sharded_optimizer_) optimizer_->state().clear();
 }
 
 void Trainer::write_trace() {
@@ -468,8 +529,11 @@ StepMetrics Trainer::train_step() {
   StepMetrics metrics;
   metrics.step = steps_done_ + 1;
   metrics.learning_rate = learning_rate(config_.optim, steps_done_, config_.run.steps);
-  for (auto& group : optimizer_->param_groups()) {
-    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(metrics.learning_rate);
+  for (torch::optim::AdamW* adamw : {optimizer_.get(), sharded_optimizer_ ? &sharded_optimizer_->adamw() : nullptr}) {
+    if (adamw == nullptr) continue;
+    for (auto& group : adamw->param_groups()) {
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(metrics.learning_rate);
+    }
   }
   StepWork work;
   std::vector<PlannedBatch> planned = plan_step(metrics, work);
@@ -589,7 +653,7 @@ void Trainer::reduce_step(StepMetrics& metrics, StepWork& work) {
   const TraceSpan reduce_span(trace_.get(), "gradient all-reduce + loss sums", "communication", TraceRecorder::kStep);
   LossTotals& totals = work.totals;
   const int stages = static_cast<int>(config_.parallel.pp);
-  reduce_gradients(model_, *mesh_, reducer_.get());
+  reduce_gradients(model_, *mesh_, reducer_.get(), sharded_optimizer_.get());
   if (reducer_) metrics.overlapped_buckets = reducer_->overlapped_buckets();
   if (config_.parallel.dp > 1 && config_.parallel.calibrate_costs) {
     // Pool every rank's (work, compute seconds) of this step; rank 0's sums are broadcast so
@@ -637,9 +701,15 @@ void Trainer::apply_update(const std::vector<PlannedBatch>& planned, StepMetrics
   const TraceSpan optimizer_span(trace_.get(), core::str_cat("optimizer step ", metrics.step), "optimizer",
                                   TraceRecorder::kStep);
   metrics.grad_norm =
-      clip_gradients(model_, config_.optim.max_grad_norm, mesh_ != nullptr ? &mesh_->pp_group() : nullptr);
+      sharded_optimizer_
+          ? clip_sharded_gradients(*sharded_optimizer_, model_, config_.optim.max_grad_norm, *mesh_)
+          : clip_gradients(model_, config_.optim.max_grad_norm, mesh_ != nullptr ? &mesh_->pp_group() : nullptr);
   if (std::isfinite(metrics.grad_norm) && std::isfinite(totals.loss_sum)) {
-    optimizer_->step();
+    if (sharded_optimizer_) {
+      sharded_optimizer_->step();
+    } else {
+      optimizer_->step();
+    }
     consecutive_skipped_ = 0;
     metrics.skipped_steps = skipped_steps_;
     return;

@@ -22,6 +22,7 @@
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
 #include "parallel/device_mesh.h"
+#include "parallel/sharded_optimizer.h"
 #include "trainer/chunk_scheduler.h"
 
 namespace chunkflow::trainer {
@@ -73,19 +74,33 @@ bool takes_weight_decay(const std::string& parameter_name, const torch::Tensor& 
 // AdamW with decoupled weight decay, two parameter groups (decay / no decay); FusedAdamW when
 // optim.fused (fused_adamw.h), else LibTorch's per-tensor torch::optim::AdamW.
 std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, const configs::OptimConfig& optim);
+// The two parts of make_optimizer: the model's parameter groups with their options, and the
+// AdamW (fused or not) over given groups (the sharded optimizer's slices, parallel.shard_optimizer).
+std::vector<torch::optim::OptimizerParamGroup> optimizer_groups(models::CausalLM& model,
+                                                                 const configs::OptimConfig& optim);
+std::unique_ptr<torch::optim::AdamW> make_adamw(std::vector<torch::optim::OptimizerParamGroup> groups,
+                                                const configs::OptimConfig& optim);
 
 // Global L2 norm of all gradients; clips them to max_norm when max_norm > 0. Returns the norm
 // before clipping. Under pipeline parallelism `pipeline_group` sums the squares over the stages
 // (a tied embedding held by the last stage too is counted once, on the first).
 double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group = nullptr);
+// The same under parallel.shard_optimizer, from the reduce-scattered gradient slices: their squares
+// are summed over the stage's ranks and the pipeline. Collective over mesh.stage_group() and
+// mesh.pp_group().
+double clip_sharded_gradients(parallel::ShardedAdamW& optimizer, models::CausalLM& model, double max_norm,
+                              parallel::DeviceMesh& mesh);
 
 // After every rank of `mesh` ran its share of a step's backward: sums the gradients of the
 // stage's parameters over the dp and cp groups (partial sums over different chunk groups and
 // different rows of the same chunks) and, for a tied embedding split over pipeline stages, adds
 // the first and last stages' gradients on both. Collective over the mesh.
 // `reducer` (over mesh.stage_group(), possibly armed during the last backward) finishes the dp x
-// cp sum when given; otherwise it is a blocking bucketed all-reduce.
-void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh, parallel::GradientReducer* reducer = nullptr);
+// cp sum when given; otherwise it is a blocking bucketed all-reduce. With `sharded`
+// (parallel.shard_optimizer) the sums are reduce-scattered into its slices instead (the tied
+// embedding's partial sums added first); the parameters' .grad then stay this rank's partial sums.
+void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh, parallel::GradientReducer* reducer = nullptr,
+                      parallel::ShardedAdamW* sharded = nullptr);
 
 class Trainer {
  public:
@@ -150,7 +165,11 @@ class Trainer {
   std::unique_ptr<data::LossMaskDataset> loss_mask_;
   std::unique_ptr<data::GlobalBatchSampler> sampler_;
   models::CausalLM model_{nullptr};
+  // The replicated AdamW; under parallel.shard_optimizer it never steps and holds no state except
+  // while a checkpoint is saved or loaded (the whole per-parameter state passes through it), and
+  // sharded_optimizer_ updates the weights.
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<parallel::ShardedAdamW> sharded_optimizer_;
   std::unique_ptr<ChunkScheduler> scheduler_;
   parallel::Communicator* world_ = nullptr;
   // parallel.backend nccl: the NCCL communicator over world_ that the mesh's groups split from

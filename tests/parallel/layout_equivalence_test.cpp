@@ -299,40 +299,51 @@ TEST(LayoutEquivalenceTest, TrainingRunsReproduceTheSingleRankRunOnEveryLayout) 
   const auto expected = reference.train();
   for (const Layout& layout : layouts_up_to(world.size())) {
     if (layout.ranks() == 1) continue;
-    const std::unique_ptr<Communicator> group = layout_world(world, layout);
-    if (world.rank() < layout.ranks()) {
-      configs::Config config = make_config("layout");
-      config.parallel = parallel_config(layout);
-      // Small buckets: the gradient sum starts bucket by bucket during the last backward.
-      config.parallel.gradient_bucket_mb = 0.004;
-      trainer::Trainer trainer(config, group.get());
-      const auto got = trainer.train();
-      ASSERT_EQ(got.size(), expected.size());
-      for (size_t step = 0; step < got.size(); ++step) {
-        EXPECT_NEAR(got[step].loss, expected[step].loss, 1e-5 * std::abs(expected[step].loss))
-            << layout.name() << " step " << step + 1;
-        EXPECT_NEAR(got[step].grad_norm, expected[step].grad_norm, 1e-5 * expected[step].grad_norm) << layout.name();
-        // Counters are the job's, not multiplied by the ranks that share a chunk.
-        EXPECT_EQ(got[step].tokens, expected[step].tokens) << layout.name();
-        EXPECT_EQ(got[step].loss_tokens, expected[step].loss_tokens) << layout.name();
-        EXPECT_EQ(got[step].far_tokens, expected[step].far_tokens) << layout.name();
-        EXPECT_EQ(got[step].recomputed_chunks, expected[step].recomputed_chunks) << layout.name();
-        if (layout.pp > 1) {
-          EXPECT_TRUE(std::isfinite(got[step].pipeline_bubble_simulated)) << layout.name();
+    // Replicated AdamW, then (where a stage has several ranks) ZeRO-1's sharded AdamW.
+    for (const bool sharded : {false, true}) {
+      if (sharded && layout.dp * layout.cp == 1) continue;
+      const std::string name = layout.name() + (sharded ? " shard_optimizer" : "");
+      const std::unique_ptr<Communicator> group = layout_world(world, layout);
+      if (world.rank() < layout.ranks()) {
+        configs::Config config = make_config("layout");
+        config.parallel = parallel_config(layout);
+        config.parallel.shard_optimizer = sharded;
+        // Small buckets: the gradient sum starts bucket by bucket during the last backward.
+        config.parallel.gradient_bucket_mb = 0.004;
+        trainer::Trainer trainer(config, group.get());
+        const auto got = trainer.train();
+        ASSERT_EQ(got.size(), expected.size());
+        for (size_t step = 0; step < got.size(); ++step) {
+          EXPECT_NEAR(got[step].loss, expected[step].loss, 1e-5 * std::abs(expected[step].loss))
+              << name << " step " << step + 1;
+          EXPECT_NEAR(got[step].grad_norm, expected[step].grad_norm, 1e-5 * expected[step].grad_norm) << name;
+          // Counters are the job's, not multiplied by the ranks that share a chunk.
+          EXPECT_EQ(got[step].tokens, expected[step].tokens) << name;
+          EXPECT_EQ(got[step].loss_tokens, expected[step].loss_tokens) << name;
+          EXPECT_EQ(got[step].far_tokens, expected[step].far_tokens) << name;
+          EXPECT_EQ(got[step].recomputed_chunks, expected[step].recomputed_chunks) << name;
+          if (layout.pp > 1) {
+            EXPECT_TRUE(std::isfinite(got[step].pipeline_bubble_simulated)) << name;
+          }
+          if (layout.dp * layout.cp > 1) {
+            // The sharded optimizer reduce-scatters after the backward (no overlap).
+            if (sharded) {
+              EXPECT_EQ(got[step].overlapped_buckets, 0) << name;
+            } else {
+              EXPECT_GT(got[step].overlapped_buckets, 0) << name;
+            }
+          }
         }
-        if (layout.dp * layout.cp > 1) {
-          EXPECT_GT(got[step].overlapped_buckets, 0) << layout.name();
+        // The weights this rank holds after three optimizer steps equal the single-rank weights.
+        const auto reference_parameters = reference.model()->named_parameters();
+        for (const auto& item : trainer.model()->named_parameters()) {
+          const torch::Tensor& want = reference_parameters[item.key()];
+          EXPECT_LE((item.value() - want).norm().item<double>() / want.norm().item<double>(), 1e-5)
+              << item.key() << " on " << name;
         }
       }
-      // The weights this rank holds after three optimizer steps equal the single-rank weights.
-      const auto reference_parameters = reference.model()->named_parameters();
-      for (const auto& item : trainer.model()->named_parameters()) {
-        const torch::Tensor& want = reference_parameters[item.key()];
-        EXPECT_LE((item.value() - want).norm().item<double>() / want.norm().item<double>(), 1e-5)
-            << item.key() << " on " << layout.name();
-      }
+      world.barrier();
     }
-    world.barrier();
   }
 }
 

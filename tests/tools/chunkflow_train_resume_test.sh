@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Exact resume after SIGKILL, under mpirun, and re-sharding to other layouts:
-#  1. a dp = 2 run with checkpoints every 4 steps is killed with SIGKILL (mpirun and both ranks)
-#     once a few checkpoints exist, possibly in the middle of writing one;
+#  1. a dp = 2 run with the sharded optimizer (parallel.shard_optimizer) and checkpoints every 4
+#     steps is killed with SIGKILL (mpirun and both ranks) once a few checkpoints exist, possibly
+#     in the middle of writing one;
 #  2. resumed from its newest checkpoint C (resume: auto) to step C + 4, every loss equals an
-#     uninterrupted dp = 2 run's (relative 1e-6); so do runs resumed from C on 1 rank and on
-#     pp = 2 (relative 1e-5: other layouts sum in another order);
+#     uninterrupted dp = 2 run's with replicated AdamW (relative 1e-6); so do runs resumed from C
+#     with replicated AdamW on 1 rank and on pp = 2 (relative 1e-5: other layouts sum in another
+#     order);
 #  3. chunkflow-export of the pp = 2 run's checkpoint (two stage shards) loads in transformers and
 #     holds exactly the checkpoint's weights.
 # The learning rate is constant, so a run's steps do not depend on run.steps.
@@ -36,7 +38,7 @@ common=(--config "$work/run.yaml" --set data.path="$work/data/synth" --set model
 
 # 1. Killed run.
 "$mpiexec" -np 2 "$train" "${common[@]}" --set run.output_dir="$work/killed" --set parallel.dp=2 \
-  --set run.steps=100000 --set checkpoint.interval=4 >"$work/killed.out" 2>&1 &
+  --set parallel.shard_optimizer=true --set run.steps=100000 --set checkpoint.interval=4 >"$work/killed.out" 2>&1 &
 mpirun_pid=$!
 checkpoints="$work/killed/resume/checkpoints"
 for _ in $(seq 600); do
@@ -58,7 +60,7 @@ echo "killed after checkpoint $last; resuming at step $resumed_at up to $target"
 "$mpiexec" -np 2 "$train" "${common[@]}" --set run.output_dir="$work/reference" --set parallel.dp=2 \
   --set run.steps="$target" >"$work/reference.out" 2>&1 || { cat "$work/reference.out"; fail "reference run failed"; }
 "$mpiexec" -np 2 "$train" "${common[@]}" --set run.output_dir="$work/killed" --set parallel.dp=2 \
-  --set run.steps="$target" --set checkpoint.resume=auto >"$work/resumed.out" 2>&1 ||
+  --set parallel.shard_optimizer=true --set run.steps="$target" --set checkpoint.resume=auto >"$work/resumed.out" 2>&1 ||
   { cat "$work/resumed.out"; fail "resumed run failed"; }
 grep -q "resumed from .*$last at step $resumed_at" "$work/resumed.out" || { cat "$work/resumed.out"; fail "did not resume from $last"; }
 "$mpiexec" -np 1 "$train" "${common[@]}" --set run.output_dir="$work/single" --set run.steps="$target" \

@@ -54,6 +54,13 @@ TEST(MemoryEstimateTest, ModelStateCountsEveryParameterOfTheStage) {
   EXPECT_EQ(estimate_rank_memory(data_parallel, 0, 100).model_state_bytes,
             estimate_rank_memory(small_config(), 0, 100).parameters * 20)
       << "the flat all-reduce buckets";
+  configs::Config sharded = data_parallel;
+  sharded.parallel.shard_optimizer = true;
+  sharded.parallel.cp = 2;
+  // 4 master + 4 gradient + (8 moments + 4 master slice + 4 gradient slice) / 4 ranks.
+  EXPECT_EQ(estimate_rank_memory(sharded, 0, 100).model_state_bytes,
+            estimate_rank_memory(small_config(), 0, 100).parameters * 12)
+      << "parallel.shard_optimizer over dp x cp = 4 ranks";
 }
 
 TEST(MemoryEstimateTest, KVStateIsWhatTheStoreAllocatesForTheLongestSequence) {
