@@ -90,12 +90,13 @@ RMSNormImpl::RMSNormImpl(int64_t hidden_size, double eps, SharedComputeWeights w
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) { return kernels::rms_norm(x, (*weights_)(weight), eps_); }
 
 AttentionImpl::AttentionImpl(const configs::ModelConfig& config, SharedComputeWeights weights,
-                             kernels::AttentionBackend backend)
-    : heads_(config.num_attention_heads),
-      kv_heads_(config.num_key_value_heads),
+                             kernels::AttentionBackend backend, SharedTensorParallel tp)
+    : heads_(config.num_attention_heads / tp->size),
+      kv_heads_(config.num_key_value_heads / tp->size),
       head_dim_(config.effective_head_dim()),
       weights_(std::move(weights)),
-      backend_(backend) {
+      backend_(backend),
+      tp_(std::move(tp)) {
   const kernels::RopeFrequencies frequencies = rope_frequencies_of(config);
   rope_inv_freq = register_buffer("rope_inv_freq", kernels::rope_inv_freq(frequencies));
   rope_attention_scaling_ = frequencies.attention_scaling;
@@ -108,9 +109,24 @@ AttentionImpl::AttentionImpl(const configs::ModelConfig& config, SharedComputeWe
   o_proj = register_module("o_proj", linear(heads_ * head_dim_, config.hidden_size, o_bias));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const KVPrefix& state,
+namespace {
+
+// Row-parallel output projection: this rank's columns, summed over the tp group, then the bias
+// (added once). Without tensor parallelism, one fused x @ W^T + b.
+torch::Tensor row_parallel(ComputeWeights& weights, const torch::nn::Linear& layer, const torch::Tensor& x,
+                           const TensorParallel& tp) {
+  if (!tp.active()) return project(weights, layer, x);
+  const torch::Tensor summed = tp.sum_over_group(torch::nn::functional::linear(x, weights(layer->weight)));
+  return layer->bias.defined() ? summed + weights(layer->bias) : summed;
+}
+
+}  // namespace
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& layer_input, const ChunkBatch& batch, const KVPrefix& state,
                                      LayerKV* own_kv) {
-  const int64_t tokens = x.size(0);
+  const int64_t tokens = layer_input.size(0);
+  // Column-parallel q/k/v: the input's gradient is summed over the tp group in the backward.
+  const torch::Tensor x = tp_->active() ? tp_->copy_to_group(layer_input) : layer_input;
   const torch::Tensor q =
       kernels::apply_rotary(project(*weights_, q_proj, x).view({tokens, heads_, head_dim_}), batch.positions,
                             rope_inv_freq, rope_attention_scaling_);
@@ -145,24 +161,27 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const ChunkBatch& b
   } else {
     attended = kernels::varlen_attention(q, keys, values, batch.offsets(), scale, backend_);
   }
-  return project(*weights_, o_proj, attended.reshape({tokens, heads_ * head_dim_}));
+  return row_parallel(*weights_, o_proj, attended.reshape({tokens, heads_ * head_dim_}), *tp_);
 }
 
-MLPImpl::MLPImpl(const configs::ModelConfig& config, SharedComputeWeights weights) : weights_(std::move(weights)) {
-  gate_proj = register_module("gate_proj", linear(config.hidden_size, config.intermediate_size, false));
-  up_proj = register_module("up_proj", linear(config.hidden_size, config.intermediate_size, false));
-  down_proj = register_module("down_proj", linear(config.intermediate_size, config.hidden_size, false));
+MLPImpl::MLPImpl(const configs::ModelConfig& config, SharedComputeWeights weights, SharedTensorParallel tp)
+    : weights_(std::move(weights)), tp_(std::move(tp)) {
+  const int64_t intermediate = config.intermediate_size / tp_->size;
+  gate_proj = register_module("gate_proj", linear(config.hidden_size, intermediate, false));
+  up_proj = register_module("up_proj", linear(config.hidden_size, intermediate, false));
+  down_proj = register_module("down_proj", linear(intermediate, config.hidden_size, false));
 }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return project(*weights_, down_proj,
-                 kernels::swiglu(project(*weights_, gate_proj, x), project(*weights_, up_proj, x)));
+torch::Tensor MLPImpl::forward(const torch::Tensor& layer_input) {
+  const torch::Tensor x = tp_->active() ? tp_->copy_to_group(layer_input) : layer_input;
+  return row_parallel(*weights_, down_proj,
+                      kernels::swiglu(project(*weights_, gate_proj, x), project(*weights_, up_proj, x)), *tp_);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const configs::ModelConfig& config, const SharedComputeWeights& weights,
-                                   kernels::AttentionBackend backend) {
-  self_attn = register_module("self_attn", Attention(config, weights, backend));
-  mlp = register_module("mlp", MLP(config, weights));
+                                   kernels::AttentionBackend backend, const SharedTensorParallel& tp) {
+  self_attn = register_module("self_attn", Attention(config, weights, backend, tp));
+  mlp = register_module("mlp", MLP(config, weights, tp));
   input_layernorm = register_module("input_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, weights));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(config.hidden_size, config.rms_norm_eps, weights));
@@ -189,27 +208,32 @@ ModelStage pipeline_stage(const configs::ModelConfig& config, int stage, int sta
 }
 
 DecoderImpl::DecoderImpl(const configs::ModelConfig& config, const ModelStage& stage,
-                         const SharedComputeWeights& weights) {
+                         const SharedComputeWeights& weights, const SharedTensorParallel& tp) {
   const kernels::AttentionBackend backend = kernels::parse_attention_backend(config.attention_backend);
   // The last stage of a tied model needs the embedding matrix as its LM head.
   if (stage.input_embedding || (stage.output_head && config.tie_word_embeddings)) {
-    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(config.vocab_size, config.hidden_size));
+    embed_tokens =
+        register_module("embed_tokens", torch::nn::Embedding(config.vocab_size / tp->size, config.hidden_size));
   }
   layers = register_module("layers", std::make_shared<torch::nn::Module>());
   const int64_t end = stage.end_layer < 0 ? config.num_hidden_layers : stage.end_layer;
   CF_ASSERT(stage.first_layer >= 0 && stage.first_layer <= end && end <= config.num_hidden_layers,
             "stage layers [", stage.first_layer, ", ", end, ") of ", config.num_hidden_layers);
   for (int64_t i = stage.first_layer; i < end; ++i) {
-    layer_list.push_back(DecoderLayer(config, weights, backend));
+    layer_list.push_back(DecoderLayer(config, weights, backend, tp));
     layers->register_module(std::to_string(i), layer_list.back());
   }
   if (stage.output_head) norm = register_module("norm", RMSNorm(config.hidden_size, config.rms_norm_eps, weights));
 }
 
 CausalLMImpl::CausalLMImpl(const configs::ModelConfig& config, const ModelStage& stage,
-                           std::optional<uint64_t> init_seed)
-    : config_(config), stage_(stage) {
+                           std::optional<uint64_t> init_seed, TensorParallel tp)
+    : config_(config), stage_(stage), tp_(std::make_shared<const TensorParallel>(std::move(tp))) {
   config_.validate();
+  check_tensor_parallel(config_, tp_->size);
+  CF_ASSERT(tp_->rank >= 0 && tp_->rank < tp_->size, "tensor-parallel rank ", tp_->rank, " of ", tp_->size);
+  CF_ASSERT(!tp_->active() || (tp_->copy_to_group && tp_->sum_over_group && tp_->all_reduce_sum && tp_->all_reduce_max),
+            "tensor parallelism without its collectives");
   weights_ = std::make_shared<ComputeWeights>(parse_dtype(config_.dtype, "model.dtype"));
   if (!init_seed) {
     // One draw from torch's default generator keeps construction deterministic under
@@ -218,9 +242,9 @@ CausalLMImpl::CausalLMImpl(const configs::ModelConfig& config, const ModelStage&
     init_seed = static_cast<uint64_t>(torch::randint(0, int64_t{1} << 62, {1}, torch::kInt64).item<int64_t>());
   }
   if (stage_.end_layer < 0) stage_.end_layer = config_.num_hidden_layers;
-  model = register_module("model", Decoder(config_, stage_, weights_));
+  model = register_module("model", Decoder(config_, stage_, weights_, tp_));
   if (stage_.output_head && !config_.tie_word_embeddings) {
-    lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size, false));
+    lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size / tp_->size, false));
   }
   initialize_parameters(*init_seed);
 }
@@ -240,7 +264,17 @@ void CausalLMImpl::initialize_parameters(uint64_t init_seed) {
       uint64_t hash = 1469598103934665603ull;
       for (const char c : name) hash = (hash ^ static_cast<uint8_t>(c)) * 1099511628211ull;
       at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(init_seed ^ hash);
-      parameter.normal_(0.0, config_.initializer_range, generator);
+      const int dim = tensor_parallel_dim(name);
+      if (!tp_->active() || dim < 0) {
+        parameter.normal_(0.0, config_.initializer_range, generator);
+        continue;
+      }
+      // This rank's slice of the whole parameter's draw: tp ranks then hold the single-rank values.
+      std::vector<int64_t> whole_shape = parameter.sizes().vec();
+      whole_shape[static_cast<size_t>(dim)] *= tp_->size;
+      const torch::Tensor whole =
+          torch::empty(whole_shape, parameter.options()).normal_(0.0, config_.initializer_range, generator);
+      parameter.copy_(tensor_parallel_slice(whole, name, tp_->rank, tp_->size));
     }
   }
 }
@@ -254,7 +288,14 @@ torch::Tensor CausalLMImpl::embed(const ChunkBatch& batch) {
   CF_ASSERT(stage_.input_embedding, "this pipeline stage does not embed tokens");
   // Gathered from the float32 table and then rounded: the same values as gathering from a rounded
   // table, and the backward scatters float32 gradients without a [vocab, hidden] transient.
-  return weights_->activations(model->embed_tokens(batch.input_ids));
+  if (!tp_->active()) return weights_->activations(model->embed_tokens(batch.input_ids));
+  // Vocabulary-parallel: this rank's rows look up their tokens, other tokens get zeros, and the sum
+  // over the tp group holds every token's row.
+  const int64_t rows = model->embed_tokens->weight.size(0);
+  const torch::Tensor local_ids = batch.input_ids - rows * tp_->rank;
+  const torch::Tensor held = local_ids.ge(0).logical_and(local_ids.lt(rows));
+  const torch::Tensor looked_up = model->embed_tokens(local_ids.clamp(0, rows - 1)) * held.unsqueeze(1);
+  return weights_->activations(tp_->sum_over_group(looked_up));
 }
 
 namespace {
@@ -335,6 +376,9 @@ ChunkForward CausalLMImpl::forward_chunk(const ChunkBatch& batch, const std::vec
 }
 
 torch::Tensor CausalLMImpl::loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels, bool labels_checked) {
+  if (tp_->active()) {
+    return vocab_parallel_loss_sum(tp_->copy_to_group(hidden), lm_head_weight(), labels, *tp_, kLossTileTokens);
+  }
   return kernels::tiled_cross_entropy_sum(hidden, lm_head_weight(), labels, kLossTileTokens, labels_checked);
 }
 

@@ -16,6 +16,7 @@
 #include "configs/model_config.h"
 #include "models/chunk_batch.h"
 #include "models/mixed_precision.h"
+#include "models/tensor_parallel.h"
 #include "kernels/attention_torch.h"
 #include "kernels/rope_frequencies.h"
 
@@ -46,6 +47,9 @@ torch::Tensor attach_prefix(const torch::Tensor& own, const torch::Tensor& state
 // compute-dtype copy under mixed precision (models/mixed_precision.h); activations between them
 // are in the compute dtype. One ComputeWeights is shared by the whole model.
 using SharedComputeWeights = std::shared_ptr<ComputeWeights>;
+// The model's tensor-parallel group (models/tensor_parallel.h), shared by its modules; size 1
+// without tensor parallelism.
+using SharedTensorParallel = std::shared_ptr<const TensorParallel>;
 
 // The model section's RoPE scaling keys as the kernels' RopeScaling.
 kernels::RopeScaling rope_scaling_of(const configs::ModelConfig& config);
@@ -73,7 +77,10 @@ TORCH_MODULE(RMSNorm);
 class AttentionImpl : public torch::nn::Module {
  public:
   // backend: model.attention_backend (kernels::AttentionBackend), resolved per call.
-  AttentionImpl(const configs::ModelConfig& config, SharedComputeWeights weights, kernels::AttentionBackend backend);
+  // Under tensor parallelism the module holds this rank's heads and K/V heads (q/k/v rows, o_proj
+  // columns) and sums o_proj's output over the group before adding its bias.
+  AttentionImpl(const configs::ModelConfig& config, SharedComputeWeights weights, kernels::AttentionBackend backend,
+                SharedTensorParallel tp);
   // x [tokens, hidden]; state: the split sequence's K/V state for the batch's first segment
   // (undefined tensors for a standalone chunk). Queries and keys are rotated by batch.positions
   // (kernels::apply_rotary with the config's RoPE scaling). Writes this chunk's own K/V into
@@ -85,28 +92,31 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor rope_inv_freq;
 
  private:
-  int64_t heads_, kv_heads_, head_dim_;
+  int64_t heads_, kv_heads_, head_dim_;  // this tp rank's
   double rope_attention_scaling_;
   SharedComputeWeights weights_;
   kernels::AttentionBackend backend_;
+  SharedTensorParallel tp_;
 };
 TORCH_MODULE(Attention);
 
 class MLPImpl : public torch::nn::Module {
  public:
-  MLPImpl(const configs::ModelConfig& config, SharedComputeWeights weights);
+  // Under tensor parallelism: this rank's intermediate_size / tp columns of the MLP.
+  MLPImpl(const configs::ModelConfig& config, SharedComputeWeights weights, SharedTensorParallel tp);
   torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x)), the product fused
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
  private:
   SharedComputeWeights weights_;
+  SharedTensorParallel tp_;
 };
 TORCH_MODULE(MLP);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const configs::ModelConfig& config, const SharedComputeWeights& weights,
-                   kernels::AttentionBackend backend);
+                   kernels::AttentionBackend backend, const SharedTensorParallel& tp);
   torch::Tensor forward(const torch::Tensor& x, const ChunkBatch& batch, const KVPrefix& state, LayerKV* own_kv);
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
@@ -134,7 +144,8 @@ ModelStage pipeline_stage(const configs::ModelConfig& config, int stage, int sta
 // index in their names ("layers.5") whichever stage holds them.
 class DecoderImpl : public torch::nn::Module {
  public:
-  DecoderImpl(const configs::ModelConfig& config, const ModelStage& stage, const SharedComputeWeights& weights);
+  DecoderImpl(const configs::ModelConfig& config, const ModelStage& stage, const SharedComputeWeights& weights,
+              const SharedTensorParallel& tp);
   torch::nn::Embedding embed_tokens{nullptr};  // null on stages that neither embed nor tie the head to it
   std::shared_ptr<torch::nn::Module> layers;
   RMSNorm norm{nullptr};                       // null unless the stage has the output head
@@ -155,8 +166,10 @@ class CausalLMImpl : public torch::nn::Module {
   // from its own generator seeded by init_seed and the parameter's name, so every stage of a
   // pipeline holds exactly the values the whole model would; without init_seed the seed is drawn
   // from torch's default generator (deterministic under torch::manual_seed).
+  // tp: tensor parallelism (models/tensor_parallel.h); this rank then holds its slice of every
+  // split parameter, initialized to the same values as that slice of the whole model.
   explicit CausalLMImpl(const configs::ModelConfig& config, const ModelStage& stage = {},
-                        std::optional<uint64_t> init_seed = std::nullopt);
+                        std::optional<uint64_t> init_seed = std::nullopt, TensorParallel tp = {});
 
   // The whole model on one chunk (needs a stage with embedding and head). state: empty for a
   // standalone chunk, else one KVPrefix per layer with rows == batch.prefix_len.
@@ -179,11 +192,13 @@ class CausalLMImpl : public torch::nn::Module {
   int64_t stage_layers() const { return static_cast<int64_t>(model->layer_list.size()); }
   const ModelStage& stage() const { return stage_; }
   // Summed token cross-entropy of hidden [tokens, hidden] against labels [tokens] (-100 ignored),
-  // computed in token tiles through the LM head (never the whole chunk x vocab in fp32).
+  // computed in token tiles through the LM head (never the whole chunk x vocab in fp32). Under
+  // tensor parallelism: vocab_parallel_loss_sum, the same sum on every tp rank.
   // labels_checked: every label is known to be in [0, vocab) or -100 (ChunkBatch::labels_checked),
   // which spares the CUDA path a device-to-host check.
   torch::Tensor loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels, bool labels_checked = false);
-  // The LM head matrix [vocab, hidden] (the embedding when tied), in the compute dtype.
+  // The LM head matrix [vocab, hidden] (the embedding when tied; this rank's vocab / tp rows under
+  // tensor parallelism), in the compute dtype.
   torch::Tensor lm_head_weight();
 
   // Normal(0, initializer_range) for projections and embeddings, ones for norms, zero biases;
@@ -191,6 +206,9 @@ class CausalLMImpl : public torch::nn::Module {
   void initialize_parameters(uint64_t init_seed);
 
   const configs::ModelConfig& config() const { return config_; }
+  const TensorParallel& tensor_parallel() const { return *tp_; }
+  // K/V heads this rank holds (num_key_value_heads / tp): the width of its K/V state.
+  int64_t local_kv_heads() const { return config_.num_key_value_heads / tp_->size; }
   // The compute-dtype weights (mixed precision) shared by the modules.
   ComputeWeights& compute_weights() { return *weights_; }
   // Activations' dtype: config.dtype.
@@ -203,6 +221,7 @@ class CausalLMImpl : public torch::nn::Module {
   configs::ModelConfig config_;
   ModelStage stage_;
   SharedComputeWeights weights_;
+  SharedTensorParallel tp_;
 };
 TORCH_MODULE(CausalLM);
 

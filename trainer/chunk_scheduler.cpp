@@ -107,7 +107,7 @@ class StageRun {
       found = states_
                   .emplace(where.group_index,
                            KVStateStore(model_->stage_layers(), where.group->chunk_count * plan_.chunk_size(),
-                                        config.num_key_value_heads, config.effective_head_dim(),
+                                        model_->local_kv_heads(), config.effective_head_dim(),
                                         torch::TensorOptions().dtype(model_->compute_dtype()).device(device),
                                         torch::TensorOptions().dtype(torch::kFloat).device(device)))
                   .first;
