@@ -17,6 +17,22 @@ void Config::validate() const {
                                     model.num_hidden_layers, "), got ", parallel.pp,
                                     "; every pipeline stage needs at least one layer"));
   }
+  // Tensor parallelism splits every layer's heads and MLP and the vocabulary over tp ranks. (A model
+  // read from model.init_from is checked when it is built, models::check_tensor_parallel.)
+  if (parallel.tp > 1 && model.init_from.empty()) {
+    const std::vector<std::pair<const char*, int64_t>> split = {
+        {"model.num_attention_heads", model.num_attention_heads},
+        {"model.num_key_value_heads", model.num_key_value_heads},
+        {"model.intermediate_size", model.intermediate_size},
+        {"model.vocab_size", model.vocab_size}};
+    for (const auto& [key, value] : split) {
+      if (value % parallel.tp == 0) continue;
+      throw ConfigError(std::vector<std::string>{"parallel.tp", key},
+                        core::str_cat("parallel.tp = ", parallel.tp, " splits every layer's heads, MLP and the "
+                                      "vocabulary over ", parallel.tp, " ranks, but ", key, " = ", value,
+                                      " is not a multiple of ", parallel.tp));
+    }
+  }
   // Padding tokens would need their own place in the context-parallel split of a chunk.
   if (chunking.strategy == "pad_to_longest" && parallel.cp > 1) {
     throw ConfigError(std::vector<std::string>{"chunking.strategy", "parallel.cp"},

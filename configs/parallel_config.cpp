@@ -10,7 +10,7 @@
 namespace chunkflow::configs {
 namespace {
 
-const std::vector<std::string> kAxes = {"dp", "cp", "pp"};
+const std::vector<std::string> kAxes = {"dp", "cp", "pp", "tp"};
 
 std::string trim(const std::string& text) {
   const auto first = text.find_first_not_of(" \t");
@@ -31,7 +31,7 @@ std::vector<std::string> ParallelConfig::axis_order() const {
     if (comma == std::string::npos) break;
     start = comma + 1;
   }
-  const std::string rule = "a comma-separated permutation of dp,cp,pp";
+  const std::string rule = "a comma-separated permutation of dp,cp,pp (and tp, innermost when left out)";
   for (const auto& axis : axes) {
     if (std::find(kAxes.begin(), kAxes.end(), axis) == kAxes.end()) {
       throw ConfigError("parallel.order",
@@ -44,8 +44,11 @@ std::vector<std::string> ParallelConfig::axis_order() const {
                                               " appears more than once");
     }
   }
+  if (axes.size() == kAxes.size() - 1 && std::find(axes.begin(), axes.end(), "tp") == axes.end()) {
+    axes.push_back("tp");
+  }
   check_field(axes.size() == kAxes.size(), "parallel.order", rule, order,
-              "name every axis once, e.g. \"dp,cp,pp\"");
+              "name dp, cp and pp once each, e.g. \"dp,cp,pp\"");
   return axes;
 }
 
@@ -53,6 +56,7 @@ void ParallelConfig::validate() const {
   check_field(dp >= 1, "parallel.dp", ">= 1", dp);
   check_field(cp >= 1, "parallel.cp", ">= 1", cp);
   check_field(pp >= 1, "parallel.pp", ">= 1", pp);
+  check_field(tp >= 1, "parallel.tp", ">= 1", tp);
   axis_order();
   check_one_of("parallel.backend", backend, {"auto", "mpi", "nccl"});
   check_field(pipeline_extra_in_flight >= 0, "parallel.pipeline_extra_in_flight", ">= 0", pipeline_extra_in_flight);
@@ -63,12 +67,12 @@ void ParallelConfig::validate() const {
 void ParallelConfig::check_world(int64_t world) const {
   if (world_size() == world) return;
   std::string hint;
-  if (world > 0 && cp >= 1 && pp >= 1 && world % (cp * pp) == 0) {
-    hint = core::str_cat("set parallel.dp to ", world / (cp * pp), " (= ", world, " / (cp x pp)) or ");
+  if (world > 0 && cp >= 1 && pp >= 1 && tp >= 1 && world % (cp * pp * tp) == 0) {
+    hint = core::str_cat("set parallel.dp to ", world / (cp * pp * tp), " (= ", world, " / (cp x pp x tp)) or ");
   }
   throw ConfigError(
-      std::vector<std::string>{"parallel.dp", "parallel.cp", "parallel.pp"},
-      core::str_cat("parallel: dp (", dp, ") x cp (", cp, ") x pp (", pp, ") = ", world_size(),
+      std::vector<std::string>{"parallel.dp", "parallel.cp", "parallel.pp", "parallel.tp"},
+      core::str_cat("parallel: dp (", dp, ") x cp (", cp, ") x pp (", pp, ") x tp (", tp, ") = ", world_size(),
                     " ranks, but the job has ", world, " ranks; ", hint, "launch ", world_size(),
                     " ranks (mpirun -np ", world_size(), ")"));
 }

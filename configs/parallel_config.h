@@ -1,4 +1,4 @@
-// The `parallel` section: the dp x cp x pp mesh, its rank order and the communication backend.
+// The `parallel` section: the dp x cp x pp x tp mesh, its rank order and the communication backend.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +13,7 @@ struct ParallelConfig {
   int64_t dp = 1;
   int64_t cp = 1;
   int64_t pp = 1;
+  int64_t tp = 1;
   std::string order = "dp,cp,pp";
   std::string backend = "auto";
   // Gradient all-reduce over the dp x cp ranks of a stage: flattened buckets of this many MiB,
@@ -38,15 +39,18 @@ struct ParallelConfig {
   // Throws ConfigError naming parallel.<key> when a rule is broken.
   void validate() const;
 
-  // dp x cp x pp.
-  int64_t world_size() const { return dp * cp * pp; }
+  // dp x cp x pp x tp.
+  int64_t world_size() const { return dp * cp * pp * tp; }
 
-  // The axes of `order`, outermost first, e.g. {"dp", "cp", "pp"}. Throws ConfigError naming
-  // parallel.order unless it is a permutation of dp, cp, pp (spaces around names are allowed).
+  // The axes of `order`, outermost first, always ending with all four, e.g. {"dp", "cp", "pp",
+  // "tp"}: tp, when `order` leaves it out, is the innermost axis (tp ranks on consecutive ranks,
+  // hence on one machine, as its two sums per layer want). Throws ConfigError naming
+  // parallel.order unless it names dp, cp and pp once each, and tp at most once (spaces around
+  // names are allowed).
   std::vector<std::string> axis_order() const;
 
   // Throws ConfigError naming every degree unless world_size() == `world` (the job's rank count):
-  // "parallel: dp (2) x cp (1) x pp (4) = 8 ranks, but the job has 6 ranks; ...".
+  // "parallel: dp (2) x cp (1) x pp (4) x tp (1) = 8 ranks, but the job has 6 ranks; ...".
   void check_world(int64_t world) const;
 
   bool operator==(const ParallelConfig&) const = default;
@@ -57,7 +61,8 @@ struct ParallelConfig {
     visit("dp", self.dp, "data-parallel degree");
     visit("cp", self.cp, "context-parallel degree (splits each chunk's tokens)");
     visit("pp", self.pp, "pipeline-parallel degree (stages of contiguous layers)");
-    visit("order", self.order, "rank layout, outermost axis first: a permutation of dp,cp,pp");
+    visit("tp", self.tp, "tensor-parallel degree (splits every layer's heads and MLP, and the vocabulary)");
+    visit("order", self.order, "rank layout, outermost axis first: a permutation of dp,cp,pp (tp innermost unless named)");
     visit("backend", self.backend, "auto | mpi | nccl");
     visit("gradient_bucket_mb", self.gradient_bucket_mb, "gradient all-reduce bucket size in MiB");
     visit("overlap_gradient_reduce", self.overlap_gradient_reduce,

@@ -349,17 +349,20 @@ void load_hf_weights(CausalLM& model, const std::string& directory) {
   std::map<std::string, std::vector<std::string>> by_shard;
   for (const auto& parameter : parameters) by_shard[weight_map.at(parameter.key())].push_back(parameter.key());
   torch::NoGradGuard no_grad;
+  const TensorParallel& tp = model->tensor_parallel();
   for (const auto& [file, names] : by_shard) {
     const SafetensorsFile shard(file);
     for (const auto& name : names) {
       torch::Tensor target = parameters[name];
       const SafetensorsEntry& entry = shard.entry(name);
-      CF_CHECK(entry.shape == target.sizes().vec(), file, ": tensor '", name, "' has shape ", shape_text(entry.shape),
-               " but the model (from config.json) needs ", shape_text(target.sizes().vec()));
+      // Under tensor parallelism this rank keeps its slice of the whole tensor.
+      const std::vector<int64_t> whole_shape = tensor_parallel_whole_shape(target.sizes().vec(), name, tp.size);
+      CF_CHECK(entry.shape == whole_shape, file, ": tensor '", name, "' has shape ", shape_text(entry.shape),
+               " but the model (from config.json) needs ", shape_text(whole_shape));
       CF_CHECK(entry.dtype == torch::kFloat || entry.dtype == torch::kBFloat16 || entry.dtype == torch::kHalf ||
                    entry.dtype == torch::kDouble,
                file, ": tensor '", name, "' has dtype ", entry.dtype, "; weights must be floating point");
-      target.copy_(shard.load(name).to(target.scalar_type()));
+      target.copy_(tensor_parallel_slice(shard.load(name), name, tp.rank, tp.size).to(target.scalar_type()));
     }
   }
 }

@@ -101,6 +101,12 @@ torch::Tensor tensor_parallel_slice(const torch::Tensor& whole, const std::strin
   return whole.narrow(dim, part * rank, part).contiguous();
 }
 
+std::vector<int64_t> tensor_parallel_whole_shape(std::vector<int64_t> local, const std::string& name, int size) {
+  const int dim = tensor_parallel_dim(name);
+  if (dim >= 0) local[static_cast<size_t>(dim)] *= size;
+  return local;
+}
+
 void check_tensor_parallel(const configs::ModelConfig& config, int size) {
   CF_CHECK(size >= 1, "parallel.tp must be >= 1, got ", size);
   const std::vector<std::pair<const char*, int64_t>> split = {

@@ -20,6 +20,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "configs/model_config.h"
 
@@ -43,6 +44,8 @@ int tensor_parallel_dim(const std::string& name);
 
 // Rank `rank`'s slice of `whole` (the parameter `name` of the whole model), contiguous.
 torch::Tensor tensor_parallel_slice(const torch::Tensor& whole, const std::string& name, int rank, int size);
+// The whole model's shape of parameter `name` whose slice on each of `size` ranks has `local` shape.
+std::vector<int64_t> tensor_parallel_whole_shape(std::vector<int64_t> local, const std::string& name, int size);
 
 // Throws core::Error naming parallel.tp and the model key when `size` ranks cannot split the model:
 // num_attention_heads, num_key_value_heads, intermediate_size and vocab_size must be multiples of it.

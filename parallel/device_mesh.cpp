@@ -11,6 +11,7 @@ namespace {
 int& coordinate(MeshCoordinates& coordinates, const std::string& axis) {
   if (axis == "dp") return coordinates.dp;
   if (axis == "cp") return coordinates.cp;
+  if (axis == "tp") return coordinates.tp;
   CF_ASSERT(axis == "pp", "unknown axis ", axis);
   return coordinates.pp;
 }
@@ -18,6 +19,7 @@ int& coordinate(MeshCoordinates& coordinates, const std::string& axis) {
 int degree(const configs::ParallelConfig& config, const std::string& axis) {
   if (axis == "dp") return static_cast<int>(config.dp);
   if (axis == "cp") return static_cast<int>(config.cp);
+  if (axis == "tp") return static_cast<int>(config.tp);
   return static_cast<int>(config.pp);
 }
 
@@ -57,7 +59,8 @@ DeviceMesh::DeviceMesh(const configs::ParallelConfig& config, Communicator& worl
   dp_group_ = axis_group(world, config, coordinates_, "dp");
   cp_group_ = axis_group(world, config, coordinates_, "cp");
   pp_group_ = axis_group(world, config, coordinates_, "pp");
-  stage_group_ = world.split(coordinates_.pp, world.rank());
+  tp_group_ = axis_group(world, config, coordinates_, "tp");
+  stage_group_ = world.split(coordinates_.pp * static_cast<int>(config.tp) + coordinates_.tp, world.rank());
 }
 
 }  // namespace chunkflow::parallel

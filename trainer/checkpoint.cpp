@@ -31,6 +31,16 @@
 namespace chunkflow::trainer {
 namespace {
 
+// The whole tensor of parameter `name` (or of its AdamW moments) from every tp rank's slice: an
+// all-gather along the dimension tensor parallelism splits (models/tensor_parallel.h). Collective
+// over `tensor_group` for split parameters; `slice` itself otherwise.
+torch::Tensor whole_tensor(const std::string& name, const torch::Tensor& slice, parallel::Communicator* tensor_group) {
+  const int dim = models::tensor_parallel_dim(name);
+  if (tensor_group == nullptr || tensor_group->size() == 1 || dim < 0) return slice;
+  if (dim == 0) return tensor_group->all_gather(slice.contiguous());
+  return tensor_group->all_gather(slice.transpose(0, 1).contiguous()).transpose(0, 1).contiguous();
+}
+
 constexpr const char* kManifestFile = "manifest.pb";
 // manifest.pb = this 8-byte magic, the payload's CRC-32C (u32 little-endian), the serialized
 // Manifest. Protobuf parsing accepts many corruptions silently; the checksum does not.
@@ -153,35 +163,48 @@ void write_checkpoint(const CheckpointContents& contents, parallel::Communicator
   }
   barrier();
 
-  // The dp = cp = 0 rank of each stage writes the stage's shard.
+  // The dp = cp = 0 ranks of each stage assemble whole tensors from their tp slices; the first of
+  // them writes the stage's shard.
   const int stage = mesh != nullptr ? mesh->coordinates().pp : 0;
   torch::Tensor shard_sums = torch::zeros({config.parallel.pp, 2}, torch::kLong);  // [stage] = (bytes, crc32c)
-  const bool writes_shard = mesh == nullptr || (mesh->coordinates().dp == 0 && mesh->coordinates().cp == 0);
-  if (writes_shard) {
+  const bool assembles = mesh == nullptr || (mesh->coordinates().dp == 0 && mesh->coordinates().cp == 0);
+  const bool writes_shard = assembles && (mesh == nullptr || mesh->coordinates().tp == 0);
+  parallel::Communicator* tensor_group = mesh != nullptr ? &mesh->tp_group() : nullptr;
+  const auto whole = [&](const std::string& parameter, const torch::Tensor& slice) {
+    return whole_tensor(parameter, slice, tensor_group);
+  };
+  if (assembles) {
     // Normally rank 0 made it; a rank that does not see it does not share the file system.
     CF_CHECK(core::path_exists(partial_dir), "checkpoint.dir ", root, ": rank ", world != nullptr ? world->rank() : 0,
              " does not see the folder rank 0 created (", partial_dir,
              "); checkpoints need a folder every rank shares (a shared file system)");
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
+    // Every assembling rank takes part in each gather; only the writer keeps the result.
+    const auto keep = [&](const std::string& key, const torch::Tensor& tensor) {
+      if (writes_shard) tensors.emplace_back(key, tensor);
+    };
     auto& optimizer_state = contents.optimizer->state();
     for (const auto& parameter : (*contents.model)->named_parameters()) {
-      tensors.emplace_back("model/" + parameter.key(), parameter.value().detach());
+      keep("model/" + parameter.key(), whole(parameter.key(), parameter.value().detach()));
       const auto found = optimizer_state.find(parameter.value().unsafeGetTensorImpl());
       if (found == optimizer_state.end()) continue;  // no step taken yet for this parameter
       const auto& state = static_cast<const torch::optim::AdamWParamState&>(*found->second);
-      tensors.emplace_back("optim/" + parameter.key() + "/exp_avg", state.exp_avg());
-      tensors.emplace_back("optim/" + parameter.key() + "/exp_avg_sq", state.exp_avg_sq());
-      tensors.emplace_back("optim/" + parameter.key() + "/step", torch::tensor(state.step(), torch::kLong));
+      keep("optim/" + parameter.key() + "/exp_avg", whole(parameter.key(), state.exp_avg()));
+      keep("optim/" + parameter.key() + "/exp_avg_sq", whole(parameter.key(), state.exp_avg_sq()));
+      keep("optim/" + parameter.key() + "/step", torch::tensor(state.step(), torch::kLong));
       if (state.max_exp_avg_sq().defined()) {
-        tensors.emplace_back("optim/" + parameter.key() + "/max_exp_avg_sq", state.max_exp_avg_sq());
+        keep("optim/" + parameter.key() + "/max_exp_avg_sq",
+                             whole(parameter.key(), state.max_exp_avg_sq()));
       }
     }
-    tensors.emplace_back("rng/torch_cpu", at::detail::getDefaultCPUGenerator().get_state());
-    const models::SafetensorsWritten written = models::save_safetensors(
-        partial_dir + "/" + shard_file_name(stage), tensors,
-        {{"step", std::to_string(contents.step)}, {"pipeline_stage", std::to_string(stage)}});
-    shard_sums[stage][0] = static_cast<int64_t>(written.bytes);
-    shard_sums[stage][1] = static_cast<int64_t>(written.crc32c);
+    if (writes_shard) {
+      tensors.emplace_back("rng/torch_cpu", at::detail::getDefaultCPUGenerator().get_state());
+      const models::SafetensorsWritten written = models::save_safetensors(
+          partial_dir + "/" + shard_file_name(stage), tensors,
+          {{"step", std::to_string(contents.step)}, {"pipeline_stage", std::to_string(stage)}});
+      shard_sums[stage][0] = static_cast<int64_t>(written.bytes);
+      shard_sums[stage][1] = static_cast<int64_t>(written.crc32c);
+    }
   }
   // Every writer's size and CRC-32C reach rank 0 (a sum: each stage's row is non-zero on its
   // writer only), so rank 0 records the shards without reading them back; this also waits
@@ -206,6 +229,7 @@ void write_checkpoint(const CheckpointContents& contents, parallel::Communicator
     manifest.mutable_layout()->set_dp(config.parallel.dp);
     manifest.mutable_layout()->set_cp(config.parallel.cp);
     manifest.mutable_layout()->set_pp(config.parallel.pp);
+    manifest.mutable_layout()->set_tp(config.parallel.tp);
     manifest.mutable_layout()->set_world_size(world != nullptr ? world->size() : 1);
     manifest.mutable_sampler()->set_epoch(contents.sampler.epoch);
     manifest.mutable_sampler()->set_cursor(contents.sampler.cursor);
@@ -413,17 +437,24 @@ checkpoint::Manifest load_checkpoint(const std::string& directory, const configs
   });
   torch::NoGradGuard no_grad;
   auto& optimizer_state = optimizer.state();
+  // Checkpoints hold whole tensors; under tensor parallelism this rank keeps its slice of each.
+  const models::TensorParallel& tp = model->tensor_parallel();
   for (const auto& parameter : parameters) {
     const auto found = tensors.find("model/" + parameter.key());
     CF_CHECK(found != tensors.end(), "checkpoint ", directory, " has no tensor model/", parameter.key());
-    CF_CHECK(found->second.sizes() == parameter.value().sizes(), "checkpoint ", directory, ": model/", parameter.key(),
-             " has shape ", found->second.sizes(), ", the model needs ", parameter.value().sizes());
-    parameter.value().copy_(found->second);
+    const std::vector<int64_t> whole_shape =
+        models::tensor_parallel_whole_shape(parameter.value().sizes().vec(), parameter.key(), tp.size);
+    CF_CHECK(found->second.sizes().vec() == whole_shape, "checkpoint ", directory, ": model/", parameter.key(),
+             " has shape ", found->second.sizes(), ", the model needs ", c10::IntArrayRef(whole_shape));
+    const auto slice = [&](const torch::Tensor& stored) {
+      return models::tensor_parallel_slice(stored, parameter.key(), tp.rank, tp.size);
+    };
+    parameter.value().copy_(slice(found->second));
     const std::string prefix = "optim/" + parameter.key() + "/";
     if (!tensors.count(prefix + "step")) continue;
     // A fresh copy on the parameter's device (a GPU run resumes with its AdamW state on the GPU).
     const auto moment = [&](const std::string& name) {
-      const torch::Tensor& stored = tensors.at(prefix + name);
+      const torch::Tensor stored = slice(tensors.at(prefix + name));
       return stored.to(parameter.value().device(), stored.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
     };
     auto state = std::make_unique<torch::optim::AdamWParamState>();

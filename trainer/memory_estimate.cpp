@@ -55,16 +55,17 @@ double model_state_bytes_per_parameter(const configs::Config& config) {
   return weights_and_gradients + 8 + (stage_ranks > 1 ? 4 : 0);
 }
 
-int64_t kv_state_bytes_per_row(const configs::ModelConfig& model, int64_t layers) {
+int64_t kv_state_bytes_per_row(const configs::ModelConfig& model, int64_t layers, int64_t tp) {
   // K and V in the compute dtype, their gradient accumulators in float32 (trainer/kv_state_store.h).
-  return layers * 2 * model.num_key_value_heads * model.effective_head_dim() * (compute_bytes(model) + 4);
+  return layers * 2 * (model.num_key_value_heads / tp) * model.effective_head_dim() * (compute_bytes(model) + 4);
 }
 
-int64_t activation_bytes_per_layer_token(const configs::ModelConfig& model) {
+int64_t activation_bytes_per_layer_token(const configs::ModelConfig& model, int64_t tp) {
   const int64_t head_dim = model.effective_head_dim();
   const int64_t q_width = model.num_attention_heads * head_dim, kv_width = model.num_key_value_heads * head_dim;
-  return compute_bytes(model) * (4 * model.hidden_size + 2 * q_width + 2 * kv_width + 3 * model.intermediate_size) +
-         4 * (model.num_attention_heads + 2);
+  // Without sequence parallelism the hidden-sized tensors stay whole on every tp rank.
+  return compute_bytes(model) * (4 * model.hidden_size + (2 * q_width + 2 * kv_width + 3 * model.intermediate_size) / tp) +
+         4 * (model.num_attention_heads / tp + 2);
 }
 
 int64_t activation_bytes_per_head_token(const configs::ModelConfig& model) {
@@ -77,7 +78,8 @@ RankMemoryEstimate estimate_rank_memory(const configs::Config& config, int stage
   const models::ModelStage part = models::pipeline_stage(model, stage, stages);
   const int64_t layers = part.end_layer - part.first_layer;
   RankMemoryEstimate estimate;
-  estimate.parameters = stage_parameter_count(model, stage, stages);
+  const int64_t tp = config.parallel.tp;
+  estimate.parameters = stage_parameter_count(model, stage, stages, tp);
   estimate.model_state_bytes =
       static_cast<int64_t>(std::ceil(static_cast<double>(estimate.parameters) * model_state_bytes_per_parameter(config)));
 
@@ -85,13 +87,13 @@ RankMemoryEstimate estimate_rank_memory(const configs::Config& config, int stage
   const int64_t chunk_size = chunking.chunk_size;
   if (chunking.strategy == "chunkflow" && longest_sequence > chunk_size) {
     const int64_t rows = ceil_div(longest_sequence, chunk_size) * chunk_size;
-    estimate.kv_state_bytes = rows * kv_state_bytes_per_row(model, layers);
+    estimate.kv_state_bytes = rows * kv_state_bytes_per_row(model, layers, tp);
   }
   estimate.chunks_in_flight = std::max<int64_t>(chunking.resident_chunks, stages - stage);
   const int64_t tokens_per_chunk = chunking.strategy == "pad_to_longest"
                                        ? chunking.micro_batch_sequences * longest_sequence
                                        : chunk_size;
-  const int64_t per_token = layers * activation_bytes_per_layer_token(model) +
+  const int64_t per_token = layers * activation_bytes_per_layer_token(model, tp) +
                             (part.output_head ? activation_bytes_per_head_token(model) : 0);
   const double cp = static_cast<double>(config.parallel.cp);  // a cp rank holds its share of the rows
   estimate.activation_bytes = static_cast<int64_t>(static_cast<double>(estimate.chunks_in_flight * tokens_per_chunk) /

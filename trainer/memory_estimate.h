@@ -17,6 +17,9 @@
 // Bytes per layer-token: compute bytes x (4 hidden + 2 q width + 2 kv width + 3 intermediate)
 // (the norms' inputs and outputs, q, own K/V, attention output, gate, up and their product) +
 // float32 x (query heads + 2) (log-sum-exp and the norms' rstd); per head-token: 2 hidden + 4.
+// Under tensor parallelism (parallel.tp) a rank holds 1/tp of the split parameters (projections,
+// embeddings; norms stay whole), of the K/V heads and of the q, K/V, attention and MLP widths;
+// hidden-sized activations stay whole (no sequence parallelism yet).
 #pragma once
 
 #include <torch/types.h>
@@ -47,11 +50,11 @@ RankMemoryEstimate estimate_rank_memory(const configs::Config& config, int stage
 double model_state_bytes_per_parameter(const configs::Config& config);
 // Bytes of one element of model.dtype (the compute dtype): 2 for bfloat16 and float16, 4 for float32.
 int64_t compute_bytes(const configs::ModelConfig& model);
-int64_t kv_state_bytes_per_row(const configs::ModelConfig& model, int64_t layers);
+int64_t kv_state_bytes_per_row(const configs::ModelConfig& model, int64_t layers, int64_t tp = 1);
 
 // Bytes one decoder layer keeps per token for its backward, and the final norm + LM head + loss
 // per token (see the file comment).
-int64_t activation_bytes_per_layer_token(const configs::ModelConfig& model);
+int64_t activation_bytes_per_layer_token(const configs::ModelConfig& model, int64_t tp = 1);
 int64_t activation_bytes_per_head_token(const configs::ModelConfig& model);
 
 struct DeviceMemory {

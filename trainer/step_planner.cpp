@@ -480,17 +480,21 @@ int64_t MemoryEstimate::total_bytes() const {
   return runtime_bytes + model_state_bytes + activation_bytes + kv_state_bytes + kept_input_bytes;
 }
 
-int64_t stage_parameter_count(const configs::ModelConfig& model, int stage, int stages) {
+int64_t stage_parameter_count(const configs::ModelConfig& model, int stage, int stages, int64_t tp) {
   const models::ModelStage part = models::pipeline_stage(model, stage, stages);
   const int64_t hidden = model.hidden_size;
   const int64_t q_width = model.num_attention_heads * model.effective_head_dim();
   const int64_t kv_width = model.num_key_value_heads * model.effective_head_dim();
-  int64_t layer = hidden * q_width + 2 * hidden * kv_width + q_width * hidden + 3 * hidden * model.intermediate_size +
-                  2 * hidden;
+  // Split over tp ranks: projections (and q/k/v biases), embeddings; whole on each: norms, o_proj's bias.
+  int64_t split = hidden * q_width + 2 * hidden * kv_width + q_width * hidden + 3 * hidden * model.intermediate_size;
+  int64_t whole = 2 * hidden;
   // Llama's attention_bias covers o_proj too; Qwen2 has q/k/v biases only (models/transformer.cpp).
-  if (model.attention_bias) layer += q_width + 2 * kv_width + (model.family == "llama" ? hidden : 0);
-  int64_t count = (part.end_layer - part.first_layer) * layer;
-  const int64_t embedding = model.vocab_size * hidden;
+  if (model.attention_bias) {
+    split += q_width + 2 * kv_width;
+    whole += model.family == "llama" ? hidden : 0;
+  }
+  int64_t count = (part.end_layer - part.first_layer) * (split / tp + whole);
+  const int64_t embedding = model.vocab_size * hidden / tp;
   if (part.input_embedding || (part.output_head && model.tie_word_embeddings)) count += embedding;
   if (part.output_head) count += hidden + (model.tie_word_embeddings ? 0 : embedding);
   return count;
@@ -571,6 +575,10 @@ CandidatePrediction predict_candidate(const configs::Config& config, const StepL
   CF_CHECK(candidate.chunk_size >= 1, "chunk sizes must be >= 1, got ", candidate.chunk_size);
   CF_CHECK(candidate.resident_chunks >= 1, "resident_chunks must be >= 1, got ", candidate.resident_chunks);
   CF_CHECK(!steps.empty(), "the planner needs at least one sampled step");
+  // Its costs and memory probes are measured on one process; tensor parallelism's split layers and
+  // per-layer sums are not modelled yet.
+  CF_CHECK(config.parallel.tp == 1, "chunkflow-plan does not model tensor parallelism yet (parallel.tp = ",
+           config.parallel.tp, "); plan with parallel.tp = 1: the trainer's memory estimate at start-up covers tp");
   const configs::ModelConfig& model = config.model;
   const int stages = static_cast<int>(config.parallel.pp), dp = static_cast<int>(config.parallel.dp);
   const double cp = static_cast<double>(config.parallel.cp);

@@ -132,7 +132,7 @@ struct MemoryEstimate {
 
 // Parameters of pipeline stage `stage` of `stages` (embedding on the first stage, final norm and
 // LM head on the last; a tied model's last stage holds the embedding as its head).
-int64_t stage_parameter_count(const configs::ModelConfig& model, int stage, int stages);
+int64_t stage_parameter_count(const configs::ModelConfig& model, int stage, int stages, int64_t tp = 1);
 
 // Peak memory of `stage` running `schedule` (pipeline_schedule's ops of that stage) for `plan`.
 MemoryEstimate stage_memory(const configs::Config& config, const StepCostModel& costs, const data::ChunkPlan& plan,

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -30,6 +31,7 @@
 #include "parallel/context_parallel.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline_schedule.h"
+#include "parallel/tensor_parallel.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device_setup.h"
 #include "trainer/flops.h"
@@ -118,15 +120,44 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(models::CausalLM& model, con
   return make_adamw(optimizer_groups(model, optim), optim);
 }
 
-double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group) {
+namespace {
+
+// Parameters whose gradient another rank counts in the global norm: the last stage's copy of a
+// tied embedding (the first stage's parameter again) and, on tp ranks other than the first, the
+// parameters every tp rank holds whole (norms, o_proj's bias).
+std::unordered_set<const void*> counted_elsewhere(models::CausalLM& model) {
+  std::unordered_set<const void*> elsewhere;
+  const bool tp_copy = model->tensor_parallel().rank != 0;
+  for (const auto& item : model->named_parameters()) {
+    const bool tied_copy = !model->stage().input_embedding && item.key() == "model.embed_tokens.weight";
+    if (tied_copy || (tp_copy && models::tensor_parallel_dim(item.key()) < 0)) {
+      elsewhere.insert(item.value().unsafeGetTensorImpl());
+    }
+  }
+  return elsewhere;
+}
+
+// Sums a rank's share of the squared gradient norm over the tp ranks (each holds slices) and the
+// pipeline stages (each holds layers).
+double global_square_sum(double squares, parallel::Communicator* pipeline_group, parallel::Communicator* tensor_group) {
+  torch::Tensor total = torch::tensor({squares}, torch::kFloat64);
+  for (parallel::Communicator* group : {tensor_group, pipeline_group}) {
+    if (group != nullptr && group->size() > 1) group->all_reduce(total, parallel::ReduceOp::kSum);
+  }
+  return total.item<double>();
+}
+
+}  // namespace
+
+double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group,
+                      parallel::Communicator* tensor_group) {
+  const std::unordered_set<const void*> elsewhere = counted_elsewhere(model);
   std::vector<torch::Tensor> gradients, counted;
   for (const auto& item : model->named_parameters()) {
     const torch::Tensor& gradient = item.value().grad();
     if (!gradient.defined()) continue;
     gradients.push_back(gradient);
-    // The last stage's copy of a tied embedding is the first stage's parameter again.
-    const bool tied_copy = !model->stage().input_embedding && item.key() == "model.embed_tokens.weight";
-    if (!tied_copy) counted.push_back(gradient);
+    if (!elsewhere.count(item.value().unsafeGetTensorImpl())) counted.push_back(gradient);
   }
   // Per-tensor norms in one multi-tensor kernel (float32 accumulation), summed in float64; one
   // device-to-host read for the whole model (the optimizer step needs the norm on the host).
@@ -134,12 +165,7 @@ double clip_gradients(models::CausalLM& model, double max_norm, parallel::Commun
   if (!counted.empty()) {
     squares = torch::stack(at::_foreach_norm(counted, 2)).to(torch::kFloat64).square().sum().item<double>();
   }
-  if (pipeline_group != nullptr && pipeline_group->size() > 1) {
-    torch::Tensor total = torch::tensor({squares}, torch::kFloat64);
-    pipeline_group->all_reduce(total, parallel::ReduceOp::kSum);
-    squares = total.item<double>();
-  }
-  const double norm = std::sqrt(squares);
+  const double norm = std::sqrt(global_square_sum(squares, pipeline_group, tensor_group));
   if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
     torch::NoGradGuard no_grad;
     at::_foreach_mul_(gradients, max_norm / (norm + 1e-6));
@@ -149,19 +175,16 @@ double clip_gradients(models::CausalLM& model, double max_norm, parallel::Commun
 
 double clip_sharded_gradients(parallel::ShardedAdamW& optimizer, models::CausalLM& model, double max_norm,
                               parallel::DeviceMesh& mesh) {
-  // The last stage's copy of a tied embedding is the first stage's parameter again: counted there.
-  const void* tied_copy = nullptr;
-  if (!model->stage().input_embedding && model->config().tie_word_embeddings) {
-    tied_copy = model->model->embed_tokens->weight.unsafeGetTensorImpl();
-  }
+  const std::unordered_set<const void*> elsewhere = counted_elsewhere(model);
   const auto& parameters = optimizer.parameters();
-  torch::Tensor squares = torch::tensor(
-      {optimizer.gradient_square_sum([&](size_t index) { return parameters[index].unsafeGetTensorImpl() != tied_copy; })},
-      torch::kFloat64);
-  // Each rank holds slices of its stage's gradients; the stages hold the rest of the model.
+  torch::Tensor squares = torch::tensor({optimizer.gradient_square_sum([&](size_t index) {
+                                          return !elsewhere.count(parameters[index].unsafeGetTensorImpl());
+                                        })},
+                                        torch::kFloat64);
+  // Each rank holds slices of its stage's gradients, the tp ranks slices of the parameters, the
+  // stages the rest of the model.
   if (mesh.stage_group().size() > 1) mesh.stage_group().all_reduce(squares, parallel::ReduceOp::kSum);
-  if (mesh.pp_group().size() > 1) mesh.pp_group().all_reduce(squares, parallel::ReduceOp::kSum);
-  const double norm = std::sqrt(squares.item<double>());
+  const double norm = std::sqrt(global_square_sum(squares.item<double>(), &mesh.pp_group(), &mesh.tp_group()));
   if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) optimizer.scale_gradients(max_norm / (norm + 1e-6));
   return norm;
 }
@@ -338,7 +361,8 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
     skipped_steps_ = manifest.counters().skipped_steps();
     consecutive_skipped_ = manifest.counters().consecutive_skipped_steps();
     core::log_info("resumed from ", resumed_from_, " at step ", steps_done_, " (saved with dp ",
-                   manifest.layout().dp(), " cp ", manifest.layout().cp(), " pp ", manifest.layout().pp(), ")");
+                   manifest.layout().dp(), " cp ", manifest.layout().cp(), " pp ", manifest.layout().pp(), " tp ",
+                   std::max<int64_t>(manifest.layout().tp(), 1), ")");
   } else if (config_.checkpoint.resume == "auto") {
     core::log_info("checkpoint.resume = auto: no checkpoint in ", config_.checkpoint_dir(), ", starting fresh");
   }
@@ -349,7 +373,11 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
 void Trainer::build_model(const models::ModelStage& stage) {
   // Every stage draws the same initialization seed, so a pipeline holds the single-rank weights.
   torch::manual_seed(static_cast<uint64_t>(config_.run.seed));
-  model_ = models::CausalLM(config_.model, stage);
+  // Tensor parallelism: this rank's slice of every split parameter (the same values as the slice
+  // of the single-rank model).
+  models::TensorParallel tp;
+  if (mesh_ != nullptr && config_.parallel.tp > 1) tp = parallel::tensor_parallel_group(mesh_->tp_group());
+  model_ = models::CausalLM(config_.model, stage, std::nullopt, std::move(tp));
   if (!config_.model.init_from.empty()) {
     models::load_hf_weights(model_, config_.model.init_from);
     core::log_info("loaded ", model_->parameters().size(), " weight tensors from ", config_.model.init_from);
@@ -667,12 +695,15 @@ void Trainer::reduce_step(StepMetrics& metrics, StepWork& work) {
   // figures travel as one CPU tensor whatever the training device.
   const double simulated_bubble =
       work.simulated_busy > 0 ? 1.0 - work.simulated_busy / (stages * work.simulated_seconds) : 0.0;
-  torch::Tensor sums = torch::tensor({totals.loss_sum, static_cast<double>(totals.loss_tokens), totals.far_loss_sum,
-                                      static_cast<double>(totals.far_tokens), static_cast<double>(totals.real_tokens),
-                                      // Every cp rank recomputes the same chunks: count them once.
-                                      static_cast<double>(mesh_->coordinates().cp == 0 ? totals.chunk_recomputes : 0),
-                                      totals.busy_seconds, simulated_bubble},
-                                     torch::kFloat64);
+  // The tp ranks of a chunk compute the same loss and count the same tokens: the first counts them.
+  const double tp_share = mesh_->coordinates().tp == 0 ? 1.0 : 0.0;
+  torch::Tensor sums = torch::tensor(
+      {tp_share * totals.loss_sum, tp_share * static_cast<double>(totals.loss_tokens), tp_share * totals.far_loss_sum,
+       tp_share * static_cast<double>(totals.far_tokens), tp_share * static_cast<double>(totals.real_tokens),
+       // Every cp rank recomputes the same chunks: count them once.
+       tp_share * static_cast<double>(mesh_->coordinates().cp == 0 ? totals.chunk_recomputes : 0),
+       totals.busy_seconds, simulated_bubble},
+      torch::kFloat64);
   world_->all_reduce(sums, parallel::ReduceOp::kSum);
   const double* summed = sums.data_ptr<double>();
   totals.loss_sum = summed[0];
@@ -703,7 +734,8 @@ void Trainer::apply_update(const std::vector<PlannedBatch>& planned, StepMetrics
   metrics.grad_norm =
       sharded_optimizer_
           ? clip_sharded_gradients(*sharded_optimizer_, model_, config_.optim.max_grad_norm, *mesh_)
-          : clip_gradients(model_, config_.optim.max_grad_norm, mesh_ != nullptr ? &mesh_->pp_group() : nullptr);
+          : clip_gradients(model_, config_.optim.max_grad_norm, mesh_ != nullptr ? &mesh_->pp_group() : nullptr,
+                           mesh_ != nullptr ? &mesh_->tp_group() : nullptr);
   if (std::isfinite(metrics.grad_norm) && std::isfinite(totals.loss_sum)) {
     if (sharded_optimizer_) {
       sharded_optimizer_->step();

@@ -83,11 +83,14 @@ std::unique_ptr<torch::optim::AdamW> make_adamw(std::vector<torch::optim::Optimi
 
 // Global L2 norm of all gradients; clips them to max_norm when max_norm > 0. Returns the norm
 // before clipping. Under pipeline parallelism `pipeline_group` sums the squares over the stages
-// (a tied embedding held by the last stage too is counted once, on the first).
-double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group = nullptr);
+// (a tied embedding held by the last stage too is counted once, on the first); under tensor
+// parallelism `tensor_group` sums them over the tp ranks (parameters every tp rank holds whole are
+// counted once, on the first).
+double clip_gradients(models::CausalLM& model, double max_norm, parallel::Communicator* pipeline_group = nullptr,
+                      parallel::Communicator* tensor_group = nullptr);
 // The same under parallel.shard_optimizer, from the reduce-scattered gradient slices: their squares
-// are summed over the stage's ranks and the pipeline. Collective over mesh.stage_group() and
-// mesh.pp_group().
+// are summed over the stage's ranks, the tp ranks and the pipeline. Collective over
+// mesh.stage_group(), mesh.tp_group() and mesh.pp_group().
 double clip_sharded_gradients(parallel::ShardedAdamW& optimizer, models::CausalLM& model, double max_norm,
                               parallel::DeviceMesh& mesh);
 

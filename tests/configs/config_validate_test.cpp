@@ -86,6 +86,11 @@ TEST(ConfigValidateTest, EveryBrokenRuleNamesItsDottedKeyAndValue) {
       {"zero dp", [](Config& c) { c.parallel.dp = 0; }, "parallel.dp", {"parallel.dp must be >= 1, got 0"}},
       {"zero cp", [](Config& c) { c.parallel.cp = 0; }, "parallel.cp", {"got 0"}},
       {"zero pp", [](Config& c) { c.parallel.pp = 0; }, "parallel.pp", {"got 0"}},
+      {"zero tp", [](Config& c) { c.parallel.tp = 0; }, "parallel.tp", {"parallel.tp must be >= 1, got 0"}},
+      {"tp not dividing the heads", [](Config& c) { c.parallel.tp = 3; }, "parallel.tp",
+       {"parallel.tp = 3", "is not a multiple of 3"}},
+      {"order naming tp but missing pp", [](Config& c) { c.parallel.order = "dp,cp,tp"; }, "parallel.order",
+       {"name dp, cp and pp once each"}},
       {"order missing an axis", [](Config& c) { c.parallel.order = "dp,cp"; }, "parallel.order", {"permutation of dp,cp,pp", "\"dp,cp\""}},
       {"order repeating an axis", [](Config& c) { c.parallel.order = "dp,dp,pp"; }, "parallel.order", {"dp appears more than once"}},
       {"order with unknown axis", [](Config& c) { c.parallel.order = "dp,cq,pp"; }, "parallel.order", {"unknown axis \"cq\"", "did you mean 'cp'?"}},
@@ -139,6 +144,8 @@ TEST(ConfigValidateTest, BoundaryValuesAreAccepted) {
       {"one stage per layer", [](Config& c) { c.parallel.pp = c.model.num_hidden_layers; }},
       {"nccl on cuda", [](Config& c) { c.parallel.backend = "nccl"; c.run.device = "cuda"; }},
       {"order with spaces", [](Config& c) { c.parallel.order = "pp, dp, cp"; }},
+      {"tp dividing heads, K/V heads, MLP and vocabulary", [](Config& c) { c.parallel.tp = 2; }},
+      {"order naming tp", [](Config& c) { c.parallel.order = "tp,dp,cp,pp"; }},
       {"checkpoint only at the end", [](Config& c) { c.checkpoint.interval = 0; }},
   };
   for (const auto& [what, mutate] : cases) {
@@ -170,9 +177,9 @@ TEST(ParallelConfigTest, WorldMismatchNamesEveryDegreeAndSuggestsAFit) {
   parallel.dp = 2;
   parallel.pp = 4;
   const ConfigError error = config_error_of([&] { parallel.check_world(6); });
-  expect_contains(error.what(), {"parallel: dp (2) x cp (1) x pp (4) = 8 ranks, but the job has 6 ranks",
+  expect_contains(error.what(), {"parallel: dp (2) x cp (1) x pp (4) x tp (1) = 8 ranks, but the job has 6 ranks",
                                  "mpirun -np 8"});
-  EXPECT_EQ(error.keys(), (std::vector<std::string>{"parallel.dp", "parallel.cp", "parallel.pp"}));
+  EXPECT_EQ(error.keys(), (std::vector<std::string>{"parallel.dp", "parallel.cp", "parallel.pp", "parallel.tp"}));
 
   const ConfigError fits = config_error_of([&] { parallel.check_world(12); });
   expect_contains(fits.what(), {"set parallel.dp to 3"});
@@ -180,9 +187,11 @@ TEST(ParallelConfigTest, WorldMismatchNamesEveryDegreeAndSuggestsAFit) {
 
 TEST(ParallelConfigTest, AxisOrderFollowsTheConfiguredPermutation) {
   ParallelConfig parallel;
-  EXPECT_EQ(parallel.axis_order(), (std::vector<std::string>{"dp", "cp", "pp"}));
+  EXPECT_EQ(parallel.axis_order(), (std::vector<std::string>{"dp", "cp", "pp", "tp"})) << "tp innermost when unnamed";
   parallel.order = "pp, dp,cp";
-  EXPECT_EQ(parallel.axis_order(), (std::vector<std::string>{"pp", "dp", "cp"}));
+  EXPECT_EQ(parallel.axis_order(), (std::vector<std::string>{"pp", "dp", "cp", "tp"}));
+  parallel.order = "tp,pp,dp,cp";
+  EXPECT_EQ(parallel.axis_order(), (std::vector<std::string>{"tp", "pp", "dp", "cp"}));
 }
 
 TEST(ConfigTest, CheckpointDirDefaultsUnderTheRunFolder) {

@@ -96,6 +96,6 @@ grep -q "r0\] done: 3 steps" "$work/train.out" || { cat "$work/train.out" >&2; f
 status=0
 "$launch" --ranks 2 --config "$work/run.yaml" "${tiny[@]}" --set parallel.dp=3 >"$work/train.out" 2>&1 || status=$?
 [ "$status" -ne 0 ] || fail "dp=3 on 2 ranks succeeded"
-grep -q "dp (3) x cp (1) x pp (1) = 3 ranks, but the job has 2 ranks" "$work/train.out" ||
+grep -q "dp (3) x cp (1) x pp (1) x tp (1) = 3 ranks, but the job has 2 ranks" "$work/train.out" ||
   { cat "$work/train.out" >&2; fail "no message about dp x cp x pp against the rank count"; }
 echo "chunkflow-launch: mistakes refused, command and environment as documented, 2-rank run trained"

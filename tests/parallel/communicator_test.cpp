@@ -124,6 +124,16 @@ TEST(DeviceMeshTest, LayoutPutsTheInnermostAxisOnConsecutiveRanks) {
   EXPECT_EQ(mesh_coordinates(1, swapped), (MeshCoordinates{1, 0, 0}));
   const auto big = layout(2, 3, 4, "cp,dp,pp");
   for (int rank = 0; rank < 24; ++rank) EXPECT_EQ(mesh_rank(mesh_coordinates(rank, big), big), rank);
+  // tp, unless named, is innermost: tensor-parallel peers are consecutive ranks.
+  auto tensor_parallel = layout(2, 1, 2, "dp,cp,pp");
+  tensor_parallel.tp = 2;
+  EXPECT_EQ(mesh_coordinates(1, tensor_parallel), (MeshCoordinates{0, 0, 0, 1}));
+  EXPECT_EQ(mesh_coordinates(2, tensor_parallel), (MeshCoordinates{0, 0, 1, 0}));
+  EXPECT_EQ(mesh_coordinates(4, tensor_parallel), (MeshCoordinates{1, 0, 0, 0}));
+  tensor_parallel.order = "tp,dp,cp,pp";
+  EXPECT_EQ(mesh_coordinates(1, tensor_parallel), (MeshCoordinates{0, 0, 1, 0}));
+  EXPECT_EQ(mesh_coordinates(4, tensor_parallel), (MeshCoordinates{0, 0, 0, 1}));
+  for (int rank = 0; rank < 8; ++rank) EXPECT_EQ(mesh_rank(mesh_coordinates(rank, tensor_parallel), tensor_parallel), rank);
 }
 
 TEST(DeviceMeshTest, GroupsReduceOnlyAlongTheirAxis) {

@@ -1,8 +1,8 @@
 // Exactness across parallel layouts (design brief section 8): under `mpirun -np 4`, every layout
-// dp in {1,2} x cp in {1,2} x pp in {1,2,4} that fits in 4 ranks gives the loss and every
-// parameter gradient of plain unchunked single-rank training, to 1e-5 relative (fp32), on random
-// batches that mix packed, split and tiny sequences at odd chunk sizes; and whole training runs
-// reproduce the single-rank run's losses and weights.
+// dp in {1,2} x cp in {1,2} x pp in {1,2,4} x tp in {1,2} that fits in 4 ranks gives the loss and
+// every parameter gradient of plain unchunked single-rank training (a tp rank: its slice of each),
+// to 1e-5 relative (fp32), on random batches that mix packed, split and tiny sequences at odd
+// chunk sizes; and whole training runs reproduce the single-rank run's losses and weights.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -19,6 +19,7 @@
 #include "parallel/context_parallel.h"
 #include "parallel/data_parallel.h"
 #include "parallel/device_mesh.h"
+#include "parallel/tensor_parallel.h"
 #include "tests/support/gpu_skip.h"
 #include "tests/support/mpi_test_main.h"
 #include "tests/support/reference_model.h"
@@ -31,27 +32,40 @@ namespace chunkflow::parallel {
 namespace {
 
 struct Layout {
-  int64_t dp, cp, pp;
+  int64_t dp, cp, pp, tp = 1;
   std::string order = "dp,pp,cp";
-  int64_t ranks() const { return dp * cp * pp; }
+  int64_t ranks() const { return dp * cp * pp * tp; }
   std::string name() const {
-    return "dp" + std::to_string(dp) + " cp" + std::to_string(cp) + " pp" + std::to_string(pp) + " (" + order + ")";
+    return "dp" + std::to_string(dp) + " cp" + std::to_string(cp) + " pp" + std::to_string(pp) + " tp" +
+           std::to_string(tp) + " (" + order + ")";
   }
 };
 
 std::vector<Layout> layouts_up_to(int ranks) {
   std::vector<Layout> layouts;
-  for (const int64_t dp : {1, 2}) {
-    for (const int64_t cp : {1, 2}) {
-      for (const int64_t pp : {1, 2, 4}) {
-        if (dp * cp * pp <= ranks) layouts.push_back({dp, cp, pp});
+  for (const int64_t tp : {1, 2}) {
+    for (const int64_t dp : {1, 2}) {
+      for (const int64_t cp : {1, 2}) {
+        for (const int64_t pp : {1, 2, 4}) {
+          if (dp * cp * pp * tp <= ranks) layouts.push_back({dp, cp, pp, tp});
+        }
       }
     }
   }
-  // Another axis order, so that group construction is not tied to one layout of ranks.
-  if (ranks >= 4) layouts.push_back({2, 1, 2, "pp,dp,cp"});
-  if (ranks >= 4) layouts.push_back({1, 2, 2, "cp,pp,dp"});
+  // Other axis orders, so that group construction is not tied to one layout of ranks.
+  if (ranks >= 4) layouts.push_back({2, 1, 2, 1, "pp,dp,cp"});
+  if (ranks >= 4) layouts.push_back({1, 2, 2, 1, "cp,pp,dp"});
+  if (ranks >= 4) layouts.push_back({2, 1, 1, 2, "tp,dp,cp,pp"});
   return layouts;
+}
+
+// The case's model made splittable over the layout's tp ranks (an even vocabulary, at least two
+// K/V heads); the same on every rank.
+configs::ModelConfig for_layout(configs::ModelConfig config, const Layout& layout) {
+  if (layout.tp == 1) return config;
+  config.vocab_size += config.vocab_size % layout.tp == 0 ? 0 : layout.tp - config.vocab_size % layout.tp;
+  config.num_key_value_heads = std::max<int64_t>(config.num_key_value_heads, layout.tp);
+  return config;
 }
 
 // The ranks of `world` below `layout.ranks()` form the layout's world; the others get a group of
@@ -66,6 +80,7 @@ configs::ParallelConfig parallel_config(const Layout& layout) {
   config.dp = layout.dp;
   config.cp = layout.cp;
   config.pp = layout.pp;
+  config.tp = layout.tp;
   config.order = layout.order;
   config.validate();
   return config;
@@ -145,7 +160,8 @@ CaseErrors run_layout_case(Communicator& layout_world, const Layout& layout, con
   DeviceMesh mesh(parallel, layout_world);
   const MeshCoordinates& at = mesh.coordinates();
   const models::ModelStage stage = models::pipeline_stage(config, at.pp, static_cast<int>(layout.pp));
-  models::CausalLM model(config, stage, init_seed);
+  models::CausalLM model(config, stage, init_seed,
+                         layout.tp > 1 ? tensor_parallel_group(mesh.tp_group()) : models::TensorParallel{});
   const data::TokenReader reader = [&](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
     for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(batch[static_cast<size_t>(sequence)].tokens[static_cast<size_t>(begin + i)]);
   };
@@ -163,7 +179,10 @@ CaseErrors run_layout_case(Communicator& layout_world, const Layout& layout, con
   const trainer::LossTotals totals = scheduler.run_groups(plan, assignment.groups_of_rank[static_cast<size_t>(at.dp)], source,
                                                           1.0 / static_cast<double>(plan.loss_tokens()));
   trainer::reduce_gradients(model, mesh);
-  torch::Tensor sums = torch::tensor({totals.loss_sum, static_cast<double>(totals.loss_tokens)}, torch::kFloat64);
+  // tp ranks compute the same loss: the first counts it.
+  const double tp_share = at.tp == 0 ? 1.0 : 0.0;
+  torch::Tensor sums =
+      torch::tensor({tp_share * totals.loss_sum, tp_share * static_cast<double>(totals.loss_tokens)}, torch::kFloat64);
   layout_world.all_reduce(sums, ReduceOp::kSum);
   EXPECT_EQ(static_cast<int64_t>(sums[1].item<double>()), plan.loss_tokens()) << layout.name();
 
@@ -193,19 +212,23 @@ CaseErrors run_layout_case(Communicator& layout_world, const Layout& layout, con
     model_numel += item.value().numel();
   }
   const double model_norm = std::sqrt(model_squares);
+  // A tp rank holds a slice of each split parameter: it is compared with that slice.
+  const auto slice = [&](const std::string& name, const torch::Tensor& whole) {
+    return models::tensor_parallel_slice(whole, name, at.tp, static_cast<int>(layout.tp));
+  };
   for (const auto& item : model->named_parameters()) {
     EXPECT_TRUE(item.value().grad().defined()) << item.key() << " has no gradient on " << layout.name();
     if (!item.value().grad().defined()) continue;
     const torch::Tensor got = item.value().grad().to(torch::kFloat64);
-    const double error = gradient_error(got, single_parameters[item.key()].grad().to(torch::kFloat64),
-                                        exact[item.key()].grad(), model_norm, model_numel);
+    const torch::Tensor exact_gradient = slice(item.key(), exact[item.key()].grad());
+    const double error = gradient_error(got, slice(item.key(), single_parameters[item.key()].grad().to(torch::kFloat64)),
+                                        exact_gradient, model_norm, model_numel);
     if (error > errors.gradient) {
       errors.gradient = error;
       errors.worst_parameter = item.key();
     }
-    errors.exact_gradient = std::max(errors.exact_gradient, gradient_error(got, exact[item.key()].grad(),
-                                                                           exact[item.key()].grad(), model_norm,
-                                                                           model_numel));
+    errors.exact_gradient = std::max(
+        errors.exact_gradient, gradient_error(got, exact_gradient, exact_gradient, model_norm, model_numel));
   }
   return errors;
 }
@@ -228,7 +251,7 @@ TEST(LayoutEquivalenceTest, EveryLayoutGivesTheSingleRankLossAndGradients) {
     const std::unique_ptr<Communicator> group = layout_world(world, layout);
     for (int trial = 0; trial < kTrialsPerLayout; ++trial) {
       // Every rank draws the same case (the rng is replicated), members or not.
-      const configs::ModelConfig config = random_model(rng);
+      const configs::ModelConfig config = for_layout(random_model(rng), layout);
       const int64_t chunk_size = std::vector<int64_t>{5, 13, 24}[rng.below(3)];
       const int64_t resident_chunks = 1 + static_cast<int64_t>(rng.below(2));
       const auto batch = random_batch(rng, chunk_size, config.vocab_size);
@@ -337,7 +360,9 @@ TEST(LayoutEquivalenceTest, TrainingRunsReproduceTheSingleRankRunOnEveryLayout) 
         // The weights this rank holds after three optimizer steps equal the single-rank weights.
         const auto reference_parameters = reference.model()->named_parameters();
         for (const auto& item : trainer.model()->named_parameters()) {
-          const torch::Tensor& want = reference_parameters[item.key()];
+          const torch::Tensor want =
+              models::tensor_parallel_slice(reference_parameters[item.key()], item.key(), trainer.model()->tensor_parallel().rank,
+                                            static_cast<int>(layout.tp));
           EXPECT_LE((item.value() - want).norm().item<double>() / want.norm().item<double>(), 1e-5)
               << item.key() << " on " << name;
         }

@@ -12,6 +12,7 @@
 #include "tests/support/expect_error.h"
 #include "tests/support/mpi_test_main.h"
 #include "tests/support/test_seed.h"
+#include "trainer/step_planner.h"
 
 namespace chunkflow::parallel {
 namespace {
@@ -49,6 +50,10 @@ TEST(TensorParallelTest, EveryRankHoldsItsSliceOfTheSingleRankWeights) {
       EXPECT_TRUE(torch::equal(item.value(), want)) << item.key() << " variant " << variant;
     }
     EXPECT_EQ(split->local_kv_heads(), config.num_key_value_heads / world.size());
+    // The memory estimate's parameter count of a tp rank.
+    int64_t held = 0;
+    for (const auto& parameter : split->parameters()) held += parameter.numel();
+    EXPECT_EQ(trainer::stage_parameter_count(config, 0, 1, world.size()), held) << "variant " << variant;
   }
 }
 

@@ -5,8 +5,9 @@
 #     in the middle of writing one;
 #  2. resumed from its newest checkpoint C (resume: auto) to step C + 4, every loss equals an
 #     uninterrupted dp = 2 run's with replicated AdamW (relative 1e-6); so do runs resumed from C
-#     with replicated AdamW on 1 rank and on pp = 2 (relative 1e-5: other layouts sum in another
-#     order);
+#     with replicated AdamW on 1 rank, on pp = 2 and on tp = 2 (relative 1e-5: other layouts sum
+#     in another order); the tp = 2 run's final checkpoint (whole tensors assembled from both
+#     ranks' slices) holds the 1-rank run's weights and AdamW moments (relative 1e-5);
 #  3. chunkflow-export of the pp = 2 run's checkpoint (two stage shards) loads in transformers and
 #     holds exactly the checkpoint's weights.
 # The learning rate is constant, so a run's steps do not depend on run.steps.
@@ -68,6 +69,10 @@ grep -q "resumed from .*$last at step $resumed_at" "$work/resumed.out" || { cat 
 "$mpiexec" -np 2 "$train" "${common[@]}" --set run.output_dir="$work/pipeline" --set parallel.pp=2 \
   --set run.steps="$target" --set checkpoint.resume="$checkpoints/$last" --set logging.trace=true >"$work/pipeline.out" 2>&1 ||
   { cat "$work/pipeline.out"; fail "pp = 2 resume failed"; }
+"$mpiexec" -np 2 "$train" "${common[@]}" --set run.output_dir="$work/tensor" --set parallel.tp=2 \
+  --set run.steps="$target" --set checkpoint.resume="$checkpoints/$last" >"$work/tensor.out" 2>&1 ||
+  { cat "$work/tensor.out"; fail "tp = 2 resume failed"; }
+grep -q "saved with dp 2 cp 1 pp 1 tp 1" "$work/tensor.out" || { cat "$work/tensor.out"; fail "tp = 2 run did not log the saved layout"; }
 
 "$python" - "$work" "$resumed_at" "$target" <<'PY'
 import json, sys
@@ -82,12 +87,24 @@ reference = losses(f"{work}/reference/resume/metrics.jsonl")
 resumed = losses(f"{work}/killed/resume/metrics.jsonl")
 for step in range(1, last + 1):
     assert len(resumed.get(step, [])) == 1, f"step {step} appears {len(resumed.get(step, []))} times in the resumed metrics"
-for name, tolerance in (("killed", 1e-6), ("single", 1e-5), ("pipeline", 1e-5)):
+for name, tolerance in (("killed", 1e-6), ("single", 1e-5), ("pipeline", 1e-5), ("tensor", 1e-5)):
     got = losses(f"{work}/{name}/resume/metrics.jsonl")
     for step in range(first + 1, last + 1):
         want, have = reference[step][0], got[step][0]
         assert abs(have - want) <= tolerance * abs(want), f"{name}: step {step} loss {have} vs uninterrupted {want}"
-print(f"losses of steps {first + 1}..{last} equal the uninterrupted run (dp 2 resume 1e-6; 1 rank and pp 2 1e-5)")
+print(f"losses of steps {first + 1}..{last} equal the uninterrupted run (dp 2 resume 1e-6; 1 rank, pp 2 and tp 2 1e-5)")
+# The tp = 2 run's last checkpoint holds whole tensors: the 1-rank run's, to fp32 summation order.
+from safetensors.torch import load_file
+def final_tensors(name):
+    return load_file(f"{work}/{name}/resume/checkpoints/step-{last:08d}/stage-00.safetensors")
+single, tensor = final_tensors("single"), final_tensors("tensor")
+compared = [key for key in single if key.startswith(("model/", "optim/")) and not key.endswith("/step")]
+assert compared and set(compared) <= set(tensor), sorted(set(compared) - set(tensor))
+for key in compared:
+    assert tensor[key].shape == single[key].shape, f"{key}: {tuple(tensor[key].shape)} vs {tuple(single[key].shape)}"
+    error = float((tensor[key] - single[key]).norm() / single[key].norm().clamp_min(1e-30))
+    assert error <= 1e-5, f"{key}: relative difference {error:.3g} between the tp = 2 and 1-rank checkpoints"
+print(f"tp = 2 checkpoint: {len(compared)} whole tensors equal the 1-rank run's")
 # The pp = 2 run's timelines: one per rank; the second stage waits for the first's activations.
 for rank in (0, 1):
     events = json.load(open(f"{work}/pipeline/resume/trace/rank-{rank}.json"))["traceEvents"]
