@@ -14,6 +14,9 @@ struct ParallelConfig {
   int64_t cp = 1;
   int64_t pp = 1;
   int64_t tp = 1;
+  // With tp > 1: the residual stream split by rows over the tp ranks between the split blocks
+  // (Megatron's sequence parallelism, models/tensor_parallel.h).
+  bool sequence_parallel = true;
   std::string order = "dp,cp,pp";
   std::string backend = "auto";
   // Gradient all-reduce over the dp x cp ranks of a stage: flattened buckets of this many MiB,
@@ -62,6 +65,8 @@ struct ParallelConfig {
     visit("cp", self.cp, "context-parallel degree (splits each chunk's tokens)");
     visit("pp", self.pp, "pipeline-parallel degree (stages of contiguous layers)");
     visit("tp", self.tp, "tensor-parallel degree (splits every layer's heads and MLP, and the vocabulary)");
+    visit("sequence_parallel", self.sequence_parallel,
+          "with tp > 1: split norms and residuals by tokens over the tp ranks (all-gather / reduce-scatter)");
     visit("order", self.order, "rank layout, outermost axis first: a permutation of dp,cp,pp (tp innermost unless named)");
     visit("backend", self.backend, "auto | mpi | nccl");
     visit("gradient_bucket_mb", self.gradient_bucket_mb, "gradient all-reduce bucket size in MiB");

@@ -82,6 +82,11 @@ class VocabParallelLoss : public torch::autograd::Function<VocabParallelLoss> {
 
 }  // namespace
 
+RowRange sequence_rows(int64_t total_rows, int rank, int size) {
+  const int64_t base = total_rows / size, extra = total_rows % size;
+  return {rank * base + std::min<int64_t>(rank, extra), base + (rank < extra ? 1 : 0)};
+}
+
 int tensor_parallel_dim(const std::string& name) {
   for (const char* column_parallel : {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.",
                                       "mlp.gate_proj.weight", "mlp.up_proj.weight"}) {

@@ -14,6 +14,18 @@
 // the identity backward. Norms, biases added after g and everything between layers are replicated:
 // every tp rank computes them alike. The models library knows no communicator: parallel/
 // (tensor_parallel_group) supplies the collectives as functions.
+//
+// Sequence parallelism (Megatron-LM's, on top): between the split blocks the residual stream is
+// split by rows (tokens, sequence_rows) over the tp ranks, so norms, residual adds and the
+// activations they keep cost 1/tp. f becomes an all-gather of the rows (gather_rows; backward: the
+// gradient reduce-scattered) and g a reduce-scatter (scatter_rows; backward: an all-gather): the
+// same bytes as the all-reduce they replace. Parameters every rank holds whole (norms, o_proj's
+// bias) then get a partial gradient from their rows on each rank, summed over the group by the
+// trainer (trainer::reduce_gradients).
+//
+//   rows of the chunk: | rank 0 | rank 1 |  -> norm (own rows) -> gather_rows -> q/k/v ... o_proj
+//                      -> scatter_rows -> + bias -> residual (own rows) -> ... final norm
+//                      -> gather_rows -> vocabulary-parallel loss
 #pragma once
 
 #include <torch/torch.h>
@@ -34,8 +46,22 @@ struct TensorParallel {
   std::function<torch::Tensor(const torch::Tensor&)> sum_over_group;  // g
   // Not differentiable, collective: the elementwise sum / max over the group, in place.
   std::function<void(torch::Tensor&)> all_reduce_sum, all_reduce_max;
+  // Sequence parallelism (see the file comment); only with size > 1. Differentiable, collective:
+  // gather_rows: this rank's rows [sequence_rows(total_rows).count, ...] -> all rows [total_rows, ...];
+  // scatter_rows: every rank's partial sums of all rows -> this rank's rows of their sum.
+  bool sequence_parallel = false;
+  std::function<torch::Tensor(const torch::Tensor&, int64_t total_rows)> gather_rows;
+  std::function<torch::Tensor(const torch::Tensor&)> scatter_rows;
   bool active() const { return size > 1; }
+  bool splits_rows() const { return size > 1 && sequence_parallel; }
 };
+
+// The rows [begin, begin + count) of `total_rows` that tp rank `rank` of `size` holds under
+// sequence parallelism: as equal as possible, the first ranks taking one more.
+struct RowRange {
+  int64_t begin = 0, count = 0;
+};
+RowRange sequence_rows(int64_t total_rows, int rank, int size);
 
 // How the parameter called `name` (Hugging Face naming) is split over tp ranks: 0 = its rows
 // (column-parallel projections, the vocabulary of embeddings and LM head, q/k/v biases), 1 = its

@@ -111,12 +111,21 @@ AttentionImpl::AttentionImpl(const configs::ModelConfig& config, SharedComputeWe
 
 namespace {
 
-// Row-parallel output projection: this rank's columns, summed over the tp group, then the bias
-// (added once). Without tensor parallelism, one fused x @ W^T + b.
+// Input of the column-parallel projections: every row, whatever this rank holds (f, or under
+// sequence parallelism the gather of every rank's rows).
+torch::Tensor column_parallel_input(const torch::Tensor& x, int64_t chunk_rows, const TensorParallel& tp) {
+  if (tp.splits_rows()) return tp.gather_rows(x, chunk_rows);
+  return tp.active() ? tp.copy_to_group(x) : x;
+}
+
+// Row-parallel output projection: this rank's columns, summed over the tp group (under sequence
+// parallelism: this rank's rows of the sum), then the bias (added once). Without tensor
+// parallelism, one fused x @ W^T + b.
 torch::Tensor row_parallel(ComputeWeights& weights, const torch::nn::Linear& layer, const torch::Tensor& x,
                            const TensorParallel& tp) {
   if (!tp.active()) return project(weights, layer, x);
-  const torch::Tensor summed = tp.sum_over_group(torch::nn::functional::linear(x, weights(layer->weight)));
+  const torch::Tensor partial = torch::nn::functional::linear(x, weights(layer->weight));
+  const torch::Tensor summed = tp.splits_rows() ? tp.scatter_rows(partial) : tp.sum_over_group(partial);
   return layer->bias.defined() ? summed + weights(layer->bias) : summed;
 }
 
@@ -124,9 +133,9 @@ torch::Tensor row_parallel(ComputeWeights& weights, const torch::nn::Linear& lay
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& layer_input, const ChunkBatch& batch, const KVPrefix& state,
                                      LayerKV* own_kv) {
-  const int64_t tokens = layer_input.size(0);
   // Column-parallel q/k/v: the input's gradient is summed over the tp group in the backward.
-  const torch::Tensor x = tp_->active() ? tp_->copy_to_group(layer_input) : layer_input;
+  const torch::Tensor x = column_parallel_input(layer_input, batch.tokens(), *tp_);
+  const int64_t tokens = x.size(0);
   const torch::Tensor q =
       kernels::apply_rotary(project(*weights_, q_proj, x).view({tokens, heads_, head_dim_}), batch.positions,
                             rope_inv_freq, rope_attention_scaling_);
@@ -172,8 +181,8 @@ MLPImpl::MLPImpl(const configs::ModelConfig& config, SharedComputeWeights weight
   down_proj = register_module("down_proj", linear(intermediate, config.hidden_size, false));
 }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& layer_input) {
-  const torch::Tensor x = tp_->active() ? tp_->copy_to_group(layer_input) : layer_input;
+torch::Tensor MLPImpl::forward(const torch::Tensor& layer_input, int64_t chunk_rows) {
+  const torch::Tensor x = column_parallel_input(layer_input, chunk_rows, *tp_);
   return row_parallel(*weights_, down_proj,
                       kernels::swiglu(project(*weights_, gate_proj, x), project(*weights_, up_proj, x)), *tp_);
 }
@@ -190,7 +199,7 @@ DecoderLayerImpl::DecoderLayerImpl(const configs::ModelConfig& config, const Sha
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const ChunkBatch& batch, const KVPrefix& state,
                                         LayerKV* own_kv) {
   const torch::Tensor h = x + self_attn(input_layernorm(x), batch, state, own_kv);
-  return h + mlp(post_attention_layernorm(h));
+  return h + mlp(post_attention_layernorm(h), batch.tokens());
 }
 
 ModelStage pipeline_stage(const configs::ModelConfig& config, int stage, int stages) {
@@ -234,6 +243,8 @@ CausalLMImpl::CausalLMImpl(const configs::ModelConfig& config, const ModelStage&
   CF_ASSERT(tp_->rank >= 0 && tp_->rank < tp_->size, "tensor-parallel rank ", tp_->rank, " of ", tp_->size);
   CF_ASSERT(!tp_->active() || (tp_->copy_to_group && tp_->sum_over_group && tp_->all_reduce_sum && tp_->all_reduce_max),
             "tensor parallelism without its collectives");
+  CF_ASSERT(!tp_->splits_rows() || (tp_->gather_rows && tp_->scatter_rows),
+            "sequence parallelism without its collectives");
   weights_ = std::make_shared<ComputeWeights>(parse_dtype(config_.dtype, "model.dtype"));
   if (!init_seed) {
     // One draw from torch's default generator keeps construction deterministic under
@@ -295,7 +306,7 @@ torch::Tensor CausalLMImpl::embed(const ChunkBatch& batch) {
   const torch::Tensor local_ids = batch.input_ids - rows * tp_->rank;
   const torch::Tensor held = local_ids.ge(0).logical_and(local_ids.lt(rows));
   const torch::Tensor looked_up = model->embed_tokens(local_ids.clamp(0, rows - 1)) * held.unsqueeze(1);
-  return weights_->activations(tp_->sum_over_group(looked_up));
+  return weights_->activations(tp_->splits_rows() ? tp_->scatter_rows(looked_up) : tp_->sum_over_group(looked_up));
 }
 
 namespace {
@@ -364,20 +375,27 @@ torch::Tensor CausalLMImpl::forward_layers(torch::Tensor x, const ChunkBatch& ba
   return x;
 }
 
-torch::Tensor CausalLMImpl::final_norm(const torch::Tensor& x) {
+torch::Tensor CausalLMImpl::final_norm(const torch::Tensor& x, int64_t chunk_rows) {
   CF_ASSERT(stage_.output_head, "this pipeline stage has no output head");
-  return model->norm(x);
+  // Under sequence parallelism the gather's backward sums the loss's partial gradients (each rank
+  // holds part of the vocabulary) and keeps this rank's rows: the loss then needs no f.
+  return tp_->splits_rows() ? tp_->gather_rows(model->norm(x), chunk_rows) : model->norm(x);
+}
+
+int64_t CausalLMImpl::activation_rows(int64_t chunk_rows) const {
+  return tp_->splits_rows() ? sequence_rows(chunk_rows, tp_->rank, tp_->size).count : chunk_rows;
 }
 
 ChunkForward CausalLMImpl::forward_chunk(const ChunkBatch& batch, const std::vector<KVPrefix>& state) {
   ChunkForward result;
-  result.hidden = final_norm(forward_layers(embed(batch), batch, state, &result.own_kv));
+  result.hidden = final_norm(forward_layers(embed(batch), batch, state, &result.own_kv), batch.tokens());
   return result;
 }
 
 torch::Tensor CausalLMImpl::loss_sum(const torch::Tensor& hidden, const torch::Tensor& labels, bool labels_checked) {
   if (tp_->active()) {
-    return vocab_parallel_loss_sum(tp_->copy_to_group(hidden), lm_head_weight(), labels, *tp_, kLossTileTokens);
+    const torch::Tensor whole_rows = tp_->splits_rows() ? hidden : tp_->copy_to_group(hidden);
+    return vocab_parallel_loss_sum(whole_rows, lm_head_weight(), labels, *tp_, kLossTileTokens);
   }
   return kernels::tiled_cross_entropy_sum(hidden, lm_head_weight(), labels, kLossTileTokens, labels_checked);
 }

@@ -104,7 +104,9 @@ class MLPImpl : public torch::nn::Module {
  public:
   // Under tensor parallelism: this rank's intermediate_size / tp columns of the MLP.
   MLPImpl(const configs::ModelConfig& config, SharedComputeWeights weights, SharedTensorParallel tp);
-  torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x)), the product fused
+  // down(silu(gate(x)) * up(x)), the product fused. x [rows, hidden]: this rank's rows of the
+  // chunk's `chunk_rows` under sequence parallelism, all of them otherwise.
+  torch::Tensor forward(const torch::Tensor& x, int64_t chunk_rows);
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
  private:
@@ -186,8 +188,12 @@ class CausalLMImpl : public torch::nn::Module {
   // this for standalone chunks only.
   torch::Tensor forward_layers(torch::Tensor x, const ChunkBatch& batch, const std::vector<KVPrefix>& state,
                                std::vector<LayerKV>* own_kv, bool recompute_layers = false);
-  // Final RMSNorm (last stage).
-  torch::Tensor final_norm(const torch::Tensor& x);
+  // Final RMSNorm (last stage): [rows, hidden] -> [chunk_rows, hidden], the chunk's rows on this
+  // rank (under sequence parallelism the norm runs on this rank's rows, which are then gathered).
+  torch::Tensor final_norm(const torch::Tensor& x, int64_t chunk_rows);
+  // Rows of a chunk's `chunk_rows` that flow between this stage's layers and the next stage's on
+  // this rank: all of them, or this rank's share under sequence parallelism.
+  int64_t activation_rows(int64_t chunk_rows) const;
   // Decoder layers this stage holds.
   int64_t stage_layers() const { return static_cast<int64_t>(model->layer_list.size()); }
   const ModelStage& stage() const { return stage_; }

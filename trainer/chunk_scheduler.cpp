@@ -183,7 +183,7 @@ class StageRun {
       live.output = x;
       return live;
     }
-    const torch::Tensor hidden = model_->final_norm(x);
+    const torch::Tensor hidden = model_->final_norm(x, live.batch.tokens());
     live.loss = model_->loss_sum(hidden, live.batch.labels, live.batch.labels_checked);
     ++totals.chunk_forwards;
     if (recompute) {
@@ -202,7 +202,7 @@ class StageRun {
   void forward(const parallel::PipelineOp& op) {
     models::ChunkBatch batch = batches_(op.chunk);
     torch::Tensor input;
-    if (!first_stage_) input = receive(batch.tokens(), pipeline_.stage - 1, kActivationTag);
+    if (!first_stage_) input = receive(model_->activation_rows(batch.tokens()), pipeline_.stage - 1, kActivationTag);
     Live live = forward_chunk(op.chunk, batch, op.keep_activations, input, false);
     if (!last_stage_) {
       sends_.push_back(pipeline_.group->isend(live.output.detach().contiguous(), pipeline_.stage + 1, kActivationTag));

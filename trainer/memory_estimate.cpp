@@ -60,11 +60,14 @@ int64_t kv_state_bytes_per_row(const configs::ModelConfig& model, int64_t layers
   return layers * 2 * (model.num_key_value_heads / tp) * model.effective_head_dim() * (compute_bytes(model) + 4);
 }
 
-int64_t activation_bytes_per_layer_token(const configs::ModelConfig& model, int64_t tp) {
+int64_t activation_bytes_per_layer_token(const configs::ModelConfig& model, int64_t tp, bool sequence_parallel) {
   const int64_t head_dim = model.effective_head_dim();
   const int64_t q_width = model.num_attention_heads * head_dim, kv_width = model.num_key_value_heads * head_dim;
-  // Without sequence parallelism the hidden-sized tensors stay whole on every tp rank.
-  return compute_bytes(model) * (4 * model.hidden_size + (2 * q_width + 2 * kv_width + 3 * model.intermediate_size) / tp) +
+  // Norm inputs (the residual stream) are split by rows under sequence parallelism; their outputs
+  // are kept whole (gathered) by the projections.
+  const int64_t residual_share = sequence_parallel ? tp : 1;
+  return compute_bytes(model) * (2 * model.hidden_size / residual_share + 2 * model.hidden_size +
+                                 (2 * q_width + 2 * kv_width + 3 * model.intermediate_size) / tp) +
          4 * (model.num_attention_heads / tp + 2);
 }
 
@@ -93,7 +96,8 @@ RankMemoryEstimate estimate_rank_memory(const configs::Config& config, int stage
   const int64_t tokens_per_chunk = chunking.strategy == "pad_to_longest"
                                        ? chunking.micro_batch_sequences * longest_sequence
                                        : chunk_size;
-  const int64_t per_token = layers * activation_bytes_per_layer_token(model, tp) +
+  const int64_t per_token =
+      layers * activation_bytes_per_layer_token(model, tp, tp > 1 && config.parallel.sequence_parallel) +
                             (part.output_head ? activation_bytes_per_head_token(model) : 0);
   const double cp = static_cast<double>(config.parallel.cp);  // a cp rank holds its share of the rows
   estimate.activation_bytes = static_cast<int64_t>(static_cast<double>(estimate.chunks_in_flight * tokens_per_chunk) /

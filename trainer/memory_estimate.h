@@ -18,8 +18,10 @@
 // (the norms' inputs and outputs, q, own K/V, attention output, gate, up and their product) +
 // float32 x (query heads + 2) (log-sum-exp and the norms' rstd); per head-token: 2 hidden + 4.
 // Under tensor parallelism (parallel.tp) a rank holds 1/tp of the split parameters (projections,
-// embeddings; norms stay whole), of the K/V heads and of the q, K/V, attention and MLP widths;
-// hidden-sized activations stay whole (no sequence parallelism yet).
+// embeddings; norms stay whole), of the K/V heads and of the q, K/V, attention and MLP widths. Of
+// the 4 hidden-sized tensors per layer-token, sequence parallelism splits the two norm inputs
+// (the residual stream) by rows; the two norm outputs are kept gathered (whole) by the
+// projections that read them.
 #pragma once
 
 #include <torch/types.h>
@@ -54,7 +56,8 @@ int64_t kv_state_bytes_per_row(const configs::ModelConfig& model, int64_t layers
 
 // Bytes one decoder layer keeps per token for its backward, and the final norm + LM head + loss
 // per token (see the file comment).
-int64_t activation_bytes_per_layer_token(const configs::ModelConfig& model, int64_t tp = 1);
+int64_t activation_bytes_per_layer_token(const configs::ModelConfig& model, int64_t tp = 1,
+                                          bool sequence_parallel = false);
 int64_t activation_bytes_per_head_token(const configs::ModelConfig& model);
 
 struct DeviceMemory {

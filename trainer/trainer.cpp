@@ -214,10 +214,23 @@ void add_tied_embedding_gradients(models::CausalLM& model, parallel::DeviceMesh&
 
 void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh, parallel::GradientReducer* reducer,
                       parallel::ShardedAdamW* sharded) {
+  // Under sequence parallelism each tp rank ran the whole parameters (norms, o_proj's bias) on its
+  // own rows only: their gradients are partial sums over the tp group too. Sums commute, so this
+  // comes before the reduce-scatter or after the all-reduce (whose buckets the backward filled).
+  std::vector<torch::Tensor> whole_on_every_tp_rank;
+  if (model->tensor_parallel().splits_rows()) {
+    for (const auto& item : model->named_parameters()) {
+      if (models::tensor_parallel_dim(item.key()) < 0) whole_on_every_tp_rank.push_back(item.value());
+    }
+  }
+  const auto sum_over_tp = [&] {
+    if (!whole_on_every_tp_rank.empty()) parallel::all_reduce_gradients(whole_on_every_tp_rank, mesh.tp_group());
+  };
   // dp ranks ran different groups and cp ranks different rows of the same chunks: both hold
   // partial sums of every gradient of their stage.
   if (sharded != nullptr) {
     // Partial sums first: the tied pair's exchange then reaches every slice through the sum.
+    sum_over_tp();
     add_tied_embedding_gradients(model, mesh);
     sharded->reduce_scatter_gradients();
     return;
@@ -227,6 +240,7 @@ void reduce_gradients(models::CausalLM& model, parallel::DeviceMesh& mesh, paral
   } else if (mesh.stage_group().size() > 1) {
     parallel::all_reduce_gradients(model->parameters(), mesh.stage_group());
   }
+  sum_over_tp();
   add_tied_embedding_gradients(model, mesh);
 }
 
@@ -376,7 +390,9 @@ void Trainer::build_model(const models::ModelStage& stage) {
   // Tensor parallelism: this rank's slice of every split parameter (the same values as the slice
   // of the single-rank model).
   models::TensorParallel tp;
-  if (mesh_ != nullptr && config_.parallel.tp > 1) tp = parallel::tensor_parallel_group(mesh_->tp_group());
+  if (mesh_ != nullptr && config_.parallel.tp > 1) {
+    tp = parallel::tensor_parallel_group(mesh_->tp_group(), config_.parallel.sequence_parallel);
+  }
   model_ = models::CausalLM(config_.model, stage, std::nullopt, std::move(tp));
   if (!config_.model.init_from.empty()) {
     models::load_hf_weights(model_, config_.model.init_from);

@@ -34,10 +34,11 @@ namespace {
 struct Layout {
   int64_t dp, cp, pp, tp = 1;
   std::string order = "dp,pp,cp";
+  bool sequence_parallel = true;  // with tp > 1
   int64_t ranks() const { return dp * cp * pp * tp; }
   std::string name() const {
     return "dp" + std::to_string(dp) + " cp" + std::to_string(cp) + " pp" + std::to_string(pp) + " tp" +
-           std::to_string(tp) + " (" + order + ")";
+           std::to_string(tp) + (tp > 1 && !sequence_parallel ? " without sp" : "") + " (" + order + ")";
   }
 };
 
@@ -55,7 +56,8 @@ std::vector<Layout> layouts_up_to(int ranks) {
   // Other axis orders, so that group construction is not tied to one layout of ranks.
   if (ranks >= 4) layouts.push_back({2, 1, 2, 1, "pp,dp,cp"});
   if (ranks >= 4) layouts.push_back({1, 2, 2, 1, "cp,pp,dp"});
-  if (ranks >= 4) layouts.push_back({2, 1, 1, 2, "tp,dp,cp,pp"});
+  if (ranks >= 4) layouts.push_back({2, 1, 1, 2, "tp,dp,cp,pp", false});
+  if (ranks >= 4) layouts.push_back({1, 1, 2, 2, "dp,cp,pp", false});
   return layouts;
 }
 
@@ -81,6 +83,7 @@ configs::ParallelConfig parallel_config(const Layout& layout) {
   config.cp = layout.cp;
   config.pp = layout.pp;
   config.tp = layout.tp;
+  config.sequence_parallel = layout.sequence_parallel;
   config.order = layout.order;
   config.validate();
   return config;
@@ -161,7 +164,8 @@ CaseErrors run_layout_case(Communicator& layout_world, const Layout& layout, con
   const MeshCoordinates& at = mesh.coordinates();
   const models::ModelStage stage = models::pipeline_stage(config, at.pp, static_cast<int>(layout.pp));
   models::CausalLM model(config, stage, init_seed,
-                         layout.tp > 1 ? tensor_parallel_group(mesh.tp_group()) : models::TensorParallel{});
+                         layout.tp > 1 ? tensor_parallel_group(mesh.tp_group(), layout.sequence_parallel)
+                                       : models::TensorParallel{});
   const data::TokenReader reader = [&](int32_t sequence, int64_t begin, int64_t count, int32_t* out) {
     for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(batch[static_cast<size_t>(sequence)].tokens[static_cast<size_t>(begin + i)]);
   };

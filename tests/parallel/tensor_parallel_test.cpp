@@ -1,6 +1,6 @@
 // Tensor parallelism is exact: under `mpirun -np 2`, a model split over tp = 2 ranks holds the
 // single-rank model's weights (each rank its slice) and, trained on chunks (packed, split with a
-// K/V state, recomputed), gives its loss and gradients. The comparison is fp32 against fp32 (the
+// K/V state, recomputed), with and without sequence parallelism, gives its loss and gradients. The comparison is fp32 against fp32 (the
 // whole model on every rank), which differ only in summation order (the row-parallel sums).
 #include <gtest/gtest.h>
 
@@ -74,9 +74,18 @@ TEST(TensorParallelTest, ChunkedTrainingMatchesTheWholeModel) {
     chunking.pack_into_tail = variant % 2 == 0;
     const int64_t resident = 1 + static_cast<int64_t>(variant % 3);  // 1 and 2 recompute chunks of split sequences
     models::CausalLM whole(config, models::ModelStage{}, 5 + variant);
-    models::CausalLM split(config, models::ModelStage{}, 5 + variant, tensor_parallel_group(world));
+    // Odd variants split the residual stream by rows (sequence parallelism): norms' and o_proj
+    // bias's gradients are then partial on each rank and summed over the group, as the trainer does.
+    const bool sequence_parallel = variant % 2 == 1;
+    models::CausalLM split(config, models::ModelStage{}, 5 + variant, tensor_parallel_group(world, sequence_parallel));
     const auto want = chunkflow::testing::chunked_step(whole, batch, chunking, resident);
-    const auto got = chunkflow::testing::chunked_step(split, batch, chunking, resident);
+    auto got = chunkflow::testing::chunked_step(split, batch, chunking, resident);
+    if (sequence_parallel) {
+      const auto names = split->named_parameters().keys();
+      for (size_t i = 0; i < names.size(); ++i) {
+        if (models::tensor_parallel_dim(names[i]) < 0) world.all_reduce(got.gradients[i], ReduceOp::kSum);
+      }
+    }
     const double loss_error = std::abs(got.loss - want.loss) / std::abs(want.loss);
     EXPECT_LE(loss_error, 1e-5) << "variant " << variant;
     worst_loss = std::max(worst_loss, loss_error);
