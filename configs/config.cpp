@@ -20,12 +20,7 @@ void Config::validate() const {
   // Tensor parallelism splits every layer's heads and MLP and the vocabulary over tp ranks. (A model
   // read from model.init_from is checked when it is built, models::check_tensor_parallel.)
   if (parallel.tp > 1 && model.init_from.empty()) {
-    const std::vector<std::pair<const char*, int64_t>> split = {
-        {"model.num_attention_heads", model.num_attention_heads},
-        {"model.num_key_value_heads", model.num_key_value_heads},
-        {"model.intermediate_size", model.intermediate_size},
-        {"model.vocab_size", model.vocab_size}};
-    for (const auto& [key, value] : split) {
+    for (const auto& [key, value] : model.tensor_parallel_split_sizes()) {
       if (value % parallel.tp == 0) continue;
       throw ConfigError(std::vector<std::string>{"parallel.tp", key},
                         core::str_cat("parallel.tp = ", parallel.tp, " splits every layer's heads, MLP and the "

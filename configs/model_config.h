@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace chunkflow::configs {
 
@@ -48,6 +50,14 @@ struct ModelConfig {
   // Throws ConfigError naming model.<key> when a rule is broken.
   void validate() const;
 
+  // The sizes tensor parallelism splits over parallel.tp ranks, by key: attention heads, K/V heads,
+  // MLP width, vocabulary (each must be a multiple of tp).
+  std::vector<std::pair<std::string, int64_t>> tensor_parallel_split_sizes() const {
+    return {{"model.num_attention_heads", num_attention_heads},
+            {"model.num_key_value_heads", num_key_value_heads},
+            {"model.intermediate_size", intermediate_size},
+            {"model.vocab_size", vocab_size}};
+  }
   // head_dim, or hidden_size / num_attention_heads when head_dim is 0.
   int64_t effective_head_dim() const;
 

@@ -114,12 +114,7 @@ std::vector<int64_t> tensor_parallel_whole_shape(std::vector<int64_t> local, con
 
 void check_tensor_parallel(const configs::ModelConfig& config, int size) {
   CF_CHECK(size >= 1, "parallel.tp must be >= 1, got ", size);
-  const std::vector<std::pair<const char*, int64_t>> split = {
-      {"model.num_attention_heads", config.num_attention_heads},
-      {"model.num_key_value_heads", config.num_key_value_heads},
-      {"model.intermediate_size", config.intermediate_size},
-      {"model.vocab_size", config.vocab_size}};
-  for (const auto& [key, value] : split) {
+  for (const auto& [key, value] : config.tensor_parallel_split_sizes()) {
     CF_CHECK(value % size == 0, "parallel.tp = ", size, " splits every layer's heads, MLP and the vocabulary over ",
              size, " ranks, but ", key, " = ", value, " is not a multiple of ", size,
              "; choose a parallel.tp that divides num_attention_heads, num_key_value_heads, intermediate_size and "
