@@ -1,6 +1,10 @@
 // chunkflow-plan --config run.yaml [--set key=value ...] [--length-histogram FILE] [--memory-budget 16G]
 //                [--chunk-sizes 1024,2048] [--resident-chunks 1,2,4] [--steps N] [--calibration FILE]
 //                [--json FILE]
+// chunkflow-plan --config run.yaml --layouts RANKS [--longest TOKENS] [--memory-budget 80G] [--json FILE]
+//
+// With --layouts: every dp x cp x pp x tp layout of RANKS ranks (replicated and sharded AdamW) and
+// the trainer's memory estimate of its fullest rank at the longest sequence; no calibration.
 //
 // Recommends chunking.chunk_size and chunking.resident_chunks for a run config: samples the run's
 // first global batches (the trainer's sampler on data.path, or lengths drawn from a histogram),
@@ -27,7 +31,9 @@
 #include "core/strings.h"
 #include "data/indexed_dataset.h"
 #include "data/synthetic.h"
+#include "models/hugging_face.h"
 #include "models/transformer.h"
+#include "trainer/memory_estimate.h"
 #include "trainer/step_planner.h"
 
 namespace {
@@ -109,6 +115,59 @@ std::vector<int64_t> calibration_sizes(const std::vector<int64_t>& chunk_sizes) 
   return {sizes.begin(), sizes.end()};
 }
 
+nlohmann::json layout_json(const trainer::LayoutMemory& entry, int64_t budget) {
+  const trainer::RankMemoryEstimate& worst = entry.worst;
+  return {{"dp", entry.parallel.dp}, {"cp", entry.parallel.cp}, {"pp", entry.parallel.pp}, {"tp", entry.parallel.tp},
+          {"shard_optimizer", entry.parallel.shard_optimizer}, {"fullest_stage", entry.worst_stage},
+          {"parameters", worst.parameters}, {"model_state_bytes", worst.model_state_bytes},
+          {"kv_state_bytes", worst.kv_state_bytes}, {"activation_bytes", worst.activation_bytes},
+          {"total_bytes", worst.total_bytes()}, {"fits", budget <= 0 || worst.total_bytes() <= budget}};
+}
+
+// --layouts: the memory of every layout of `ranks` ranks; exit 0 when one fits the budget, else 2.
+int print_layouts(const configs::Config& config, const std::string& config_path, int64_t ranks, int64_t longest,
+                  int64_t budget, const std::string& json_path) {
+  const std::vector<trainer::LayoutMemory> table = trainer::layout_memory_table(config, ranks, longest);
+  CF_CHECK(!table.empty(), "no dp x cp x pp x tp layout of ", ranks, " ranks suits ", config_path,
+           " (pp <= model.num_hidden_layers, tp dividing heads, K/V heads, MLP and vocabulary)");
+  std::printf("layouts of %lld ranks for %s: longest sequence %lld tokens, chunk_size %lld, resident_chunks %lld, "
+              "model.dtype %s; the trainer's memory estimate of the fullest rank (runtime, allocator slack and "
+              "communication buffers not included)\n",
+              static_cast<long long>(ranks), config_path.c_str(), static_cast<long long>(longest),
+              static_cast<long long>(config.chunking.chunk_size),
+              static_cast<long long>(config.chunking.resident_chunks), config.model.dtype.c_str());
+  std::printf("%4s %4s %4s %4s %8s %11s %12s %12s %12s %12s\n", "dp", "cp", "pp", "tp", "sharded", "parameters",
+              "model state", "K/V state", "activations", "total");
+  int fitting = 0;
+  for (const trainer::LayoutMemory& entry : table) {
+    const trainer::RankMemoryEstimate& worst = entry.worst;
+    const bool fits = budget <= 0 || worst.total_bytes() <= budget;
+    fitting += fits ? 1 : 0;
+    std::printf("%4lld %4lld %4lld %4lld %8s %11s %12s %12s %12s %12s%s\n",
+                static_cast<long long>(entry.parallel.dp), static_cast<long long>(entry.parallel.cp),
+                static_cast<long long>(entry.parallel.pp), static_cast<long long>(entry.parallel.tp),
+                entry.parallel.shard_optimizer ? "yes" : "no",
+                core::format_count(static_cast<double>(worst.parameters)).c_str(),
+                core::format_bytes(worst.model_state_bytes).c_str(), core::format_bytes(worst.kv_state_bytes).c_str(),
+                core::format_bytes(worst.activation_bytes).c_str(), core::format_bytes(worst.total_bytes()).c_str(),
+                budget > 0 && !fits ? "  over budget" : "");
+  }
+  if (budget > 0) {
+    std::printf("%d of %zu layouts fit %s per rank\n", fitting, table.size(), core::format_bytes(budget).c_str());
+  }
+  if (!json_path.empty()) {
+    nlohmann::json json = {{"config", config_path}, {"ranks", ranks}, {"longest_sequence", longest},
+                           {"memory_budget_bytes", budget}, {"layouts", nlohmann::json::array()}};
+    for (const auto& entry : table) json["layouts"].push_back(layout_json(entry, budget));
+    if (json_path == "-") {
+      std::printf("%s\n", json.dump(2).c_str());
+    } else {
+      core::write_file_atomic(json_path, json.dump(2) + "\n");
+    }
+  }
+  return fitting > 0 ? 0 : 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -116,7 +175,7 @@ int main(int argc, char** argv) {
     std::string config_path, histogram_path, budget_text, chunk_sizes_text, resident_text = "1,2,4";
     std::string calibration_path, calibration_sizes_text, json_path, memory_probe;
     std::vector<std::string> overrides;
-    int64_t steps = 20, histogram_sequences = 100000;
+    int64_t steps = 20, histogram_sequences = 100000, layouts = 0, longest_override = 0;
     double calibration_seconds = 20;
     core::CommandLine command_line(
         "chunkflow-plan",
@@ -142,13 +201,21 @@ int main(int argc, char** argv) {
                             "chunk sizes timed by the calibration (default: smallest, middle and largest candidate, "
                             "at most 2048)");
     command_line.add_string("json", &json_path, "also write the predictions as JSON to this file ('-': stdout)");
+    command_line.add_int("layouts", &layouts,
+                         "list every dp x cp x pp x tp layout of this many ranks with its per-rank memory estimate "
+                         "(replicated and sharded AdamW) instead of planning chunk sizes");
+    command_line.add_int("longest", &longest_override,
+                         "with --layouts: the longest sequence in tokens (default: the longest in the data)");
     command_line.add_string("memory-probe", &memory_probe,
                             "internal: LAYERS:TOKENS, measure one chunk's peak memory and print it as JSON");
     if (!command_line.parse(std::vector<std::string>(argv + 1, argv + argc))) return 0;
 
     // A histogram stands in for the dataset, so data.path need not name one.
     if (!histogram_path.empty()) overrides.push_back("data.path=" + histogram_path);
-    const configs::Config config = configs::load_config(config_path, overrides);
+    configs::Config config = configs::load_config(config_path, overrides);
+    // Fine-tuning from a Hugging Face directory: its config.json defines the architecture, as in
+    // the trainer.
+    if (!config.model.init_from.empty()) config.model = models::merge_hf_config(config.model);
     std::vector<std::string> config_args = {"--config", config_path};
     for (const std::string& override_text : overrides) {
       config_args.push_back("--set");
@@ -173,6 +240,11 @@ int main(int argc, char** argv) {
              config.chunking.strategy);
     models::pipeline_stage(config.model, 0, static_cast<int>(config.parallel.pp));  // checks layers >= stages
     const int64_t budget = budget_text.empty() ? 0 : trainer::parse_byte_size(budget_text, "--memory-budget");
+    CF_CHECK(layouts >= 0 && longest_override >= 0, "chunkflow-plan --layouts and --longest must be positive, got ",
+             layouts, " and ", longest_override);
+    if (layouts > 0 && longest_override > 0) {
+      return print_layouts(config, config_path, layouts, longest_override, budget, json_path);
+    }
 
     // Sequence lengths, then the first global batches as the trainer samples them.
     std::vector<int32_t> lengths;
@@ -187,6 +259,10 @@ int main(int argc, char** argv) {
       const data::IndexedDataset dataset(config.data.path);
       lengths = dataset.lengths();
       source = core::str_cat(config.data.path, " (", lengths.size(), " sequences)");
+    }
+    if (layouts > 0) {  // the memory check the trainer makes at start-up: the dataset's longest sequence
+      const int64_t longest = lengths.empty() ? 1 : *std::max_element(lengths.begin(), lengths.end());
+      return print_layouts(config, config_path, layouts, longest, budget, json_path);
     }
     const trainer::StepLengths sampled = trainer::sample_step_lengths(lengths, config, steps);
     int64_t longest = 1, sampled_tokens = 0;

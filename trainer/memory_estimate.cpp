@@ -5,6 +5,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "configs/config_error.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/strings.h"
@@ -103,6 +104,54 @@ RankMemoryEstimate estimate_rank_memory(const configs::Config& config, int stage
   estimate.activation_bytes = static_cast<int64_t>(static_cast<double>(estimate.chunks_in_flight * tokens_per_chunk) /
                                                    cp * static_cast<double>(per_token));
   return estimate;
+}
+
+std::vector<LayoutMemory> layout_memory_table(const configs::Config& config, int64_t ranks, int64_t longest_sequence) {
+  CF_CHECK(ranks >= 1, "a layout needs at least one rank, got ", ranks);
+  std::vector<LayoutMemory> table;
+  const auto divisors = [](int64_t n) {
+    std::vector<int64_t> found;
+    for (int64_t d = 1; d <= n; ++d) {
+      if (n % d == 0) found.push_back(d);
+    }
+    return found;
+  };
+  for (const int64_t tp : divisors(ranks)) {
+    for (const int64_t pp : divisors(ranks / tp)) {
+      for (const int64_t cp : divisors(ranks / tp / pp)) {
+        for (const bool sharded : {false, true}) {
+          configs::Config layout = config;
+          layout.parallel.tp = tp;
+          layout.parallel.pp = pp;
+          layout.parallel.cp = cp;
+          layout.parallel.dp = ranks / tp / pp / cp;
+          layout.parallel.shard_optimizer = sharded;
+          if (sharded && layout.parallel.dp * cp == 1) continue;
+          try {
+            layout.validate();
+          } catch (const configs::ConfigError&) {
+            continue;  // a layout the rules reject (too many stages, tp not dividing the model, ...)
+          }
+          bool splits = true;  // (validate leaves this to the model when it comes from model.init_from)
+          for (const auto& [key, size] : layout.model.tensor_parallel_split_sizes()) splits = splits && size % tp == 0;
+          if (!splits) continue;
+          LayoutMemory entry{layout.parallel, {}, 0};
+          for (int stage = 0; stage < static_cast<int>(pp); ++stage) {
+            const RankMemoryEstimate estimate = estimate_rank_memory(layout, stage, longest_sequence);
+            if (stage == 0 || estimate.total_bytes() > entry.worst.total_bytes()) {
+              entry.worst = estimate;
+              entry.worst_stage = stage;
+            }
+          }
+          table.push_back(entry);
+        }
+      }
+    }
+  }
+  std::stable_sort(table.begin(), table.end(), [](const LayoutMemory& a, const LayoutMemory& b) {
+    return a.worst.total_bytes() < b.worst.total_bytes();
+  });
+  return table;
 }
 
 DeviceMemory read_device_memory(const torch::Device& device) {

@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "configs/config.h"
 
@@ -45,6 +46,21 @@ struct RankMemoryEstimate {
 // The estimate for pipeline stage `stage` of config.parallel.pp with `longest_sequence` tokens
 // as the longest sequence the run can draw. config.model must be final (after merge_hf_config).
 RankMemoryEstimate estimate_rank_memory(const configs::Config& config, int stage, int64_t longest_sequence);
+
+// One parallel layout and the estimate of its fullest rank (the pipeline stage with the largest
+// total: the first holds the embedding, the last the LM head and loss).
+struct LayoutMemory {
+  configs::ParallelConfig parallel;
+  RankMemoryEstimate worst;
+  int worst_stage = 0;
+};
+
+// Every dp x cp x pp x tp layout of exactly `ranks` ranks that the config's rules allow (pp <=
+// layers, tp dividing heads, K/V heads, MLP and vocabulary, ...; rejected layouts are left out),
+// each with replicated AdamW and, where dp x cp > 1, with parallel.shard_optimizer; the rest of
+// `config` (model, chunking, order, ...) as given. Ordered by the fullest rank's total, smallest
+// first. What chunkflow-plan --layouts prints: which layouts fit a memory budget.
+std::vector<LayoutMemory> layout_memory_table(const configs::Config& config, int64_t ranks, int64_t longest_sequence);
 
 // Bytes per parameter alive for the whole run, and of one K/V state row over `layers` layers
 // (K and V in the compute dtype + their float32 gradient accumulators): the model-state and K/V

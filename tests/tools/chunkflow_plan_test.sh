@@ -65,4 +65,27 @@ grep -q "calibration.json was calibrated for model 'llama vocab 64 hidden 32" "$
   { cat "$work/err.txt"; fail "calibration mismatch message"; }
 if "$plan" "${common[@]}" --memory-budget lots >"$work/err.txt" 2>&1; then fail "--memory-budget lots accepted"; fi
 grep -q -- "--memory-budget must be a size in bytes like 512M" "$work/err.txt" || { cat "$work/err.txt"; fail "bad budget message"; }
-echo "chunkflow-plan: calibration, table, recommendation, JSON, histogram and errors as expected"
+# --layouts: every layout of 4 ranks with its memory estimate, no calibration; a budget between
+# the smallest and the largest splits them; the JSON lists the same layouts.
+"$plan" "${common[@]}" --layouts 4 --longest 4000 --memory-budget 8M --json "$work/layouts.json" >"$work/layouts.txt"
+grep -q "layouts of 4 ranks for .*: longest sequence 4000 tokens" "$work/layouts.txt" || { cat "$work/layouts.txt"; fail "no layouts header"; }
+! grep -q "calibrat" "$work/layouts.txt" || { cat "$work/layouts.txt"; fail "--layouts calibrated"; }
+python3 - "$work/layouts.json" "$work/layouts.txt" <<'PY' || fail "bad --layouts output"
+import json, sys
+table = json.load(open(sys.argv[1]))
+rows = table["layouts"]
+assert {(r["dp"], r["cp"], r["pp"], r["tp"]) for r in rows} >= {(4, 1, 1, 1), (2, 1, 1, 2), (1, 1, 2, 2), (1, 2, 1, 2)}, rows
+assert all(r["dp"] * r["cp"] * r["pp"] * r["tp"] == 4 and r["pp"] <= 2 and r["tp"] <= 2 for r in rows), rows
+assert [r["total_bytes"] for r in rows] == sorted(r["total_bytes"] for r in rows)
+fits = [r["fits"] for r in rows]
+assert any(fits) and not all(fits), fits
+text = open(sys.argv[2]).read()
+assert text.count("over budget") == fits.count(False), text
+assert f"{fits.count(True)} of {len(rows)} layouts fit 8.00 MiB per rank" in text, text
+PY
+status=0
+"$plan" "${common[@]}" --layouts 4 --longest 4000 --memory-budget 1K >"$work/none.txt" 2>&1 || status=$?
+[ "$status" = 2 ] || { cat "$work/none.txt"; fail "no fitting layout gave status $status, not 2"; }
+if "$plan" "${common[@]}" --layouts -2 >"$work/err.txt" 2>&1; then fail "--layouts -2 accepted"; fi
+grep -q -- "--layouts and --longest must be positive, got -2" "$work/err.txt" || { cat "$work/err.txt"; fail "bad --layouts message"; }
+echo "chunkflow-plan: calibration, table, recommendation, JSON, histogram, layouts and errors as expected"

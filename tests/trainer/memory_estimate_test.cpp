@@ -63,6 +63,49 @@ TEST(MemoryEstimateTest, ModelStateCountsEveryParameterOfTheStage) {
       << "parallel.shard_optimizer over dp x cp = 4 ranks";
 }
 
+TEST(MemoryEstimateTest, LayoutTableListsEveryLayoutTheRulesAllowWithItsFullestRank) {
+  configs::Config config = small_config();
+  config.data.path = "data/any";  // validate() needs one; the table never reads it
+  config.model.vocab_size = 96;   // tp = 2 divides everything; tp = 4 not the 2 K/V heads
+  const std::vector<LayoutMemory> table = layout_memory_table(config, 8, 1000);
+  int sharded = 0, tensor_parallel = 0;
+  for (size_t i = 0; i < table.size(); ++i) {
+    const configs::ParallelConfig& p = table[i].parallel;
+    EXPECT_EQ(p.world_size(), 8);
+    EXPECT_LE(p.pp, config.model.num_hidden_layers);
+    EXPECT_LE(p.tp, 2) << "tp must divide num_key_value_heads = 2";
+    EXPECT_TRUE(!p.shard_optimizer || p.dp * p.cp > 1) << "nothing to shard over one rank";
+    if (i > 0) {
+      EXPECT_LE(table[i - 1].worst.total_bytes(), table[i].worst.total_bytes()) << "smallest first";
+    }
+    // The fullest stage's estimate, as the trainer computes it on that stage.
+    configs::Config layout = config;
+    layout.parallel = p;
+    for (int stage = 0; stage < static_cast<int>(p.pp); ++stage) {
+      EXPECT_LE(estimate_rank_memory(layout, stage, 1000).total_bytes(), table[i].worst.total_bytes());
+    }
+    EXPECT_EQ(estimate_rank_memory(layout, table[i].worst_stage, 1000).total_bytes(), table[i].worst.total_bytes());
+    sharded += p.shard_optimizer ? 1 : 0;
+    tensor_parallel += p.tp > 1 ? 1 : 0;
+  }
+  // 8 = dp x cp x pp x tp with pp in {1, 2, 4} (5 layers; pp = 8 is too many) and tp in {1, 2}.
+  EXPECT_GT(sharded, 0);
+  EXPECT_GT(tensor_parallel, 0);
+  const auto find = [&](int64_t dp, int64_t tp, bool shard) {
+    for (const auto& entry : table) {
+      if (entry.parallel.dp == dp && entry.parallel.tp == tp && entry.parallel.shard_optimizer == shard &&
+          entry.parallel.pp == 1) {
+        return entry.worst;
+      }
+    }
+    ADD_FAILURE() << "no layout dp " << dp << " tp " << tp << " sharded " << shard;
+    return RankMemoryEstimate{};
+  };
+  EXPECT_LT(find(8, 1, true).model_state_bytes, find(8, 1, false).model_state_bytes);
+  EXPECT_LT(find(4, 2, false).model_state_bytes, find(8, 1, false).model_state_bytes);
+  EXPECT_THROW(layout_memory_table(config, 0, 1000), core::Error);
+}
+
 TEST(MemoryEstimateTest, KVStateIsWhatTheStoreAllocatesForTheLongestSequence) {
   for (const std::string dtype : {"float32", "bfloat16"}) {
     configs::Config config = small_config();
