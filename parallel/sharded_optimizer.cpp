@@ -116,7 +116,7 @@ void ShardedAdamW::step() {
   }
 }
 
-ShardedAdamW::FullState ShardedAdamW::gather_state() const {
+ShardedAdamW::FullState ShardedAdamW::gather_state(bool keep) const {
   FullState state;
   const auto& slice_state = adamw_->state();
   if (buckets_.empty() || slice_state.find(buckets_.front().slice.unsafeGetTensorImpl()) == slice_state.end()) {
@@ -128,6 +128,7 @@ ShardedAdamW::FullState ShardedAdamW::gather_state() const {
     CF_CHECK(!moments.max_exp_avg_sq().defined(), "sharded optimizer: amsgrad state cannot be sharded");
     const auto whole = [&](const torch::Tensor& slice) { return group_.size() > 1 ? group_.all_gather(slice) : slice; };
     const torch::Tensor exp_avg = whole(moments.exp_avg()), exp_avg_sq = whole(moments.exp_avg_sq());
+    if (!keep) continue;
     for (size_t i = 0; i < bucket.parameters.size(); ++i) {
       const torch::Tensor& parameter = parameters_[bucket.parameters[i]];
       auto parameter_state = std::make_unique<torch::optim::AdamWParamState>();

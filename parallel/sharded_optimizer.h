@@ -59,9 +59,11 @@ class ShardedAdamW {
 
   // Checkpoints stay layout-free: whole per-parameter AdamW state, keyed like
   // torch::optim::AdamW::state() (by the parameter's TensorImpl), for the parameters given.
-  // Collective (all-gathers the moments bucket by bucket); empty before the first step.
+  // Collective (all-gathers the moments bucket by bucket); empty before the first step. Ranks
+  // passing keep = false take part in the gathers but keep nothing (an empty map): the whole
+  // moments then never sit on them, only one bucket at a time.
   using FullState = ska::flat_hash_map<void*, std::unique_ptr<torch::optim::OptimizerParamState>>;
-  FullState gather_state() const;
+  FullState gather_state(bool keep = true) const;
   // Keeps this rank's slices of `state` (whole per-parameter AdamW state as gather_state returns
   // and torch::optim::AdamW holds; every parameter or none). Local.
   void load_state(const FullState& state);

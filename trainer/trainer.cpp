@@ -419,8 +419,12 @@ void Trainer::save_checkpoint_now() {
   contents.step = steps_done_;
   contents.model = &model_;
   contents.optimizer = optimizer_.get();
-  // Checkpoints hold whole per-parameter state whatever the layout: gathered for the save only.
-  if (sharded_optimizer_) optimizer_->state() = sharded_optimizer_->gather_state();
+  // Checkpoints hold whole per-parameter state whatever the layout: gathered for the save only, and
+  // kept only by the ranks that assemble the stage's shard (dp = cp = 0; see save_checkpoint).
+  if (sharded_optimizer_) {
+    const bool assembles = mesh_->coordinates().dp == 0 && mesh_->coordinates().cp == 0;
+    optimizer_->state() = sharded_optimizer_->gather_state(assembles);
+  }
   contents.sampler = sampler_->position();
   contents.dataset = dataset_fingerprint(*dataset_, config_.data.path);
   contents.config = &config_;

@@ -143,6 +143,9 @@ TEST(ShardedAdamWTest, StateResumesOnAnotherBucketingAndOnReplicatedAdamW) {
     first.step();
   }
   const ShardedAdamW::FullState saved = first.gather_state();
+  // Only the ranks that keep it hold the gathered state.
+  const ShardedAdamW::FullState kept_by_rank_0 = first.gather_state(world.rank() == 0);
+  EXPECT_EQ(kept_by_rank_0.size(), world.rank() == 0 ? saved.size() : 0u);
 
   const auto resharded = copy_of(original), replicated = copy_of(original);
   ShardedAdamW second(optimizer_groups(resharded), world, make_adamw, 200);
