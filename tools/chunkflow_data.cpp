@@ -2,10 +2,14 @@
 //   prepare  JSONL {"input_ids": [...], "labels"|"loss_mask": [...]} -> indexed dataset
 //   synth    the bundled long-tail demo dataset (or lengths from a histogram file)
 //   stats    length histogram (text + SVG) and chunk / padding / packing figures
+//   tokenize text -> token ids with a model's own tokenizer.json (data/bpe_tokenizer.h)
 #include <cstdio>
+#include <fstream>
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "configs/data_config.h"
 #include "core/command_line.h"
@@ -13,6 +17,7 @@
 #include "core/file_io.h"
 #include "core/logging.h"
 #include "core/strings.h"
+#include "data/bpe_tokenizer.h"
 #include "data/chunk_plan.h"
 #include "data/dataset_stats.h"
 #include "data/indexed_dataset.h"
@@ -28,6 +33,7 @@ constexpr const char* kUsage =
     "  prepare   convert JSONL token ids (with optional labels / loss_mask) to an indexed dataset\n"
     "  synth     write the synthetic long-tail demo dataset\n"
     "  stats     length distribution and chunk / padding / packing figures of a dataset\n"
+    "  tokenize  token ids of text with a model's own tokenizer.json\n"
     "Run 'chunkflow-data <command> --help' for its options.\n";
 
 int run_prepare(const std::vector<std::string>& args) {
@@ -47,6 +53,48 @@ int run_prepare(const std::vector<std::string>& args) {
   options.show_progress = !quiet;
   const data::PrepareSummary summary = data::prepare_jsonl(options);
   std::printf("%s\n", summary.to_text().c_str());
+  return 0;
+}
+
+std::string ids_json(const std::vector<int32_t>& ids) {
+  return nlohmann::json{{"ids", ids}}.dump();
+}
+
+int run_tokenize(const std::vector<std::string>& args) {
+  std::string tokenizer_path, text, input;
+  core::CommandLine command_line("chunkflow-data tokenize",
+                                 "Prints the token ids of text as the model's own Hugging Face tokenizer gives them "
+                                 "(tokenizer.json; no special tokens added), one JSON line {\"ids\": [...]} per text.");
+  command_line.add_string("tokenizer", &tokenizer_path, "a tokenizer.json, or the model folder holding one", true);
+  command_line.add_string("text", &text, "one text to tokenize");
+  command_line.add_string("input", &input, "JSONL file of {\"text\": \"...\"} lines to tokenize");
+  if (!command_line.parse(args)) return 0;
+  CF_CHECK(text.empty() != input.empty(), "chunkflow-data tokenize needs exactly one of --text and --input");
+  const data::BpeTokenizer tokenizer = data::BpeTokenizer::load(tokenizer_path);
+  if (!text.empty()) {
+    std::printf("%s\n", ids_json(tokenizer.encode(text)).c_str());
+    return 0;
+  }
+  std::ifstream lines(input);
+  CF_CHECK(lines.good(), "cannot open ", input);
+  int64_t number = 0;
+  for (std::string line; std::getline(lines, line);) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json record;
+    try {
+      record = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& error) {
+      CF_FAIL(input, ":", number, ": not JSON (", error.what(), ")");
+    }
+    CF_CHECK(record.is_object() && record.contains("text") && record["text"].is_string(), input, ":", number,
+             ": expected {\"text\": \"...\"}");
+    try {
+      std::printf("%s\n", ids_json(tokenizer.encode(record["text"].get<std::string>())).c_str());
+    } catch (const core::Error& error) {
+      CF_FAIL(input, ":", number, ": ", error.what());
+    }
+  }
   return 0;
 }
 
@@ -180,8 +228,9 @@ int main(int argc, char** argv) {
     if (all[0] == "prepare") return run_prepare(args);
     if (all[0] == "synth") return run_synth(args);
     if (all[0] == "stats") return run_stats(args);
+    if (all[0] == "tokenize") return run_tokenize(args);
     CF_FAIL("chunkflow-data: unknown command '", all[0], "'",
-            core::did_you_mean(all[0], {"prepare", "synth", "stats"}), "\n", kUsage);
+            core::did_you_mean(all[0], {"prepare", "synth", "stats", "tokenize"}), "\n", kUsage);
   } catch (const core::Error& error) {
     core::log_error(error.what());
     return 1;

@@ -1,0 +1,376 @@
+// Byte-level BPE from tokenizer.json; see bpe_tokenizer.h.
+#include "data/bpe_tokenizer.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/file_io.h"
+#include "core/strings.h"
+
+namespace chunkflow::data {
+namespace {
+
+struct CodepointRange {
+  uint32_t first, last;
+};
+#include "data/unicode_tables.inc"
+
+template <size_t N>
+bool in_ranges(const CodepointRange (&ranges)[N], uint32_t code) {
+  const auto* found = std::upper_bound(std::begin(ranges), std::end(ranges), code,
+                                       [](uint32_t value, const CodepointRange& range) { return value < range.first; });
+  return found != std::begin(ranges) && code <= (found - 1)->last;
+}
+
+bool is_letter(uint32_t code) { return in_ranges(kLetterRanges, code); }
+bool is_number(uint32_t code) { return in_ranges(kNumberRanges, code); }
+// Unicode White_Space: what \s matches in the tokenizers' regex engine.
+bool is_space(uint32_t code) {
+  return (code >= 0x09 && code <= 0x0D) || code == 0x20 || code == 0x85 || code == 0xA0 || code == 0x1680 ||
+         (code >= 0x2000 && code <= 0x200A) || code == 0x2028 || code == 0x2029 || code == 0x202F || code == 0x205F ||
+         code == 0x3000;
+}
+bool is_newline(uint32_t code) { return code == '\r' || code == '\n'; }
+
+std::string code_point_name(uint32_t code) {
+  char name[16];
+  std::snprintf(name, sizeof(name), "U+%04X", code);
+  return name;
+}
+
+// Code points of a UTF-8 text with the byte offset each starts at (one extra entry: the end).
+struct Decoded {
+  std::vector<uint32_t> codes;
+  std::vector<size_t> offsets;
+};
+
+Decoded decode_utf8(std::string_view text, size_t base_offset) {
+  Decoded decoded;
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    const int length = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 0;
+    CF_CHECK(length > 0 && i + static_cast<size_t>(length) <= text.size(), "invalid UTF-8 at byte ",
+             base_offset + i);
+    uint32_t code = length == 1 ? lead : lead & (0x7F >> length);
+    for (int k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + static_cast<size_t>(k)]);
+      CF_CHECK((next & 0xC0) == 0x80, "invalid UTF-8 at byte ", base_offset + i);
+      code = (code << 6) | (next & 0x3F);
+    }
+    decoded.codes.push_back(code);
+    decoded.offsets.push_back(i);
+    i += static_cast<size_t>(length);
+  }
+  decoded.offsets.push_back(text.size());
+  return decoded;
+}
+
+// GPT-2's byte-to-character table: printable bytes stand for themselves, the others for U+0100 on.
+const std::array<std::string, 256>& byte_symbols() {
+  static const std::array<std::string, 256> symbols = [] {
+    std::array<std::string, 256> table;
+    int next = 256;
+    for (int byte = 0; byte < 256; ++byte) {
+      const bool printable = (byte >= 33 && byte <= 126) || (byte >= 161 && byte <= 172) || (byte >= 174);
+      const uint32_t code = printable ? static_cast<uint32_t>(byte) : static_cast<uint32_t>(next++);
+      std::string utf8;
+      if (code < 0x80) {
+        utf8 += static_cast<char>(code);
+      } else {
+        utf8 += static_cast<char>(0xC0 | (code >> 6));
+        utf8 += static_cast<char>(0x80 | (code & 0x3F));
+      }
+      table[static_cast<size_t>(byte)] = utf8;
+    }
+    return table;
+  }();
+  return symbols;
+}
+
+// The pre-tokenizer regexes, as tokenizer.json writes them.
+constexpr const char* kGpt2Regex = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr const char* kLlama3Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr const char* kQwen2Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+// Length (in code points) of a contraction 's 't 're 've 'm 'll 'd at `at`, or 0.
+size_t contraction(const std::vector<uint32_t>& codes, size_t at, bool any_case) {
+  if (codes[at] != '\'') return 0;
+  const auto letter = [&](size_t i) -> uint32_t {
+    if (i >= codes.size()) return 0;
+    const uint32_t c = codes[i];
+    return any_case && c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
+  };
+  const uint32_t first = letter(at + 1), second = letter(at + 2);
+  if (first == 's' || first == 't' || first == 'm' || first == 'd') return 2;
+  if ((first == 'r' && second == 'e') || (first == 'v' && second == 'e') || (first == 'l' && second == 'l')) return 3;
+  return 0;
+}
+
+// Length of the whitespace run starting at `at`.
+size_t space_run(const std::vector<uint32_t>& codes, size_t at) {
+  size_t end = at;
+  while (end < codes.size() && is_space(codes[end])) ++end;
+  return end - at;
+}
+
+// \s+(?!\S) then \s+: the run, but leave its last space to the next piece when a non-space follows.
+size_t trailing_space(const std::vector<uint32_t>& codes, size_t at) {
+  const size_t run = space_run(codes, at);
+  if (run == 0) return 0;
+  if (at + run == codes.size() || run == 1) return run;  // at the end, or \s+ alone
+  return run - 1;
+}
+
+// One match of Llama 3's / Qwen2's pattern at `at` (alternatives in order, as the regex engine
+// tries them); max_digits 3 (Llama 3) or 1 (Qwen2).
+size_t match_split_pattern(const std::vector<uint32_t>& codes, size_t at, size_t max_digits) {
+  const size_t n = codes.size();
+  const auto letters_from = [&](size_t i) {
+    size_t end = i;
+    while (end < n && is_letter(codes[end])) ++end;
+    return end - i;
+  };
+  if (const size_t length = contraction(codes, at, true)) return length;
+  // [^\r\n\p{L}\p{N}]?\p{L}+
+  const uint32_t c = codes[at];
+  if (!is_newline(c) && !is_letter(c) && !is_number(c) && at + 1 < n && is_letter(codes[at + 1])) {
+    return 1 + letters_from(at + 1);
+  }
+  if (is_letter(c)) return letters_from(at);
+  // \p{N}{1,max}
+  if (is_number(c)) {
+    size_t end = at;
+    while (end < n && end - at < max_digits && is_number(codes[end])) ++end;
+    return end - at;
+  }
+  // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
+  const auto other = [&](size_t i) { return i < n && !is_space(codes[i]) && !is_letter(codes[i]) && !is_number(codes[i]); };
+  const size_t start = c == ' ' && other(at + 1) ? at + 1 : at;
+  if (other(start)) {
+    size_t end = start;
+    while (other(end)) ++end;
+    while (end < n && is_newline(codes[end])) ++end;
+    return end - at;
+  }
+  // \s*[\r\n]+: the whitespace run up to its last newline.
+  const size_t run = space_run(codes, at);
+  for (size_t end = at + run; end > at; --end) {
+    if (is_newline(codes[end - 1])) return end - at;
+  }
+  return trailing_space(codes, at);
+}
+
+// One match of GPT-2's pattern at `at`.
+size_t match_gpt2_pattern(const std::vector<uint32_t>& codes, size_t at) {
+  const size_t n = codes.size();
+  if (const size_t length = contraction(codes, at, false)) return length;
+  const auto run_of = [&](auto predicate) {
+    const size_t start = codes[at] == ' ' && at + 1 < n && predicate(codes[at + 1]) ? at + 1 : at;
+    size_t end = start;
+    while (end < n && predicate(codes[end])) ++end;
+    return end > start ? end - at : 0;
+  };
+  if (const size_t length = run_of(is_letter)) return length;
+  if (const size_t length = run_of(is_number)) return length;
+  if (const size_t length = run_of([](uint32_t code) { return !is_space(code) && !is_letter(code) && !is_number(code); })) {
+    return length;
+  }
+  return trailing_space(codes, at);
+}
+
+bool json_is(const nlohmann::json& object, const char* key, const nlohmann::json& value) {
+  return object.contains(key) && object[key] == value;
+}
+
+}  // namespace
+
+BpeTokenizer BpeTokenizer::load(const std::string& path) {
+  BpeTokenizer tokenizer;
+  tokenizer.source_ = core::path_exists(path + "/tokenizer.json") ? path + "/tokenizer.json" : path;
+  const std::string& file = tokenizer.source_;
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(core::read_file(file));
+  } catch (const nlohmann::json::exception& error) {
+    CF_FAIL(file, ": not a tokenizer.json (", error.what(), ")");
+  }
+  const auto refuse = [&](const std::string& what, const nlohmann::json& value) {
+    CF_FAIL(file, ": ", what, " ", value.dump(), " is not supported (ChunkFlow reads byte-level BPE tokenizers as "
+            "Llama 3, Qwen2 and GPT-2 ship them; data/bpe_tokenizer.h)");
+  };
+  const nlohmann::json& model = json.value("model", nlohmann::json());
+  if (!json_is(model, "type", "BPE")) refuse("model.type", model.value("type", nlohmann::json()));
+  if (model.value("byte_fallback", false)) refuse("model.byte_fallback", true);
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    if (model.contains(key) && !model[key].is_null() && model[key] != "") refuse(core::str_cat("model.", key), model[key]);
+  }
+  tokenizer.ignore_merges_ = model.value("ignore_merges", false);
+  for (const auto& [token, id] : model.at("vocab").items()) {
+    tokenizer.vocab_[token] = id.get<int32_t>();
+    tokenizer.vocab_size_ = std::max<int64_t>(tokenizer.vocab_size_, id.get<int64_t>() + 1);
+  }
+  int32_t rank = 0;
+  for (const auto& merge : model.at("merges")) {
+    // "left right" (older files) or ["left", "right"].
+    const std::string key = merge.is_string() ? merge.get<std::string>()
+                                              : merge.at(0).get<std::string>() + " " + merge.at(1).get<std::string>();
+    tokenizer.merge_ranks_.emplace(key, rank++);
+  }
+  for (const auto& added : json.value("added_tokens", nlohmann::json::array())) {
+    for (const char* flag : {"lstrip", "rstrip", "single_word"}) {
+      if (added.value(flag, false)) refuse(core::str_cat("added token ", added.at("content").dump(), " ", flag), true);
+    }
+    tokenizer.added_.push_back({added.at("content").get<std::string>(), added.at("id").get<int32_t>()});
+    tokenizer.vocab_size_ = std::max<int64_t>(tokenizer.vocab_size_, added.at("id").get<int64_t>() + 1);
+  }
+  std::stable_sort(tokenizer.added_.begin(), tokenizer.added_.end(),
+                   [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+
+  const nlohmann::json normalizer = json.value("normalizer", nlohmann::json());
+  if (json_is(normalizer, "type", "NFC")) {
+    tokenizer.nfc_ = true;
+  } else if (!normalizer.is_null()) {
+    refuse("normalizer", normalizer);
+  }
+  const nlohmann::json pre = json.value("pre_tokenizer", nlohmann::json());
+  const auto byte_level = [](const nlohmann::json& step, bool use_regex) {
+    return json_is(step, "type", "ByteLevel") && !step.value("add_prefix_space", false) &&
+           step.value("use_regex", true) == use_regex;
+  };
+  if (byte_level(pre, true)) {
+    tokenizer.pattern_ = Pattern::kGpt2;
+  } else if (json_is(pre, "type", "Sequence") && pre.at("pretokenizers").size() == 2 &&
+             byte_level(pre["pretokenizers"][1], false)) {
+    const nlohmann::json& split = pre["pretokenizers"][0];
+    const std::string regex = split.contains("pattern") ? split["pattern"].value("Regex", "") : "";
+    if (!json_is(split, "type", "Split") || !json_is(split, "behavior", "Isolated") || split.value("invert", false)) {
+      refuse("pre_tokenizer", pre);
+    }
+    if (regex == kLlama3Regex) {
+      tokenizer.pattern_ = Pattern::kLlama3;
+    } else if (regex == kQwen2Regex) {
+      tokenizer.pattern_ = Pattern::kQwen2;
+    } else {
+      refuse("pre_tokenizer split pattern", split.value("pattern", nlohmann::json()));
+    }
+  } else {
+    refuse("pre_tokenizer", pre);
+  }
+  return tokenizer;
+}
+
+int32_t BpeTokenizer::token_id(const std::string& token) const {
+  for (const AddedToken& added : added_) {
+    if (added.content == token) return added.id;
+  }
+  const auto found = vocab_.find(token);
+  return found == vocab_.end() ? -1 : found->second;
+}
+
+std::vector<std::string> BpeTokenizer::pre_tokenize(std::string_view text) const {
+  const Decoded decoded = decode_utf8(text, 0);
+  std::vector<std::string> pieces;
+  size_t at = 0;
+  while (at < decoded.codes.size()) {
+    const size_t length = pattern_ == Pattern::kGpt2 ? match_gpt2_pattern(decoded.codes, at)
+                                                     : match_split_pattern(decoded.codes, at, pattern_ == Pattern::kLlama3 ? 3 : 1);
+    CF_ASSERT(length > 0, "pre-tokenizer matched nothing at code point ", at);
+    pieces.emplace_back(text.substr(decoded.offsets[at], decoded.offsets[at + length] - decoded.offsets[at]));
+    at += length;
+  }
+  return pieces;
+}
+
+// BPE on one pre-tokenized piece: its bytes as byte-level symbols, then the lowest-ranked adjacent
+// pair merged (every occurrence, left to right) until no pair has a rank.
+void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>& ids) const {
+  const auto& symbols_of_byte = byte_symbols();
+  std::vector<std::string> symbols;
+  std::string whole;
+  for (const char byte : piece) {
+    symbols.push_back(symbols_of_byte[static_cast<unsigned char>(byte)]);
+    whole += symbols.back();
+  }
+  if (ignore_merges_) {
+    const auto found = vocab_.find(whole);
+    if (found != vocab_.end()) {
+      ids.push_back(found->second);
+      return;
+    }
+  }
+  while (symbols.size() > 1) {
+    int32_t best = std::numeric_limits<int32_t>::max();
+    for (size_t i = 0; i + 1 < symbols.size(); ++i) {
+      const auto found = merge_ranks_.find(symbols[i] + " " + symbols[i + 1]);
+      if (found != merge_ranks_.end()) best = std::min(best, found->second);
+    }
+    if (best == std::numeric_limits<int32_t>::max()) break;
+    std::vector<std::string> merged;
+    for (size_t i = 0; i < symbols.size(); ++i) {
+      if (i + 1 < symbols.size()) {
+        const auto found = merge_ranks_.find(symbols[i] + " " + symbols[i + 1]);
+        if (found != merge_ranks_.end() && found->second == best) {
+          merged.push_back(symbols[i] + symbols[i + 1]);
+          ++i;
+          continue;
+        }
+      }
+      merged.push_back(symbols[i]);
+    }
+    symbols = std::move(merged);
+  }
+  for (const std::string& symbol : symbols) {
+    const auto found = vocab_.find(symbol);
+    CF_CHECK(found != vocab_.end(), source_, ": the vocabulary lacks the byte-level symbol '", symbol,
+             "' (a byte-level BPE vocabulary holds every byte)");
+    ids.push_back(found->second);
+  }
+}
+
+void BpeTokenizer::encode_normal_text(std::string_view text, size_t offset, std::vector<int32_t>& ids) const {
+  if (text.empty()) return;
+  if (nfc_) {
+    const Decoded decoded = decode_utf8(text, offset);
+    for (size_t i = 0; i < decoded.codes.size(); ++i) {
+      CF_CHECK(!in_ranges(kNfcUnstableRanges, decoded.codes[i]), source_, " normalizes text to NFC, and the code point ",
+               code_point_name(decoded.codes[i]), " at byte ", offset + decoded.offsets[i],
+               " may change under NFC, which ChunkFlow does not apply yet; normalize the data to NFC first (Python: "
+               "unicodedata.normalize(\"NFC\", text))");
+    }
+  }
+  for (const std::string& piece : pre_tokenize(text)) encode_piece(piece, ids);
+}
+
+std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
+  std::vector<int32_t> ids;
+  size_t start = 0, at = 0;
+  while (at < text.size()) {
+    const AddedToken* matched = nullptr;
+    for (const AddedToken& added : added_) {  // longest first
+      if (!added.content.empty() && text.compare(at, added.content.size(), added.content) == 0) {
+        matched = &added;
+        break;
+      }
+    }
+    if (matched == nullptr) {
+      ++at;
+      continue;
+    }
+    encode_normal_text(text.substr(start, at - start), start, ids);
+    ids.push_back(matched->id);
+    at += matched->content.size();
+    start = at;
+  }
+  encode_normal_text(text.substr(start), start, ids);
+  return ids;
+}
+
+}  // namespace chunkflow::data

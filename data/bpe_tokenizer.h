@@ -1,0 +1,68 @@
+// A model's own Hugging Face tokenizer, read from its tokenizer.json: the byte-level BPE that
+// Llama 3 and Qwen2 / Qwen2.5 (and GPT-2) ship. Encodes text to the ids the `tokenizers` library
+// gives with add_special_tokens = False (what apply_chat_template(tokenize=True) uses on the
+// rendered template):
+//
+//   text -> split on added tokens (<|im_start|>, <|eot_id|>, ...: matched first, longest first)
+//        -> normalizer (none, or NFC) -> pre-tokenizer (the model's split regex, see below)
+//        -> each piece's UTF-8 bytes as byte-level symbols -> BPE merges by rank -> ids
+//
+// Pre-tokenizers understood: ByteLevel with GPT-2's own regex, and Split (behavior Isolated) with
+// Llama 3's or Qwen2's pattern followed by ByteLevel without a regex. These regexes are matched by
+// a hand-written scanner that follows them alternative by alternative (\p{L}, \p{N} from
+// data/unicode_tables.inc, \s as Unicode White_Space); any other pattern, normalizer, model type
+// or added-token option is refused by name, never approximated.
+//
+// Limits today: NFC is checked, not applied: a text holding a code point whose NFC quick check is
+// not Yes (a combining mark that could compose, a compatibility ideograph) is refused with its
+// position. Case-insensitive contractions match ASCII letters only (Oniguruma's (?i) also folds
+// U+017F and U+212A).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace chunkflow::data {
+
+class BpeTokenizer {
+ public:
+  // `path`: a tokenizer.json, or a model folder holding one. Throws core::Error naming the file
+  // and the part it cannot read or does not support.
+  static BpeTokenizer load(const std::string& path);
+
+  // Token ids of `text` (UTF-8). Throws core::Error for invalid UTF-8 and for text NFC would
+  // change under an NFC normalizer (see the file comment), naming the byte offset. Const and
+  // without shared state: threads may encode with one tokenizer at once.
+  std::vector<int32_t> encode(std::string_view text) const;
+
+  // The id of an exact vocabulary or added token, or -1.
+  int32_t token_id(const std::string& token) const;
+  // One more than the largest id (vocabulary and added tokens).
+  int64_t vocab_size() const { return vocab_size_; }
+  const std::string& source() const { return source_; }
+
+ private:
+  enum class Pattern { kGpt2, kLlama3, kQwen2 };
+  struct AddedToken {
+    std::string content;
+    int32_t id = 0;
+  };
+  std::vector<std::string> pre_tokenize(std::string_view text) const;
+  void encode_piece(const std::string& piece, std::vector<int32_t>& ids) const;
+  void encode_normal_text(std::string_view text, size_t offset, std::vector<int32_t>& ids) const;
+
+  std::string source_;
+  Pattern pattern_ = Pattern::kGpt2;
+  bool nfc_ = false;
+  bool ignore_merges_ = false;
+  std::unordered_map<std::string, int32_t> vocab_;
+  // Merge rank of a symbol pair, keyed by "left right" as tokenizer.json writes merges.
+  std::unordered_map<std::string, int32_t> merge_ranks_;
+  std::vector<AddedToken> added_;  // longest first
+  int64_t vocab_size_ = 0;
+};
+
+}  // namespace chunkflow::data

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""chunkflow-data tokenize against Hugging Face `tokenizers`, token for token.
+
+Builds three byte-level BPE tokenizers offline with the `tokenizers` library, configured as GPT-2,
+Llama 3 (its split regex, ignore_merges) and Qwen2 (its split regex, NFC normalizer) ship theirs,
+each with chat special tokens; encodes a set of awkward texts (contractions in any case, digit
+runs, whitespace and newline runs, CR LF, Unicode letters and numbers of many scripts, emoji,
+no-break and ideographic spaces, special tokens inside text) with both, and fails on the first
+difference. Also checks the refusals: text that NFC would change under the Qwen2-style tokenizer,
+and an unsupported pre-tokenizer, each named in the message.
+
+    bpe_tokenizer_test.py CHUNKFLOW_DATA
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|eot_id|>"]
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. I'm sure they're here; we'll see, won't we?",
+    "Numbers: 1234567890, 3.14159, 2024-12-04, $1,000,000.00 and 42%.",
+    "def main():\n    return [x * 2 for x in range(10)]\n\n\nif __name__ == '__main__':\n    main()\n",
+    "Café, naïve, façade, coöperate; Ωmega and ΣΙΣΥΦΟΣ; Привет, мир! Grüße aus München.",
+    "日本語のテキストと中文文本，还有한국어 텍스트。",
+    "Emoji: 😀👍🏽🎉 and symbols ©®™ — “quotes” ‘single’ … «guillemets»",
+    "<|im_start|>user\nHello there!<|im_end|>\n<|im_start|>assistant\nHi! How can I help?<|im_end|>\n",
+    "Tabs\tand\t\ttabs, spaces    and   more\r\nwindows\r\nlines\n\n\n   indented",
+] * 20
+
+TEXTS = [
+    "", " ", "   ", "\n", "\n\n", "\r\n", " \n \n ", "a", " a", "a ", "  a  ", "hello world",
+    "I'm", "I'M", "DON'T", "they'RE here", "we'Ll", "you'VE", "it'd", "'s", "'hello'", "rock'n'roll",
+    "12345", "1234567", "3.14159", "x2y3", "$100.00", "2024-12-04", "١٢٣٤ digits", "Ⅻ roman", "½ ¾",
+    "a  b", "a   b", "a\tb", "a\t\tb", "a\n\nb", "a \n b", "a\r\n\r\nb", "end   ", "end\n  ",
+    "   lead", "\t\tlead", "hello!!!", "hello!!!\n\n", "(hello) [world] {x}", "...", " ...", "--flag=1",
+    "café naïve", "ΣΙΣΥΦΟΣ", "Привет, мир!", "日本語のテキスト", "中文，标点。", "한국어 텍스트",
+    "emoji 😀👍🏽🎉!", "😀", "x😀y", "©®™", "“quoted”", "a\u00a0b", "a\u3000b", "x\u2028y", "x\u0085y",
+    "a\u200bb", "\u202fnarrow", "mixed 中文and English123", "tab\tat\tend\t",
+    "<|im_start|>user\nhi<|im_end|>\n", "<|im_start|><|im_end|>", "text<|endoftext|>more", "<|im_start",
+    "def f(x):\n    return x + 1\n", "    indented code\n\tand tabs", "a" * 300, "ab " * 100,
+] + CORPUS[:8]
+
+
+def build(kind):
+    if kind == "gpt2":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        tokenizer = Tokenizer(models.BPE(ignore_merges=kind == "llama3"))
+        pattern = LLAMA3 if kind == "llama3" else QWEN2
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        if kind == "qwen2":
+            tokenizer.normalizer = normalizers.NFC()
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=SPECIALS, show_progress=False)
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    return tokenizer
+
+
+def chunkflow_ids(tool, tokenizer_json, texts, work):
+    path = os.path.join(work, "texts.jsonl")
+    with open(path, "w", encoding="utf-8") as out:
+        for text in texts:
+            out.write(json.dumps({"text": text}) + "\n")
+    result = subprocess.run([tool, "tokenize", "--tokenizer", tokenizer_json, "--input", path],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line)["ids"] for line in result.stdout.splitlines()]
+
+
+def main():
+    tool = sys.argv[1]
+    with tempfile.TemporaryDirectory() as work:
+        for kind in ("gpt2", "llama3", "qwen2"):
+            tokenizer = build(kind)
+            folder = os.path.join(work, kind)
+            os.makedirs(folder)
+            tokenizer.save(os.path.join(folder, "tokenizer.json"))
+            got = chunkflow_ids(tool, folder, TEXTS, work)
+            assert len(got) == len(TEXTS), (kind, len(got))
+            for text, ids in zip(TEXTS, got):
+                want = tokenizer.encode(text, add_special_tokens=False).ids
+                assert ids == want, f"{kind}: {text!r}\n  chunkflow    {ids}\n  tokenizers   {want}"
+            print(f"{kind}: {len(TEXTS)} texts, {sum(map(len, got))} tokens, equal to tokenizers")
+
+        # NFC is checked, not applied: a combining accent that would compose is refused, named.
+        result = subprocess.run([tool, "tokenize", "--tokenizer", os.path.join(work, "qwen2"), "--text", "cafe\u0301"],
+                                capture_output=True, text=True)
+        assert result.returncode != 0 and "U+0301 at byte 4 may change under NFC" in result.stderr, result.stderr
+        # An unsupported pre-tokenizer is refused by name, not approximated.
+        other = build("gpt2")
+        other.pre_tokenizer = pre_tokenizers.Whitespace()
+        other.save(os.path.join(work, "whitespace.json"))
+        result = subprocess.run([tool, "tokenize", "--tokenizer", os.path.join(work, "whitespace.json"), "--text", "x"],
+                                capture_output=True, text=True)
+        assert result.returncode != 0 and "pre_tokenizer" in result.stderr and "is not supported" in result.stderr, \
+            result.stderr
+        print("refusals: NFC-changing text and an unsupported pre-tokenizer, each named")
+
+
+if __name__ == "__main__":
+    main()
