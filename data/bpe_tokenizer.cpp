@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdio>
 #include <limits>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -17,6 +17,15 @@ namespace {
 
 struct CodepointRange {
   uint32_t first, last;
+};
+struct Decomposition {
+  uint32_t code, offset, count;
+};
+struct CombiningClass {
+  uint32_t code, value;
+};
+struct Composition {
+  uint32_t first, second, composite;
 };
 #include "data/unicode_tables.inc"
 
@@ -36,12 +45,6 @@ bool is_space(uint32_t code) {
          code == 0x3000;
 }
 bool is_newline(uint32_t code) { return code == '\r' || code == '\n'; }
-
-std::string code_point_name(uint32_t code) {
-  char name[16];
-  std::snprintf(name, sizeof(name), "U+%04X", code);
-  return name;
-}
 
 // Code points of a UTF-8 text with the byte offset each starts at (one extra entry: the end).
 struct Decoded {
@@ -71,6 +74,101 @@ Decoded decode_utf8(std::string_view text, size_t base_offset) {
   return decoded;
 }
 
+// ---- NFC (Unicode Standard Annex #15): canonical decomposition, canonical ordering, composition.
+constexpr uint32_t kHangulFirst = 0xAC00, kHangulCount = 11172, kLeadFirst = 0x1100, kVowelFirst = 0x1161,
+                   kTrailFirst = 0x11A7, kVowelCount = 21, kTrailCount = 28;
+
+void decompose(uint32_t code, std::vector<uint32_t>& out) {
+  if (code >= kHangulFirst && code < kHangulFirst + kHangulCount) {
+    const uint32_t index = code - kHangulFirst;
+    out.push_back(kLeadFirst + index / (kVowelCount * kTrailCount));
+    out.push_back(kVowelFirst + index % (kVowelCount * kTrailCount) / kTrailCount);
+    if (index % kTrailCount != 0) out.push_back(kTrailFirst + index % kTrailCount);
+    return;
+  }
+  const auto* found = std::lower_bound(std::begin(kDecompositions), std::end(kDecompositions), code,
+                                       [](const Decomposition& entry, uint32_t value) { return entry.code < value; });
+  if (found == std::end(kDecompositions) || found->code != code) {
+    out.push_back(code);
+    return;
+  }
+  out.insert(out.end(), kDecomposedCodes + found->offset, kDecomposedCodes + found->offset + found->count);
+}
+
+uint32_t combining_class(uint32_t code) {
+  const auto* found = std::lower_bound(std::begin(kCombiningClasses), std::end(kCombiningClasses), code,
+                                       [](const CombiningClass& entry, uint32_t value) { return entry.code < value; });
+  return found != std::end(kCombiningClasses) && found->code == code ? found->value : 0;
+}
+
+// The primary composite of (first, second), or 0.
+uint32_t compose(uint32_t first, uint32_t second) {
+  if (first >= kLeadFirst && first < kLeadFirst + 19 && second >= kVowelFirst && second < kVowelFirst + kVowelCount) {
+    return kHangulFirst + ((first - kLeadFirst) * kVowelCount + (second - kVowelFirst)) * kTrailCount;
+  }
+  if (first >= kHangulFirst && first < kHangulFirst + kHangulCount && (first - kHangulFirst) % kTrailCount == 0 &&
+      second > kTrailFirst && second < kTrailFirst + kTrailCount) {
+    return first + (second - kTrailFirst);
+  }
+  const auto* found = std::lower_bound(
+      std::begin(kCompositions), std::end(kCompositions), std::make_pair(first, second),
+      [](const Composition& entry, const std::pair<uint32_t, uint32_t>& value) {
+        return entry.first < value.first || (entry.first == value.first && entry.second < value.second);
+      });
+  return found != std::end(kCompositions) && found->first == first && found->second == second ? found->composite : 0;
+}
+
+std::vector<uint32_t> nfc(const std::vector<uint32_t>& codes) {
+  std::vector<uint32_t> text;
+  for (const uint32_t code : codes) decompose(code, text);
+  // Canonical ordering: every run of non-starters sorted by combining class, stably.
+  for (size_t i = 1; i < text.size(); ++i) {
+    const uint32_t code = text[i], value = combining_class(code);
+    if (value == 0) continue;
+    size_t j = i;
+    while (j > 0 && combining_class(text[j - 1]) > value) {
+      text[j] = text[j - 1];
+      --j;
+    }
+    text[j] = code;
+  }
+  if (text.empty()) return text;
+  // Composition, as UAX #15's sample code: a mark joins the last starter unless blocked.
+  size_t starter = 0, written = 1;
+  uint32_t last_class = combining_class(text[0]) == 0 ? 0 : 256;
+  for (size_t i = 1; i < text.size(); ++i) {
+    const uint32_t code = text[i], value = combining_class(code);
+    const uint32_t composite = compose(text[starter], code);
+    if (composite != 0 && (last_class < value || last_class == 0)) {
+      text[starter] = composite;
+      continue;
+    }
+    if (value == 0) starter = written;
+    last_class = value;
+    text[written++] = code;
+  }
+  text.resize(written);
+  return text;
+}
+
+void append_utf8(uint32_t code, std::string& out) {
+  if (code < 0x80) {
+    out += static_cast<char>(code);
+  } else if (code < 0x800) {
+    out += static_cast<char>(0xC0 | (code >> 6));
+    out += static_cast<char>(0x80 | (code & 0x3F));
+  } else if (code < 0x10000) {
+    out += static_cast<char>(0xE0 | (code >> 12));
+    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (code >> 18));
+    out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code & 0x3F));
+  }
+}
+
 // GPT-2's byte-to-character table: printable bytes stand for themselves, the others for U+0100 on.
 const std::array<std::string, 256>& byte_symbols() {
   static const std::array<std::string, 256> symbols = [] {
@@ -78,15 +176,7 @@ const std::array<std::string, 256>& byte_symbols() {
     int next = 256;
     for (int byte = 0; byte < 256; ++byte) {
       const bool printable = (byte >= 33 && byte <= 126) || (byte >= 161 && byte <= 172) || (byte >= 174);
-      const uint32_t code = printable ? static_cast<uint32_t>(byte) : static_cast<uint32_t>(next++);
-      std::string utf8;
-      if (code < 0x80) {
-        utf8 += static_cast<char>(code);
-      } else {
-        utf8 += static_cast<char>(0xC0 | (code >> 6));
-        utf8 += static_cast<char>(0x80 | (code & 0x3F));
-      }
-      table[static_cast<size_t>(byte)] = utf8;
+      append_utf8(printable ? static_cast<uint32_t>(byte) : static_cast<uint32_t>(next++), table[static_cast<size_t>(byte)]);
     }
     return table;
   }();
@@ -339,11 +429,14 @@ void BpeTokenizer::encode_normal_text(std::string_view text, size_t offset, std:
   if (text.empty()) return;
   if (nfc_) {
     const Decoded decoded = decode_utf8(text, offset);
-    for (size_t i = 0; i < decoded.codes.size(); ++i) {
-      CF_CHECK(!in_ranges(kNfcUnstableRanges, decoded.codes[i]), source_, " normalizes text to NFC, and the code point ",
-               code_point_name(decoded.codes[i]), " at byte ", offset + decoded.offsets[i],
-               " may change under NFC, which ChunkFlow does not apply yet; normalize the data to NFC first (Python: "
-               "unicodedata.normalize(\"NFC\", text))");
+    // Text without a code point whose NFC quick check is not Yes is already NFC (the common case).
+    const bool stable = std::none_of(decoded.codes.begin(), decoded.codes.end(),
+                                     [](uint32_t code) { return in_ranges(kNfcUnstableRanges, code); });
+    if (!stable) {
+      std::string normalized;
+      for (const uint32_t code : nfc(decoded.codes)) append_utf8(code, normalized);
+      for (const std::string& piece : pre_tokenize(normalized)) encode_piece(piece, ids);
+      return;
     }
   }
   for (const std::string& piece : pre_tokenize(text)) encode_piece(piece, ids);

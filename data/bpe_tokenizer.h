@@ -13,10 +13,9 @@
 // data/unicode_tables.inc, \s as Unicode White_Space); any other pattern, normalizer, model type
 // or added-token option is refused by name, never approximated.
 //
-// Limits today: NFC is checked, not applied: a text holding a code point whose NFC quick check is
-// not Yes (a combining mark that could compose, a compatibility ideograph) is refused with its
-// position. Case-insensitive contractions match ASCII letters only (Oniguruma's (?i) also folds
-// U+017F and U+212A).
+// NFC is Unicode's (UAX #15) from generated tables, applied only to text holding a code point whose
+// NFC quick check is not Yes (other text is already NFC). Limit: case-insensitive contractions
+// match ASCII letters only (Oniguruma's (?i) also folds U+017F and U+212A).
 #pragma once
 
 #include <cstdint>
@@ -33,9 +32,8 @@ class BpeTokenizer {
   // and the part it cannot read or does not support.
   static BpeTokenizer load(const std::string& path);
 
-  // Token ids of `text` (UTF-8). Throws core::Error for invalid UTF-8 and for text NFC would
-  // change under an NFC normalizer (see the file comment), naming the byte offset. Const and
-  // without shared state: threads may encode with one tokenizer at once.
+  // Token ids of `text` (UTF-8). Throws core::Error for invalid UTF-8, naming the byte offset.
+  // Const and without shared state: threads may encode with one tokenizer at once.
   std::vector<int32_t> encode(std::string_view text) const;
 
   // The id of an exact vocabulary or added token, or -1.
