@@ -9,6 +9,7 @@
 #include <limits>
 #include <optional>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -140,8 +141,30 @@ std::string check_loss_mask(const json& values, const std::vector<int32_t>& toke
   return "";
 }
 
+// A text line: the tokenizer's ids (+ the appended id), every token a target.
+std::string tokenize_text(const json& text, const PrepareOptions& options, int64_t vocab_size, TokenDType dtype,
+                          Sample& sample) {
+  if (!text.is_string()) return core::str_cat("\"text\" is ", short_value(text), ", expected a string");
+  try {
+    sample.tokens = options.tokenizer->encode(text.get<std::string>());
+  } catch (const core::Error& error) {
+    return core::str_cat("\"text\": ", error.what());
+  }
+  if (options.append_id >= 0) sample.tokens.push_back(options.append_id);
+  if (sample.tokens.empty()) return "\"text\" is empty";
+  for (const int32_t id : sample.tokens) {
+    if ((vocab_size > 0 && id >= vocab_size) || !fits_dtype(dtype, id)) {
+      return core::str_cat("the tokenizer gave id ", id, ", beyond vocab_size ", vocab_size, " or dtype ",
+                           dtype_name(dtype));
+    }
+  }
+  sample.mask.assign(sample.tokens.size(), 1);
+  sample.has_mask = false;
+  return "";
+}
+
 // Fills `sample` from one non-blank line; returns "" when the line is good, else what is wrong.
-std::string parse_line(const std::string& line, int64_t vocab_size, TokenDType dtype,
+std::string parse_line(const std::string& line, const PrepareOptions& options, int64_t vocab_size, TokenDType dtype,
                        Sample& sample) {
   json object;
   try {
@@ -158,12 +181,17 @@ std::string parse_line(const std::string& line, int64_t vocab_size, TokenDType d
     return core::str_cat("expected a JSON object with \"input_ids\", got ", short_value(object));
   }
   const auto ids = object.find("input_ids");
+  const auto text = object.find("text");
+  if (options.tokenizer != nullptr && text != object.end()) {
+    if (ids != object.end()) return "has both \"text\" and \"input_ids\"; give one of them";
+    return tokenize_text(*text, options, vocab_size, dtype, sample);
+  }
   if (ids == object.end()) {
     std::vector<std::string> keys;
     for (const auto& item : object.items()) keys.push_back(item.key());
-    return core::str_cat("missing \"input_ids\" (keys: ",
-                         keys.empty() ? "none" : core::join(keys, ", "),
-                         "); lines must hold token ids, not text");
+    return core::str_cat("missing \"input_ids\" (keys: ", keys.empty() ? "none" : core::join(keys, ", "), ")",
+                         options.tokenizer != nullptr ? "; lines hold \"text\" or token ids"
+                                                      : "; lines must hold token ids, or text with --tokenizer");
   }
   std::string error = check_input_ids(*ids, vocab_size, dtype, sample.tokens);
   if (!error.empty()) return error;
@@ -185,15 +213,35 @@ bool is_blank(const std::string& line) {
                      [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; });
 }
 
-TokenDType choose_dtype(const PrepareOptions& options) {
+TokenDType choose_dtype(const PrepareOptions& options, int64_t vocab_size) {
   if (options.dtype == "auto") {
-    return options.vocab_size > 0 ? dtype_for_vocab(options.vocab_size) : TokenDType::kInt32;
+    return vocab_size > 0 ? dtype_for_vocab(vocab_size) : TokenDType::kInt32;
   }
   const TokenDType dtype = parse_dtype(options.dtype);
-  CF_CHECK(options.vocab_size == 0 || fits_dtype(dtype, options.vocab_size - 1), "dtype ",
+  CF_CHECK(vocab_size == 0 || fits_dtype(dtype, vocab_size - 1), "dtype ",
            options.dtype, " cannot hold token ids up to vocab_size - 1 = ",
-           options.vocab_size - 1, "; use int32 or auto");
+           vocab_size - 1, "; use int32 or auto");
   return dtype;
+}
+
+// Parses (and tokenizes) a batch of lines on `threads` threads; results in input order.
+void parse_batch(const std::vector<std::string>& lines, const PrepareOptions& options, int64_t vocab_size,
+                 TokenDType dtype, int64_t threads, std::vector<Sample>& samples, std::vector<std::string>& errors) {
+  samples.assign(lines.size(), Sample{});
+  errors.assign(lines.size(), std::string());
+  const auto work = [&](size_t first) {
+    for (size_t i = first; i < lines.size(); i += static_cast<size_t>(threads)) {
+      errors[i] = parse_line(lines[i], options, vocab_size, dtype, samples[i]);
+    }
+  };
+  if (threads <= 1 || lines.size() < 2) {
+    work(0);
+    return;
+  }
+  std::vector<std::thread> workers;
+  for (int64_t t = 1; t < threads; ++t) workers.emplace_back(work, static_cast<size_t>(t));
+  work(0);
+  for (std::thread& worker : workers) worker.join();
 }
 
 void remove_stale_mask(const std::string& mask_prefix) {
@@ -216,7 +264,14 @@ PrepareSummary prepare_jsonl(const PrepareOptions& options) {
            options.vocab_size);
   CF_CHECK(options.max_reported_errors >= 0, "prepare: max_reported_errors must be >= 0, got ",
            options.max_reported_errors);
-  const TokenDType dtype = choose_dtype(options);
+  CF_CHECK(options.tokenizer != nullptr || options.append_id < 0, "prepare: append_id needs a tokenizer");
+  CF_CHECK(options.threads >= 0, "prepare: threads must be >= 0 (0 = every core), got ", options.threads);
+  // With a tokenizer its vocabulary bounds the ids unless a vocab_size is given.
+  const int64_t vocab_size =
+      options.vocab_size > 0 ? options.vocab_size : options.tokenizer != nullptr ? options.tokenizer->vocab_size() : 0;
+  const TokenDType dtype = choose_dtype(options, vocab_size);
+  const int64_t threads =
+      options.threads > 0 ? options.threads : std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
 
   std::error_code fs_error;
   CF_CHECK(std::filesystem::exists(options.input, fs_error), "prepare: input '", options.input,
@@ -243,8 +298,43 @@ PrepareSummary prepare_jsonl(const PrepareOptions& options) {
   std::optional<core::Progress> progress;
   if (options.show_progress) progress.emplace("prepare " + options.input, input_bytes, "bytes");
 
+  // Lines are read, parsed in parallel batches, then written one by one in input order.
+  constexpr size_t kBatchLines = 2048;
+  std::vector<std::string> batch;
+  std::vector<int64_t> batch_line_numbers;
+  std::vector<Sample> samples;
+  std::vector<std::string> errors;
+  const auto write_batch = [&] {
+    parse_batch(batch, options, vocab_size, dtype, threads, samples, errors);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (!errors[i].empty()) {
+        const std::string message = core::str_cat(options.input, ":", batch_line_numbers[i], ": ", errors[i]);
+        CF_CHECK(options.skip_bad_lines, message,
+                 " (nothing was written; to skip bad lines instead, use --skip-bad-lines)");
+        ++summary.bad_lines;
+        if (static_cast<int64_t>(summary.errors.size()) < options.max_reported_errors) {
+          summary.errors.push_back(message);
+        }
+        continue;
+      }
+      const Sample& sample = samples[i];
+      token_writer.add_sequence(sample.tokens);
+      token_writer.end_document();
+      mask_writer.add_sequence(sample.mask);
+      mask_writer.end_document();
+
+      const int64_t length = static_cast<int64_t>(sample.tokens.size());
+      summary.min_length = summary.sequences == 0 ? length : std::min(summary.min_length, length);
+      summary.max_length = std::max(summary.max_length, length);
+      ++summary.sequences;
+      summary.tokens += length;
+      summary.loss_tokens += std::count(sample.mask.begin() + 1, sample.mask.end(), 1);
+      summary.has_loss_mask = summary.has_loss_mask || sample.has_mask;
+    }
+    batch.clear();
+    batch_line_numbers.clear();
+  };
   std::string line;
-  Sample sample;
   int64_t bytes_read = 0;
   while (std::getline(in, line)) {
     ++summary.lines;
@@ -256,30 +346,11 @@ PrepareSummary prepare_jsonl(const PrepareOptions& options) {
       ++summary.blank_lines;
       continue;
     }
-    const std::string error = parse_line(line, options.vocab_size, dtype, sample);
-    if (!error.empty()) {
-      const std::string message = core::str_cat(options.input, ":", summary.lines, ": ", error);
-      CF_CHECK(options.skip_bad_lines, message,
-               " (nothing was written; to skip bad lines instead, use --skip-bad-lines)");
-      ++summary.bad_lines;
-      if (static_cast<int64_t>(summary.errors.size()) < options.max_reported_errors) {
-        summary.errors.push_back(message);
-      }
-      continue;
-    }
-    token_writer.add_sequence(sample.tokens);
-    token_writer.end_document();
-    mask_writer.add_sequence(sample.mask);
-    mask_writer.end_document();
-
-    const int64_t length = static_cast<int64_t>(sample.tokens.size());
-    summary.min_length = summary.sequences == 0 ? length : std::min(summary.min_length, length);
-    summary.max_length = std::max(summary.max_length, length);
-    ++summary.sequences;
-    summary.tokens += length;
-    summary.loss_tokens += std::count(sample.mask.begin() + 1, sample.mask.end(), 1);
-    summary.has_loss_mask = summary.has_loss_mask || sample.has_mask;
+    batch.push_back(std::move(line));
+    batch_line_numbers.push_back(summary.lines);
+    if (batch.size() == kBatchLines) write_batch();
   }
+  write_batch();
   CF_CHECK(!in.bad(), "prepare: error reading '", options.input, "' after line ", summary.lines,
            ": ", std::strerror(errno), "; nothing was written");
   CF_CHECK(summary.sequences > 0, options.input, ": no usable lines (", summary.lines,

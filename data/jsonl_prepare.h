@@ -8,7 +8,10 @@
 //                                                              unshifted as in Hugging Face
 //   {"input_ids": [...], "loss_mask": [0|1|false|true, ...]}   1 = target
 // labels / loss_mask have the length of input_ids; a line may carry at most one of them; other
-// keys are ignored. Blank lines are skipped. Every other deviation makes the line bad: not JSON,
+// keys are ignored. With a tokenizer (PrepareOptions::tokenizer, the model's own tokenizer.json)
+// a line may instead hold text,
+//   {"text": "..."}                                            tokenized, every token a target
+// (plus the tokenizer's end-of-text id when append_id >= 0). Blank lines are skipped. Every other deviation makes the line bad: not JSON,
 // not an object, input_ids missing / empty / not an array of integers in [0, vocab_size) (or
 // [0, 2^31) without a vocabulary), a bad labels or loss_mask value, a length mismatch.
 //
@@ -22,6 +25,8 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "data/bpe_tokenizer.h"
 
 namespace chunkflow::data {
 
@@ -37,6 +42,13 @@ struct PrepareOptions {
   bool skip_bad_lines = false;
   int64_t max_reported_errors = 20;  // messages kept in PrepareSummary::errors when skipping
   bool show_progress = true;         // core::Progress over input bytes
+  // Text lines: tokenized with this tokenizer (not owned; null: token ids only), and this id
+  // appended to each (-1: nothing appended).
+  const BpeTokenizer* tokenizer = nullptr;
+  int32_t append_id = -1;
+  // Lines are parsed and tokenized in batches on this many threads (0: every core), and written
+  // in input order, so the output does not depend on it.
+  int64_t threads = 0;
 };
 
 struct PrepareSummary {

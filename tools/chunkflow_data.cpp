@@ -1,10 +1,11 @@
 // chunkflow-data: build and inspect tokenized datasets.
-//   prepare  JSONL {"input_ids": [...], "labels"|"loss_mask": [...]} -> indexed dataset
+//   prepare  JSONL {"input_ids": [...], "labels"|"loss_mask": [...]} or {"text": ...} -> indexed dataset
 //   synth    the bundled long-tail demo dataset (or lengths from a histogram file)
 //   stats    length histogram (text + SVG) and chunk / padding / packing figures
 //   tokenize text -> token ids with a model's own tokenizer.json (data/bpe_tokenizer.h)
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -36,21 +37,55 @@ constexpr const char* kUsage =
     "  tokenize  token ids of text with a model's own tokenizer.json\n"
     "Run 'chunkflow-data <command> --help' for its options.\n";
 
+// The id of tokenizer_config.json's eos_token beside the tokenizer (what a text sample ends with).
+int32_t eos_id(const data::BpeTokenizer& tokenizer) {
+  const std::string folder = std::filesystem::path(tokenizer.source()).parent_path().string();
+  const std::string config_path = (folder.empty() ? std::string(".") : folder) + "/tokenizer_config.json";
+  CF_CHECK(core::path_exists(config_path), "--append-eos needs ", config_path, " (its eos_token)");
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(core::read_file(config_path));
+  } catch (const nlohmann::json::exception& error) {
+    CF_FAIL(config_path, ": not JSON (", error.what(), ")");
+  }
+  const nlohmann::json eos = config.value("eos_token", nlohmann::json());
+  const std::string content = eos.is_string() ? eos.get<std::string>() : eos.is_object() ? eos.value("content", "") : "";
+  CF_CHECK(!content.empty(), config_path, ": no eos_token (needed by --append-eos)");
+  const int32_t id = tokenizer.token_id(content);
+  CF_CHECK(id >= 0, config_path, ": eos_token '", content, "' is not a token of ", tokenizer.source());
+  return id;
+}
+
 int run_prepare(const std::vector<std::string>& args) {
   data::PrepareOptions options;
-  bool quiet = false;
+  bool quiet = false, append_eos = false;
+  std::string tokenizer_path;
+  int64_t threads = 0;
   core::CommandLine command_line("chunkflow-data prepare",
                                  "Converts JSONL lines {\"input_ids\": [...]} (optional \"labels\" with -100 for "
-                                 "no loss, or \"loss_mask\") into <output>.bin/.idx (+ <output>_loss_mask).");
+                                 "no loss, or \"loss_mask\"), or with --tokenizer {\"text\": \"...\"}, into "
+                                 "<output>.bin/.idx (+ <output>_loss_mask).");
   command_line.add_string("input", &options.input, "JSONL file", true);
   command_line.add_string("output", &options.output_prefix, "output prefix", true);
   command_line.add_int("vocab-size", &options.vocab_size, "reject ids >= this (0: unchecked)");
   command_line.add_string("dtype", &options.dtype, "token dtype: auto, uint16, int32, ...");
   command_line.add_flag("skip-bad-lines", &options.skip_bad_lines, "skip and count bad lines instead of stopping");
   command_line.add_int("max-errors", &options.max_reported_errors, "bad lines to list when skipping");
+  command_line.add_string("tokenizer", &tokenizer_path,
+                          "a model's tokenizer.json (or its folder): lines may hold \"text\", tokenized with it");
+  command_line.add_flag("append-eos", &append_eos, "end each text with tokenizer_config.json's eos_token");
+  command_line.add_int("threads", &threads, "threads that parse and tokenize (default: every core)");
   command_line.add_flag("quiet", &quiet, "no progress output");
   if (!command_line.parse(args)) return 0;
   options.show_progress = !quiet;
+  options.threads = threads;
+  CF_CHECK(!append_eos || !tokenizer_path.empty(), "--append-eos needs --tokenizer");
+  std::optional<data::BpeTokenizer> tokenizer;
+  if (!tokenizer_path.empty()) {
+    tokenizer.emplace(data::BpeTokenizer::load(tokenizer_path));
+    options.tokenizer = &*tokenizer;
+    if (append_eos) options.append_id = eos_id(*tokenizer);
+  }
   const data::PrepareSummary summary = data::prepare_jsonl(options);
   std::printf("%s\n", summary.to_text().c_str());
   return 0;

@@ -7,12 +7,16 @@ each with chat special tokens; encodes a set of awkward texts (contractions in a
 runs, whitespace and newline runs, CR LF, Unicode letters and numbers of many scripts, emoji,
 no-break and ideographic spaces, special tokens inside text, text that NFC changes: combining
 marks to compose and reorder, Hangul jamo, singletons) with both, and fails on the first
-difference. Also checks that an unsupported pre-tokenizer is refused, named in the message.
+difference. `chunkflow-data prepare --tokenizer --append-eos` then writes those texts as a dataset
+holding the same ids plus the end-of-text id, with 1 thread and with 3 (same bytes), and names
+file:line for a line whose "text" is not a string. Also checks that an unsupported pre-tokenizer
+is refused, named in the message.
 
     bpe_tokenizer_test.py CHUNKFLOW_DATA
 """
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -83,6 +87,54 @@ def chunkflow_ids(tool, tokenizer_json, texts, work):
     return [json.loads(line)["ids"] for line in result.stdout.splitlines()]
 
 
+MEGATRON_DTYPES = {1: (1, False), 2: (1, True), 3: (2, True), 4: (4, True), 5: (8, True), 8: (2, False)}
+
+
+def read_dataset(prefix):
+    """Sequences of a Megatron .bin/.idx pair (data/indexed_dataset.h)."""
+    with open(prefix + ".idx", "rb") as idx:
+        assert idx.read(9) == b"MMIDIDX\x00\x00"
+        _version, dtype_code = struct.unpack("<QB", idx.read(9))
+        count, _documents = struct.unpack("<QQ", idx.read(16))
+        sizes = struct.unpack(f"<{count}i", idx.read(4 * count))
+        pointers = struct.unpack(f"<{count}q", idx.read(8 * count))
+    data = open(prefix + ".bin", "rb").read()
+    width, signed = MEGATRON_DTYPES[dtype_code]
+    return [[int.from_bytes(data[p + k * width:p + (k + 1) * width], "little", signed=signed) for k in range(n)]
+            for p, n in zip(pointers, sizes)]
+
+
+def check_prepare(tool, work, tokenizer):
+    folder = os.path.join(work, "qwen2")
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as config:
+        json.dump({"eos_token": "<|endoftext|>"}, config)
+    texts = [text for text in TEXTS if text]  # an empty text would be an empty sequence
+    source = os.path.join(work, "texts.jsonl")
+    with open(source, "w", encoding="utf-8") as out:
+        for text in texts:
+            out.write(json.dumps({"text": text}) + "\n")
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    written = {}
+    for threads in (1, 3):
+        prefix = os.path.join(work, f"prepared{threads}", "data")
+        subprocess.run([tool, "prepare", "--input", source, "--output", prefix, "--tokenizer", folder, "--append-eos",
+                        "--threads", str(threads), "--quiet"], check=True, capture_output=True)
+        written[threads] = open(prefix + ".bin", "rb").read() + open(prefix + ".idx", "rb").read()
+        sequences = read_dataset(prefix)
+        assert len(sequences) == len(texts), (len(sequences), len(texts))
+        for text, ids in zip(texts, sequences):
+            assert ids == tokenizer.encode(text, add_special_tokens=False).ids + [eos], f"prepare: {text!r}"
+    assert written[1] == written[3], "the dataset depends on --threads"
+    with open(source, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"text": 42}) + "\n")
+    result = subprocess.run([tool, "prepare", "--input", source, "--output", os.path.join(work, "bad", "data"),
+                             "--tokenizer", folder, "--quiet"], capture_output=True, text=True)
+    expected = f'texts.jsonl:{len(texts) + 1}: "text" is 42, expected a string'
+    assert result.returncode != 0 and expected in result.stderr, result.stderr
+    print(f"prepare --tokenizer --append-eos: {len(texts)} texts written as tokenizers' ids + <|endoftext|>, "
+          "the same bytes on 1 and 3 threads")
+
+
 def main():
     tool = sys.argv[1]
     with tempfile.TemporaryDirectory() as work:
@@ -97,6 +149,8 @@ def main():
                 want = tokenizer.encode(text, add_special_tokens=False).ids
                 assert ids == want, f"{kind}: {text!r}\n  chunkflow    {ids}\n  tokenizers   {want}"
             print(f"{kind}: {len(TEXTS)} texts, {sum(map(len, got))} tokens, equal to tokenizers")
+            if kind == "qwen2":
+                check_prepare(tool, work, tokenizer)
 
         # An unsupported pre-tokenizer is refused by name, not approximated.
         other = build("gpt2")
