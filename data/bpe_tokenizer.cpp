@@ -280,6 +280,41 @@ bool json_is(const nlohmann::json& object, const char* key, const nlohmann::json
   return object.contains(key) && object[key] == value;
 }
 
+// The ids a post-processor puts around a single text. TemplateProcessing's "single" template:
+// special tokens before and after $A; ByteLevel only adjusts offsets; Sequence applies its
+// processors in order. Another kind sets `refusal` (add_special_tokens is then refused with it).
+struct PostProcessorIds {
+  std::vector<int32_t> prefix, suffix;
+  std::string refusal;
+};
+
+void read_post_processor(const nlohmann::json& processor, const std::string& source, PostProcessorIds& ids) {
+  if (processor.is_null() || json_is(processor, "type", "ByteLevel")) return;
+  if (json_is(processor, "type", "Sequence")) {
+    for (const auto& step : processor.at("processors")) read_post_processor(step, source, ids);
+    return;
+  }
+  if (!json_is(processor, "type", "TemplateProcessing")) {
+    ids.refusal = core::str_cat(source, ": post_processor ", processor.value("type", std::string("?")),
+                                " is not supported (TemplateProcessing and ByteLevel are)");
+    return;
+  }
+  bool after_text = false;
+  for (const auto& piece : processor.at("single")) {
+    if (piece.contains("Sequence")) {
+      CF_CHECK(piece["Sequence"].value("id", "") == "A", source, ": post_processor single template piece ",
+               piece.dump(), " is not supported");
+      after_text = true;
+      continue;
+    }
+    const std::string name = piece.at("SpecialToken").at("id").get<std::string>();
+    const auto special = processor.at("special_tokens").find(name);
+    CF_CHECK(special != processor.at("special_tokens").end(), source, ": post_processor names special token '",
+             name, "' but does not define it");
+    for (const auto& id : special->at("ids")) (after_text ? ids.suffix : ids.prefix).push_back(id.get<int32_t>());
+  }
+}
+
 }  // namespace
 
 BpeTokenizer BpeTokenizer::load(const std::string& path) {
@@ -354,6 +389,11 @@ BpeTokenizer BpeTokenizer::load(const std::string& path) {
   } else {
     refuse("pre_tokenizer", pre);
   }
+  PostProcessorIds post;
+  read_post_processor(json.value("post_processor", nlohmann::json()), file, post);
+  tokenizer.prefix_ids_ = std::move(post.prefix);
+  tokenizer.suffix_ids_ = std::move(post.suffix);
+  tokenizer.post_processor_refusal_ = std::move(post.refusal);
   return tokenizer;
 }
 
@@ -442,8 +482,10 @@ void BpeTokenizer::encode_normal_text(std::string_view text, size_t offset, std:
   for (const std::string& piece : pre_tokenize(text)) encode_piece(piece, ids);
 }
 
-std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
+std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  CF_CHECK(!add_special_tokens || post_processor_refusal_.empty(), post_processor_refusal_);
   std::vector<int32_t> ids;
+  if (add_special_tokens) ids = prefix_ids_;
   size_t start = 0, at = 0;
   while (at < text.size()) {
     const AddedToken* matched = nullptr;
@@ -463,6 +505,7 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
     start = at;
   }
   encode_normal_text(text.substr(start), start, ids);
+  if (add_special_tokens) ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
   return ids;
 }
 

@@ -32,9 +32,12 @@ class BpeTokenizer {
   // and the part it cannot read or does not support.
   static BpeTokenizer load(const std::string& path);
 
-  // Token ids of `text` (UTF-8). Throws core::Error for invalid UTF-8, naming the byte offset.
-  // Const and without shared state: threads may encode with one tokenizer at once.
-  std::vector<int32_t> encode(std::string_view text) const;
+  // Token ids of `text` (UTF-8). add_special_tokens: also the ids the tokenizer's post-processor
+  // puts around a single text (TemplateProcessing, e.g. Llama 3's <|begin_of_text|>), as
+  // tokenizers' encode(text) does by default; a post-processor other than TemplateProcessing /
+  // ByteLevel is then refused by name. Throws core::Error for invalid UTF-8, naming the byte
+  // offset. Const and without shared state: threads may encode with one tokenizer at once.
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
 
   // The id of an exact vocabulary or added token, or -1.
   int32_t token_id(const std::string& token) const;
@@ -61,6 +64,10 @@ class BpeTokenizer {
   std::unordered_map<std::string, int32_t> merge_ranks_;
   std::vector<AddedToken> added_;  // longest first
   int64_t vocab_size_ = 0;
+  // The post-processor's ids before and after a single text; post_processor_refusal_ is set (and
+  // add_special_tokens refused with it) when the post-processor is not understood.
+  std::vector<int32_t> prefix_ids_, suffix_ids_;
+  std::string post_processor_refusal_;
 };
 
 }  // namespace chunkflow::data

@@ -146,7 +146,7 @@ std::string tokenize_text(const json& text, const PrepareOptions& options, int64
                           Sample& sample) {
   if (!text.is_string()) return core::str_cat("\"text\" is ", short_value(text), ", expected a string");
   try {
-    sample.tokens = options.tokenizer->encode(text.get<std::string>());
+    sample.tokens = options.tokenizer->encode(text.get<std::string>(), options.add_special_tokens);
   } catch (const core::Error& error) {
     return core::str_cat("\"text\": ", error.what());
   }
@@ -264,7 +264,8 @@ PrepareSummary prepare_jsonl(const PrepareOptions& options) {
            options.vocab_size);
   CF_CHECK(options.max_reported_errors >= 0, "prepare: max_reported_errors must be >= 0, got ",
            options.max_reported_errors);
-  CF_CHECK(options.tokenizer != nullptr || options.append_id < 0, "prepare: append_id needs a tokenizer");
+  CF_CHECK(options.tokenizer != nullptr || (options.append_id < 0 && !options.add_special_tokens),
+           "prepare: append_id and add_special_tokens need a tokenizer");
   CF_CHECK(options.threads >= 0, "prepare: threads must be >= 0 (0 = every core), got ", options.threads);
   // With a tokenizer its vocabulary bounds the ids unless a vocab_size is given.
   const int64_t vocab_size =

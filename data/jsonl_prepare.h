@@ -46,6 +46,8 @@ struct PrepareOptions {
   // appended to each (-1: nothing appended).
   const BpeTokenizer* tokenizer = nullptr;
   int32_t append_id = -1;
+  // Also the ids the tokenizer's post-processor puts around a text (BpeTokenizer::encode).
+  bool add_special_tokens = false;
   // Lines are parsed and tokenized in batches on this many threads (0: every core), and written
   // in input order, so the output does not depend on it.
   int64_t threads = 0;

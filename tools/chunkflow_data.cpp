@@ -74,12 +74,15 @@ int run_prepare(const std::vector<std::string>& args) {
   command_line.add_string("tokenizer", &tokenizer_path,
                           "a model's tokenizer.json (or its folder): lines may hold \"text\", tokenized with it");
   command_line.add_flag("append-eos", &append_eos, "end each text with tokenizer_config.json's eos_token");
+  command_line.add_flag("add-special-tokens", &options.add_special_tokens,
+                        "add the tokenizer's own special tokens around each text (e.g. Llama 3's <|begin_of_text|>)");
   command_line.add_int("threads", &threads, "threads that parse and tokenize (default: every core)");
   command_line.add_flag("quiet", &quiet, "no progress output");
   if (!command_line.parse(args)) return 0;
   options.show_progress = !quiet;
   options.threads = threads;
-  CF_CHECK(!append_eos || !tokenizer_path.empty(), "--append-eos needs --tokenizer");
+  CF_CHECK((!append_eos && !options.add_special_tokens) || !tokenizer_path.empty(),
+           "--append-eos and --add-special-tokens need --tokenizer");
   std::optional<data::BpeTokenizer> tokenizer;
   if (!tokenizer_path.empty()) {
     tokenizer.emplace(data::BpeTokenizer::load(tokenizer_path));
@@ -97,17 +100,21 @@ std::string ids_json(const std::vector<int32_t>& ids) {
 
 int run_tokenize(const std::vector<std::string>& args) {
   std::string tokenizer_path, text, input;
+  bool add_special_tokens = false;
   core::CommandLine command_line("chunkflow-data tokenize",
                                  "Prints the token ids of text as the model's own Hugging Face tokenizer gives them "
-                                 "(tokenizer.json; no special tokens added), one JSON line {\"ids\": [...]} per text.");
+                                 "(tokenizer.json; special tokens only with --add-special-tokens), one JSON line "
+                                 "{\"ids\": [...]} per text.");
   command_line.add_string("tokenizer", &tokenizer_path, "a tokenizer.json, or the model folder holding one", true);
   command_line.add_string("text", &text, "one text to tokenize");
   command_line.add_string("input", &input, "JSONL file of {\"text\": \"...\"} lines to tokenize");
+  command_line.add_flag("add-special-tokens", &add_special_tokens,
+                        "add the tokenizer's own special tokens around each text, as tokenizers' encode() does");
   if (!command_line.parse(args)) return 0;
   CF_CHECK(text.empty() != input.empty(), "chunkflow-data tokenize needs exactly one of --text and --input");
   const data::BpeTokenizer tokenizer = data::BpeTokenizer::load(tokenizer_path);
   if (!text.empty()) {
-    std::printf("%s\n", ids_json(tokenizer.encode(text)).c_str());
+    std::printf("%s\n", ids_json(tokenizer.encode(text, add_special_tokens)).c_str());
     return 0;
   }
   std::ifstream lines(input);
@@ -125,7 +132,7 @@ int run_tokenize(const std::vector<std::string>& args) {
     CF_CHECK(record.is_object() && record.contains("text") && record["text"].is_string(), input, ":", number,
              ": expected {\"text\": \"...\"}");
     try {
-      std::printf("%s\n", ids_json(tokenizer.encode(record["text"].get<std::string>())).c_str());
+      std::printf("%s\n", ids_json(tokenizer.encode(record["text"].get<std::string>(), add_special_tokens)).c_str());
     } catch (const core::Error& error) {
       CF_FAIL(input, ":", number, ": ", error.what());
     }

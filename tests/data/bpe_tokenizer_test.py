@@ -7,7 +7,8 @@ each with chat special tokens; encodes a set of awkward texts (contractions in a
 runs, whitespace and newline runs, CR LF, Unicode letters and numbers of many scripts, emoji,
 no-break and ideographic spaces, special tokens inside text, text that NFC changes: combining
 marks to compose and reorder, Hangul jamo, singletons) with both, and fails on the first
-difference. `chunkflow-data prepare --tokenizer --append-eos` then writes those texts as a dataset
+difference, without and with the post-processor's special tokens (Llama 3's <|begin_of_text|>).
+`chunkflow-data prepare --tokenizer --append-eos` then writes those texts as a dataset
 holding the same ids plus the end-of-text id, with 1 thread and with 3 (same bytes), and names
 file:line for a line whose "text" is not a string. Also checks that an unsupported pre-tokenizer
 is refused, named in the message.
@@ -21,11 +22,11 @@ import subprocess
 import sys
 import tempfile
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|eot_id|>"]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|begin_of_text|>"]
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. I'm sure they're here; we'll see, won't we?",
@@ -73,15 +74,22 @@ def build(kind):
     trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=SPECIALS, show_progress=False)
     tokenizer.train_from_iterator(CORPUS, trainer)
+    if kind == "llama3":  # as Llama 3 ships it: <|begin_of_text|> before every text
+        begin = tokenizer.token_to_id("<|begin_of_text|>")
+        tokenizer.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+                                          special_tokens=[("<|begin_of_text|>", begin)]),
+        ])
     return tokenizer
 
 
-def chunkflow_ids(tool, tokenizer_json, texts, work):
+def chunkflow_ids(tool, tokenizer_json, texts, work, *flags):
     path = os.path.join(work, "texts.jsonl")
     with open(path, "w", encoding="utf-8") as out:
         for text in texts:
             out.write(json.dumps({"text": text}) + "\n")
-    result = subprocess.run([tool, "tokenize", "--tokenizer", tokenizer_json, "--input", path],
+    result = subprocess.run([tool, "tokenize", "--tokenizer", tokenizer_json, "--input", path, *flags],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return [json.loads(line)["ids"] for line in result.stdout.splitlines()]
@@ -149,6 +157,13 @@ def main():
                 want = tokenizer.encode(text, add_special_tokens=False).ids
                 assert ids == want, f"{kind}: {text!r}\n  chunkflow    {ids}\n  tokenizers   {want}"
             print(f"{kind}: {len(TEXTS)} texts, {sum(map(len, got))} tokens, equal to tokenizers")
+            # With the post-processor's special tokens, as tokenizers' encode() adds by default.
+            with_specials = chunkflow_ids(tool, folder, TEXTS, work, "--add-special-tokens")
+            for text, ids in zip(TEXTS, with_specials):
+                want = tokenizer.encode(text).ids
+                assert ids == want, f"{kind} with special tokens: {text!r}\n  chunkflow  {ids}\n  tokenizers {want}"
+            if kind == "llama3":
+                assert with_specials[1][0] == tokenizer.token_to_id("<|begin_of_text|>"), with_specials[1]
             if kind == "qwen2":
                 check_prepare(tool, work, tokenizer)
 
