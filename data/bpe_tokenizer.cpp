@@ -469,9 +469,18 @@ void BpeTokenizer::encode_normal_text(std::string_view text, size_t offset, std:
   if (text.empty()) return;
   if (nfc_) {
     const Decoded decoded = decode_utf8(text, offset);
-    // Text without a code point whose NFC quick check is not Yes is already NFC (the common case).
-    const bool stable = std::none_of(decoded.codes.begin(), decoded.codes.end(),
-                                     [](uint32_t code) { return in_ranges(kNfcUnstableRanges, code); });
+    // UAX #15's quick check: text whose code points all have NFC_QC = Yes and whose combining marks
+    // are in canonical order is already NFC (the common case).
+    bool stable = true;
+    uint32_t last_class = 0;
+    for (const uint32_t code : decoded.codes) {
+      const uint32_t value = combining_class(code);
+      if (in_ranges(kNfcUnstableRanges, code) || (value != 0 && last_class > value)) {
+        stable = false;
+        break;
+      }
+      last_class = value;
+    }
     if (!stable) {
       std::string normalized;
       for (const uint32_t code : nfc(decoded.codes)) append_utf8(code, normalized);

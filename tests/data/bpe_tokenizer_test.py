@@ -7,7 +7,8 @@ each with chat special tokens; encodes a set of awkward texts (contractions in a
 runs, whitespace and newline runs, CR LF, Unicode letters and numbers of many scripts, emoji,
 no-break and ideographic spaces, special tokens inside text, text that NFC changes: combining
 marks to compose and reorder, Hangul jamo, singletons) with both, and fails on the first
-difference, without and with the post-processor's special tokens (Llama 3's <|begin_of_text|>).
+difference, without and with the post-processor's special tokens (Llama 3's <|begin_of_text|>);
+then 400 random strings per tokenizer from code points where tokenizing is tricky.
 `chunkflow-data prepare --tokenizer --append-eos` then writes those texts as a dataset
 holding the same ids plus the end-of-text id, with 1 thread and with 3 (same bytes), and names
 file:line for a line whose "text" is not a string. Also checks that an unsupported pre-tokenizer
@@ -55,6 +56,23 @@ TEXTS = [
     "\u1100\u1161\u11a8", "\uac00\u11a8", "\u0344", "\u0301start", "\u00c5\u0301", "\u0915\u093c",
     "\ufb01 ligature", "o\u0308\u0304 and \u1e9b\u0323", "\u0958\u0959",
 ] + CORPUS[:8]
+
+
+def random_texts(count, seed):
+    """Random strings from code points where tokenizing is tricky: letters and digits of several
+    scripts, combining marks (which NFC composes and reorders), Hangul syllables and jamo,
+    compatibility ideographs, whitespace of every kind, punctuation, emoji."""
+    import random
+    pools = [range(0x20, 0x7F), range(0xC0, 0x250), range(0x300, 0x370), range(0x391, 0x3CA), range(0x400, 0x460),
+             range(0x591, 0x5C8), range(0x900, 0x97F), range(0x1100, 0x1200), range(0xAC00, 0xAC40),
+             range(0x1E00, 0x1F00), range(0x2000, 0x2030), range(0x3000, 0x3010), range(0x4E00, 0x4E40),
+             range(0xF900, 0xF940), range(0xFF10, 0xFF5F), range(0x1F600, 0x1F650), [0x09, 0x0A, 0x0D, 0x85, 0xA0, 0x2028]]
+    generator = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        length = generator.randint(1, 40)
+        texts.append("".join(chr(generator.choice(generator.choice(pools))) for _ in range(length)))
+    return texts
 
 
 def build(kind):
@@ -151,12 +169,14 @@ def main():
             folder = os.path.join(work, kind)
             os.makedirs(folder)
             tokenizer.save(os.path.join(folder, "tokenizer.json"))
-            got = chunkflow_ids(tool, folder, TEXTS, work)
-            assert len(got) == len(TEXTS), (kind, len(got))
-            for text, ids in zip(TEXTS, got):
+            texts = TEXTS + random_texts(400, seed=len(kind))
+            got = chunkflow_ids(tool, folder, texts, work)
+            assert len(got) == len(texts), (kind, len(got))
+            for text, ids in zip(texts, got):
                 want = tokenizer.encode(text, add_special_tokens=False).ids
                 assert ids == want, f"{kind}: {text!r}\n  chunkflow    {ids}\n  tokenizers   {want}"
-            print(f"{kind}: {len(TEXTS)} texts, {sum(map(len, got))} tokens, equal to tokenizers")
+            print(f"{kind}: {len(texts)} texts ({len(TEXTS)} chosen, the rest random), {sum(map(len, got))} tokens, "
+                  "equal to tokenizers")
             # With the post-processor's special tokens, as tokenizers' encode() adds by default.
             with_specials = chunkflow_ids(tool, folder, TEXTS, work, "--add-special-tokens")
             for text, ids in zip(TEXTS, with_specials):
