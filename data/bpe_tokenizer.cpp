@@ -66,6 +66,10 @@ Decoded decode_utf8(std::string_view text, size_t base_offset) {
       CF_CHECK((next & 0xC0) == 0x80, "invalid UTF-8 at byte ", base_offset + i);
       code = (code << 6) | (next & 0x3F);
     }
+    // The shortest form only, and no surrogates or values past U+10FFFF (what Rust's str accepts).
+    const uint32_t smallest = length == 1 ? 0 : length == 2 ? 0x80 : length == 3 ? 0x800 : 0x10000;
+    CF_CHECK(code >= smallest && code <= 0x10FFFF && !(code >= 0xD800 && code <= 0xDFFF), "invalid UTF-8 at byte ",
+             base_offset + i);
     decoded.codes.push_back(code);
     decoded.offsets.push_back(i);
     i += static_cast<size_t>(length);

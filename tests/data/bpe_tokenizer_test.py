@@ -187,6 +187,11 @@ def main():
             if kind == "qwen2":
                 check_prepare(tool, work, tokenizer)
 
+        # Invalid UTF-8 (a stray continuation byte, an overlong form, an encoded surrogate) is refused.
+        for raw, at in ((b"ab\x80", 2), (b"x\xc0\x80", 1), (b"\xed\xa0\x80", 0), (b"\xf4\x90\x80\x80", 0)):
+            result = subprocess.run([tool.encode(), b"tokenize", b"--tokenizer", os.path.join(work, "qwen2").encode(),
+                                     b"--text", raw], capture_output=True)
+            assert result.returncode == 1 and f"invalid UTF-8 at byte {at}".encode() in result.stderr, (raw, result.stderr)
         # An unsupported pre-tokenizer is refused by name, not approximated.
         other = build("gpt2")
         other.pre_tokenizer = pre_tokenizers.Whitespace()
