@@ -382,6 +382,19 @@ Trainer::Trainer(configs::Config config, parallel::Communicator* world) : config
   }
 }
 
+namespace {
+
+// "layout dp 2 x cp 1 x pp 1 x tp 2 (sequence parallel), AdamW sharded over dp x cp" for the log.
+std::string describe_layout(const configs::ParallelConfig& parallel) {
+  return core::str_cat("layout dp ", parallel.dp, " x cp ", parallel.cp, " x pp ", parallel.pp, " x tp ", parallel.tp,
+                       parallel.tp > 1 ? (parallel.sequence_parallel ? " (sequence parallel)" : " (no sequence parallelism)")
+                                       : "",
+                       ", AdamW ", parallel.shard_optimizer && parallel.dp * parallel.cp > 1 ? "sharded over dp x cp"
+                                                                                            : "replicated");
+}
+
+}  // namespace
+
 // Initializes (or loads) the float32 master weights on the CPU — the same values whatever the
 // device — then moves them to the training device.
 void Trainer::build_model(const models::ModelStage& stage) {
@@ -405,7 +418,7 @@ void Trainer::build_model(const models::ModelStage& stage) {
                                                            " compute, float32 master weights, gradients and AdamW state"
                                                      : std::string("float32"),
                    "; communication ", communication_backend_, "; attention backend ", attention_backend_,
-                   " (model.attention_backend = ", config_.model.attention_backend, ")");
+                   " (model.attention_backend = ", config_.model.attention_backend, "); ", describe_layout(config_.parallel));
     if (device_.is_cpu() && model_->compute_weights().mixed()) {
       core::log_warn("model.dtype = ", config_.model.dtype, " on the CPU: the kernels compute in float32 and round, "
                      "which is slower than float32 training; meant for tests");
