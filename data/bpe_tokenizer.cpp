@@ -173,6 +173,45 @@ void append_utf8(uint32_t code, std::string& out) {
   }
 }
 
+// The UTF-8 well-formed byte sequences (Unicode Table 3-7): the length a lead byte announces and
+// the range its second byte must fall in; 0 for a byte that cannot start a character.
+struct Utf8Lead {
+  size_t length = 0;
+  unsigned char second_low = 0x80, second_high = 0xBF;
+};
+
+Utf8Lead utf8_lead(unsigned char lead) {
+  if (lead < 0x80) return {1};
+  if (lead >= 0xC2 && lead <= 0xDF) return {2};
+  if (lead == 0xE0) return {3, 0xA0, 0xBF};
+  if (lead == 0xED) return {3, 0x80, 0x9F};
+  if (lead >= 0xE1 && lead <= 0xEF) return {3};
+  if (lead == 0xF0) return {4, 0x90, 0xBF};
+  if (lead == 0xF4) return {4, 0x80, 0x8F};
+  if (lead >= 0xF1 && lead <= 0xF3) return {4};
+  return {};
+}
+
+// Bytes at `at` that continue a well-formed prefix of the character its lead byte starts.
+size_t maximal_subpart(const std::string& bytes, size_t at) {
+  const Utf8Lead lead = utf8_lead(static_cast<unsigned char>(bytes[at]));
+  if (lead.length == 0) return 0;
+  size_t length = 1;
+  while (length < lead.length && at + length < bytes.size()) {
+    const auto next = static_cast<unsigned char>(bytes[at + length]);
+    const bool fits = length == 1 ? next >= lead.second_low && next <= lead.second_high : next >= 0x80 && next <= 0xBF;
+    if (!fits) break;
+    ++length;
+  }
+  return length;
+}
+
+// The length of the well-formed character at `at`, or 0.
+size_t well_formed_length(const std::string& bytes, size_t at) {
+  const size_t length = maximal_subpart(bytes, at);
+  return length > 0 && length == utf8_lead(static_cast<unsigned char>(bytes[at])).length ? length : 0;
+}
+
 // GPT-2's byte-to-character table: printable bytes stand for themselves, the others for U+0100 on.
 const std::array<std::string, 256>& byte_symbols() {
   static const std::array<std::string, 256> symbols = [] {
@@ -360,6 +399,8 @@ BpeTokenizer BpeTokenizer::load(const std::string& path) {
     tokenizer.added_.push_back({added.at("content").get<std::string>(), added.at("id").get<int32_t>()});
     tokenizer.vocab_size_ = std::max<int64_t>(tokenizer.vocab_size_, added.at("id").get<int64_t>() + 1);
   }
+  for (const auto& [token, id] : tokenizer.vocab_) tokenizer.token_of_id_[id] = token;
+  for (const AddedToken& added : tokenizer.added_) tokenizer.token_of_id_[added.id] = added.content;
   std::stable_sort(tokenizer.added_.begin(), tokenizer.added_.end(),
                    [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
 
@@ -399,6 +440,47 @@ BpeTokenizer BpeTokenizer::load(const std::string& path) {
   tokenizer.suffix_ids_ = std::move(post.suffix);
   tokenizer.post_processor_refusal_ = std::move(post.refusal);
   return tokenizer;
+}
+
+std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
+  // Byte-level symbol (as UTF-8) -> the byte it stands for.
+  static const std::unordered_map<std::string, uint8_t> byte_of_symbol = [] {
+    std::unordered_map<std::string, uint8_t> table;
+    for (int byte = 0; byte < 256; ++byte) table[byte_symbols()[static_cast<size_t>(byte)]] = static_cast<uint8_t>(byte);
+    return table;
+  }();
+  std::string bytes;
+  for (const int32_t id : ids) {
+    const auto found = token_of_id_.find(id);
+    CF_CHECK(found != token_of_id_.end(), source_, ": token id ", id, " is not in the vocabulary");
+    const bool added = std::any_of(added_.begin(), added_.end(), [&](const AddedToken& token) { return token.id == id; });
+    if (added) {
+      bytes += found->second;
+      continue;
+    }
+    const Decoded symbols = decode_utf8(found->second, 0);
+    for (size_t i = 0; i < symbols.codes.size(); ++i) {
+      const std::string symbol = found->second.substr(symbols.offsets[i], symbols.offsets[i + 1] - symbols.offsets[i]);
+      const auto byte = byte_of_symbol.find(symbol);
+      CF_CHECK(byte != byte_of_symbol.end(), source_, ": token ", id, " holds '", symbol, "', not a byte-level symbol");
+      bytes += static_cast<char>(byte->second);
+    }
+  }
+  // Invalid UTF-8 (a character split between ids) -> one U+FFFD per maximal subpart of an
+  // ill-formed sequence, as Rust's from_utf8_lossy and Python's errors="replace" do.
+  std::string text;
+  size_t i = 0;
+  while (i < bytes.size()) {
+    const size_t length = well_formed_length(bytes, i);
+    if (length > 0) {
+      text.append(bytes, i, length);
+      i += length;
+    } else {
+      text += "\xEF\xBF\xBD";
+      i += std::max<size_t>(1, maximal_subpart(bytes, i));
+    }
+  }
+  return text;
 }
 
 int32_t BpeTokenizer::token_id(const std::string& token) const {

@@ -39,6 +39,11 @@ class BpeTokenizer {
   // offset. Const and without shared state: threads may encode with one tokenizer at once.
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
 
+  // The text of `ids`, as tokenizers' decode(ids, skip_special_tokens=False) with the ByteLevel
+  // decoder gives it: added tokens as their content, other tokens' byte-level symbols back to
+  // bytes. Bytes that do not form valid UTF-8 (a character cut between ids) become U+FFFD, as in
+  // Python's decode(errors="replace"). Throws core::Error naming an id outside the vocabulary.
+  std::string decode(const std::vector<int32_t>& ids) const;
   // The id of an exact vocabulary or added token, or -1.
   int32_t token_id(const std::string& token) const;
   // One more than the largest id (vocabulary and added tokens).
@@ -60,6 +65,7 @@ class BpeTokenizer {
   bool nfc_ = false;
   bool ignore_merges_ = false;
   std::unordered_map<std::string, int32_t> vocab_;
+  std::unordered_map<int32_t, std::string> token_of_id_;  // vocabulary and added tokens
   // Merge rank of a symbol pair, keyed by "left right" as tokenizer.json writes merges.
   std::unordered_map<std::string, int32_t> merge_ranks_;
   std::vector<AddedToken> added_;  // longest first

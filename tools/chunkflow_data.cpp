@@ -3,6 +3,7 @@
 //   synth    the bundled long-tail demo dataset (or lengths from a histogram file)
 //   stats    length histogram (text + SVG) and chunk / padding / packing figures
 //   tokenize text -> token ids with a model's own tokenizer.json (data/bpe_tokenizer.h)
+//   show     a dataset's sequences as text, with the tokens that carry no loss marked
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -35,6 +36,7 @@ constexpr const char* kUsage =
     "  synth     write the synthetic long-tail demo dataset\n"
     "  stats     length distribution and chunk / padding / packing figures of a dataset\n"
     "  tokenize  token ids of text with a model's own tokenizer.json\n"
+    "  show      sequences of a dataset as text (its tokenizer.json), no-loss tokens marked\n"
     "Run 'chunkflow-data <command> --help' for its options.\n";
 
 // The id of tokenizer_config.json's eos_token beside the tokenizer (what a text sample ends with).
@@ -136,6 +138,56 @@ int run_tokenize(const std::vector<std::string>& args) {
     } catch (const core::Error& error) {
       CF_FAIL(input, ":", number, ": ", error.what());
     }
+  }
+  return 0;
+}
+
+int run_show(const std::vector<std::string>& args) {
+  std::string data_path, tokenizer_path;
+  int64_t first = 0, count = 1;
+  bool as_json = false;
+  core::CommandLine command_line("chunkflow-data show",
+                                 "Prints sequences of a dataset as text, decoded with the model's tokenizer.json; "
+                                 "with a loss mask beside the dataset, the tokens that carry no loss are shown "
+                                 "between [[ and ]].");
+  command_line.add_string("data", &data_path, "dataset prefix (<prefix>.bin/.idx)", true);
+  command_line.add_string("tokenizer", &tokenizer_path, "a tokenizer.json, or the model folder holding one", true);
+  command_line.add_int("sequence", &first, "first sequence to show (default 0)");
+  command_line.add_int("count", &count, "sequences to show (default 1)");
+  command_line.add_flag("json", &as_json,
+                        "one JSON line per sequence: sequence, tokens, loss_tokens, text, marked (with [[ ]])");
+  if (!command_line.parse(args)) return 0;
+  const data::BpeTokenizer tokenizer = data::BpeTokenizer::load(tokenizer_path);
+  const data::IndexedDataset dataset(data_path);
+  CF_CHECK(first >= 0 && first < dataset.size() && count >= 1, "--sequence ", first, " --count ", count,
+           ": the dataset ", data_path, " has sequences 0..", dataset.size() - 1);
+  const std::string mask_prefix = data::loss_mask_prefix(data_path);
+  std::optional<data::LossMaskDataset> mask;
+  if (core::path_exists(data::idx_path(mask_prefix))) mask.emplace(mask_prefix, dataset);
+  for (int64_t sequence = first; sequence < std::min(first + count, dataset.size()); ++sequence) {
+    const std::vector<int32_t> ids = dataset.read(sequence);
+    const std::vector<uint8_t> targets = mask ? mask->read(sequence) : std::vector<uint8_t>(ids.size(), 1);
+    const int64_t carrying = std::count(targets.begin(), targets.end(), 1);
+    // Runs of tokens with the same mask value, each decoded as one piece.
+    std::string text;
+    for (size_t begin = 0; begin < ids.size();) {
+      size_t end = begin;
+      while (end < ids.size() && targets[end] == targets[begin]) ++end;
+      const std::string piece = tokenizer.decode(std::vector<int32_t>(ids.begin() + static_cast<std::ptrdiff_t>(begin),
+                                                                      ids.begin() + static_cast<std::ptrdiff_t>(end)));
+      text += targets[begin] ? piece : "[[" + piece + "]]";
+      begin = end;
+    }
+    if (as_json) {
+      std::printf("%s\n", nlohmann::json{{"sequence", sequence}, {"tokens", ids.size()}, {"loss_tokens", carrying},
+                                         {"text", tokenizer.decode(ids)}, {"marked", text}}
+                                .dump(-1, ' ', true, nlohmann::json::error_handler_t::replace)
+                                .c_str());
+      continue;
+    }
+    std::printf("sequence %lld: %zu tokens, %lld carry loss%s\n%s\n", static_cast<long long>(sequence), ids.size(),
+                static_cast<long long>(carrying), mask ? " (the others between [[ and ]])" : " (no loss mask)",
+                text.c_str());
   }
   return 0;
 }
@@ -271,8 +323,9 @@ int main(int argc, char** argv) {
     if (all[0] == "synth") return run_synth(args);
     if (all[0] == "stats") return run_stats(args);
     if (all[0] == "tokenize") return run_tokenize(args);
+    if (all[0] == "show") return run_show(args);
     CF_FAIL("chunkflow-data: unknown command '", all[0], "'",
-            core::did_you_mean(all[0], {"prepare", "synth", "stats", "tokenize"}), "\n", kUsage);
+            core::did_you_mean(all[0], {"prepare", "synth", "stats", "tokenize", "show"}), "\n", kUsage);
   } catch (const core::Error& error) {
     core::log_error(error.what());
     return 1;

@@ -151,6 +151,29 @@ def check_prepare(tool, work, tokenizer):
         for text, ids in zip(texts, sequences):
             assert ids == tokenizer.encode(text, add_special_tokens=False).ids + [eos], f"prepare: {text!r}"
     assert written[1] == written[3], "the dataset depends on --threads"
+    # show: the sequences decoded as tokenizers decodes them (special tokens kept).
+    shown = subprocess.run([tool, "show", "--data", os.path.join(work, "prepared1", "data"), "--tokenizer", folder,
+                            "--count", str(len(texts)), "--json"], check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(line) for line in shown.splitlines()]
+    assert len(rows) == len(texts), len(rows)
+    for text, row in zip(texts, rows):
+        ids = tokenizer.encode(text, add_special_tokens=False).ids + [eos]
+        assert row["text"] == tokenizer.decode(ids, skip_special_tokens=False), (text, row["text"])
+        assert row["tokens"] == len(ids) and row["loss_tokens"] == len(ids) and row["marked"] == row["text"], row
+    # A loss mask: show marks the tokens without loss, each run decoded on its own (a character cut
+    # between runs decodes to U+FFFD, as tokenizers decodes the same ids).
+    ids = tokenizer.encode("Q: 😀👍🏽 ok? A: fine", add_special_tokens=False).ids
+    cut = next((k for k in range(1, len(ids)) if "\ufffd" in tokenizer.decode(ids[:k])), len(ids) // 2)
+    masked = os.path.join(work, "masked.jsonl")
+    with open(masked, "w") as out:
+        out.write(json.dumps({"input_ids": ids, "loss_mask": [0] * cut + [1] * (len(ids) - cut)}) + "\n")
+    subprocess.run([tool, "prepare", "--input", masked, "--output", os.path.join(work, "masked", "data"), "--quiet"],
+                   check=True, capture_output=True)
+    shown = subprocess.run([tool, "show", "--data", os.path.join(work, "masked", "data"), "--tokenizer", folder, "--json"],
+                           check=True, capture_output=True, text=True).stdout
+    row = json.loads(shown)
+    want = "[[" + tokenizer.decode(ids[:cut]) + "]]" + tokenizer.decode(ids[cut:])
+    assert row["marked"] == want and row["loss_tokens"] == len(ids) - cut, (row, want)
     with open(source, "a", encoding="utf-8") as out:
         out.write(json.dumps({"text": 42}) + "\n")
     result = subprocess.run([tool, "prepare", "--input", source, "--output", os.path.join(work, "bad", "data"),
@@ -158,7 +181,7 @@ def check_prepare(tool, work, tokenizer):
     expected = f'texts.jsonl:{len(texts) + 1}: "text" is 42, expected a string'
     assert result.returncode != 0 and expected in result.stderr, result.stderr
     print(f"prepare --tokenizer --append-eos: {len(texts)} texts written as tokenizers' ids + <|endoftext|>, "
-          "the same bytes on 1 and 3 threads")
+          "the same bytes on 1 and 3 threads; show decodes them as tokenizers does and marks no-loss tokens")
 
 
 def main():
