@@ -52,27 +52,59 @@ struct Decoded {
   std::vector<size_t> offsets;
 };
 
+// The UTF-8 well-formed byte sequences (Unicode Table 3-7): the length a lead byte announces and
+// the range its second byte must fall in; 0 for a byte that cannot start a character.
+struct Utf8Lead {
+  size_t length = 0;
+  unsigned char second_low = 0x80, second_high = 0xBF;
+};
+
+Utf8Lead utf8_lead(unsigned char lead) {
+  if (lead < 0x80) return {1};
+  if (lead >= 0xC2 && lead <= 0xDF) return {2};
+  if (lead == 0xE0) return {3, 0xA0, 0xBF};
+  if (lead == 0xED) return {3, 0x80, 0x9F};
+  if (lead >= 0xE1 && lead <= 0xEF) return {3};
+  if (lead == 0xF0) return {4, 0x90, 0xBF};
+  if (lead == 0xF4) return {4, 0x80, 0x8F};
+  if (lead >= 0xF1 && lead <= 0xF3) return {4};
+  return {};
+}
+
+// Bytes at `at` that continue a well-formed prefix of the character its lead byte starts.
+size_t maximal_subpart(std::string_view bytes, size_t at) {
+  const Utf8Lead lead = utf8_lead(static_cast<unsigned char>(bytes[at]));
+  if (lead.length == 0) return 0;
+  size_t length = 1;
+  while (length < lead.length && at + length < bytes.size()) {
+    const auto next = static_cast<unsigned char>(bytes[at + length]);
+    const bool fits = length == 1 ? next >= lead.second_low && next <= lead.second_high : next >= 0x80 && next <= 0xBF;
+    if (!fits) break;
+    ++length;
+  }
+  return length;
+}
+
+// The length of the well-formed character at `at`, or 0.
+size_t well_formed_length(std::string_view bytes, size_t at) {
+  const size_t length = maximal_subpart(bytes, at);
+  return length > 0 && length == utf8_lead(static_cast<unsigned char>(bytes[at])).length ? length : 0;
+}
+
 Decoded decode_utf8(std::string_view text, size_t base_offset) {
   Decoded decoded;
   size_t i = 0;
   while (i < text.size()) {
+    // Only well-formed sequences: no overlong forms, surrogates or values past U+10FFFF (what
+    // Rust's str accepts).
+    const size_t length = well_formed_length(text, i);
+    CF_CHECK(length > 0, "invalid UTF-8 at byte ", base_offset + i);
     const auto lead = static_cast<unsigned char>(text[i]);
-    const int length = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 0;
-    CF_CHECK(length > 0 && i + static_cast<size_t>(length) <= text.size(), "invalid UTF-8 at byte ",
-             base_offset + i);
     uint32_t code = length == 1 ? lead : lead & (0x7F >> length);
-    for (int k = 1; k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + static_cast<size_t>(k)]);
-      CF_CHECK((next & 0xC0) == 0x80, "invalid UTF-8 at byte ", base_offset + i);
-      code = (code << 6) | (next & 0x3F);
-    }
-    // The shortest form only, and no surrogates or values past U+10FFFF (what Rust's str accepts).
-    const uint32_t smallest = length == 1 ? 0 : length == 2 ? 0x80 : length == 3 ? 0x800 : 0x10000;
-    CF_CHECK(code >= smallest && code <= 0x10FFFF && !(code >= 0xD800 && code <= 0xDFFF), "invalid UTF-8 at byte ",
-             base_offset + i);
+    for (size_t k = 1; k < length; ++k) code = (code << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
     decoded.codes.push_back(code);
     decoded.offsets.push_back(i);
-    i += static_cast<size_t>(length);
+    i += length;
   }
   decoded.offsets.push_back(text.size());
   return decoded;
@@ -171,45 +203,6 @@ void append_utf8(uint32_t code, std::string& out) {
     out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
     out += static_cast<char>(0x80 | (code & 0x3F));
   }
-}
-
-// The UTF-8 well-formed byte sequences (Unicode Table 3-7): the length a lead byte announces and
-// the range its second byte must fall in; 0 for a byte that cannot start a character.
-struct Utf8Lead {
-  size_t length = 0;
-  unsigned char second_low = 0x80, second_high = 0xBF;
-};
-
-Utf8Lead utf8_lead(unsigned char lead) {
-  if (lead < 0x80) return {1};
-  if (lead >= 0xC2 && lead <= 0xDF) return {2};
-  if (lead == 0xE0) return {3, 0xA0, 0xBF};
-  if (lead == 0xED) return {3, 0x80, 0x9F};
-  if (lead >= 0xE1 && lead <= 0xEF) return {3};
-  if (lead == 0xF0) return {4, 0x90, 0xBF};
-  if (lead == 0xF4) return {4, 0x80, 0x8F};
-  if (lead >= 0xF1 && lead <= 0xF3) return {4};
-  return {};
-}
-
-// Bytes at `at` that continue a well-formed prefix of the character its lead byte starts.
-size_t maximal_subpart(const std::string& bytes, size_t at) {
-  const Utf8Lead lead = utf8_lead(static_cast<unsigned char>(bytes[at]));
-  if (lead.length == 0) return 0;
-  size_t length = 1;
-  while (length < lead.length && at + length < bytes.size()) {
-    const auto next = static_cast<unsigned char>(bytes[at + length]);
-    const bool fits = length == 1 ? next >= lead.second_low && next <= lead.second_high : next >= 0x80 && next <= 0xBF;
-    if (!fits) break;
-    ++length;
-  }
-  return length;
-}
-
-// The length of the well-formed character at `at`, or 0.
-size_t well_formed_length(const std::string& bytes, size_t at) {
-  const size_t length = maximal_subpart(bytes, at);
-  return length > 0 && length == utf8_lead(static_cast<unsigned char>(bytes[at])).length ? length : 0;
 }
 
 // GPT-2's byte-to-character table: printable bytes stand for themselves, the others for U+0100 on.
@@ -399,8 +392,8 @@ BpeTokenizer BpeTokenizer::load(const std::string& path) {
     tokenizer.added_.push_back({added.at("content").get<std::string>(), added.at("id").get<int32_t>()});
     tokenizer.vocab_size_ = std::max<int64_t>(tokenizer.vocab_size_, added.at("id").get<int64_t>() + 1);
   }
-  for (const auto& [token, id] : tokenizer.vocab_) tokenizer.token_of_id_[id] = token;
-  for (const AddedToken& added : tokenizer.added_) tokenizer.token_of_id_[added.id] = added.content;
+  for (const auto& [token, id] : tokenizer.vocab_) tokenizer.token_of_id_[id] = {token, false};
+  for (const AddedToken& added : tokenizer.added_) tokenizer.token_of_id_[added.id] = {added.content, true};
   std::stable_sort(tokenizer.added_.begin(), tokenizer.added_.end(),
                    [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
 
@@ -453,14 +446,14 @@ std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   for (const int32_t id : ids) {
     const auto found = token_of_id_.find(id);
     CF_CHECK(found != token_of_id_.end(), source_, ": token id ", id, " is not in the vocabulary");
-    const bool added = std::any_of(added_.begin(), added_.end(), [&](const AddedToken& token) { return token.id == id; });
-    if (added) {
-      bytes += found->second;
+    const std::string& token = found->second.text;
+    if (found->second.added) {
+      bytes += token;
       continue;
     }
-    const Decoded symbols = decode_utf8(found->second, 0);
+    const Decoded symbols = decode_utf8(token, 0);
     for (size_t i = 0; i < symbols.codes.size(); ++i) {
-      const std::string symbol = found->second.substr(symbols.offsets[i], symbols.offsets[i + 1] - symbols.offsets[i]);
+      const std::string symbol = token.substr(symbols.offsets[i], symbols.offsets[i + 1] - symbols.offsets[i]);
       const auto byte = byte_of_symbol.find(symbol);
       CF_CHECK(byte != byte_of_symbol.end(), source_, ": token ", id, " holds '", symbol, "', not a byte-level symbol");
       bytes += static_cast<char>(byte->second);

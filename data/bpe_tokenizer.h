@@ -65,7 +65,13 @@ class BpeTokenizer {
   bool nfc_ = false;
   bool ignore_merges_ = false;
   std::unordered_map<std::string, int32_t> vocab_;
-  std::unordered_map<int32_t, std::string> token_of_id_;  // vocabulary and added tokens
+  // Every id's token (vocabulary and added tokens), and whether it is an added one (decoded as its
+  // content, not as byte-level symbols).
+  struct IdToken {
+    std::string text;
+    bool added = false;
+  };
+  std::unordered_map<int32_t, IdToken> token_of_id_;
   // Merge rank of a symbol pair, keyed by "left right" as tokenizer.json writes merges.
   std::unordered_map<std::string, int32_t> merge_ranks_;
   std::vector<AddedToken> added_;  // longest first

@@ -22,7 +22,8 @@ class VocabParallelLoss : public torch::autograd::Function<VocabParallelLoss> {
                                const torch::Tensor& weight, const torch::Tensor& labels, const TensorParallel* tp,
                                int64_t tile_tokens) {
     const int64_t tokens = hidden.size(0), rows = weight.size(0);
-    const torch::Tensor local_labels = labels.to(hidden.device(), torch::kLong) - rows * tp->rank;
+    const torch::Tensor device_labels = labels.to(hidden.device(), torch::kLong);
+    const torch::Tensor local_labels = device_labels - rows * tp->rank;
     const torch::Tensor held = local_labels.ge(0).logical_and(local_labels.lt(rows));
     const torch::Tensor gather_index = local_labels.clamp(0, rows - 1).unsqueeze(1);
     const auto fp32 = hidden.options().dtype(torch::kFloat);
@@ -44,7 +45,7 @@ class VocabParallelLoss : public torch::autograd::Function<VocabParallelLoss> {
       lse = largest + shifted.log();
       tp->all_reduce_sum(target);
     }
-    const torch::Tensor labelled = labels.to(hidden.device(), torch::kLong).ne(kernels::kIgnoreIndex);
+    const torch::Tensor labelled = device_labels.ne(kernels::kIgnoreIndex);
     context->save_for_backward({hidden, weight, local_labels, held, labelled, lse});
     context->saved_data["tile_tokens"] = tile_tokens;
     return ((lse - target) * labelled).to(torch::kDouble).sum().to(torch::kFloat);
