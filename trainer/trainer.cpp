@@ -443,13 +443,14 @@ void Trainer::save_checkpoint_now() {
   contents.config = &config_;
   contents.counters.set_skipped_steps(skipped_steps_);
   contents.counters.set_consecutive_skipped_steps(consecutive_skipped_);
-  try {
-    save_checkpoint(contents, world_ != nullptr && world_->size() > 1 ? world_ : nullptr, mesh_.get());
-  } catch (...) {
-    if (sharded_optimizer_) optimizer_->state().clear();
-    throw;
-  }
-  if (sharded_optimizer_) optimizer_->state().clear();
+  // The gathered state lives for the save only, whether it succeeds or throws.
+  struct DropGatheredState {
+    torch::optim::AdamW* optimizer;
+    ~DropGatheredState() {
+      if (optimizer != nullptr) optimizer->state().clear();
+    }
+  } drop{sharded_optimizer_ ? optimizer_.get() : nullptr};
+  save_checkpoint(contents, world_ != nullptr && world_->size() > 1 ? world_ : nullptr, mesh_.get());
 }
 
 void Trainer::write_trace() {
