@@ -25,6 +25,8 @@ debian_packages=(
   # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes, and clang's OpenMP runtime.
   clang libclang-rt-14-dev libomp-dev
   python3 python3-venv python3-pip
+  # bench/layout_memory.sh: peak RSS per rank (GNU time's %M).
+  time
   # SLURM on one machine for the launch test (daemons are started by the test, not by apt);
   # srun --mpi=pmix loads libpmix.so from libpmix-dev.
   slurm-wlm munge libpmix-dev
