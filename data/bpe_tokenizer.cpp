@@ -11,9 +11,19 @@
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/strings.h"
+#include "data/utf8.h"
 
 namespace chunkflow::data {
 namespace {
+
+using utf8::Decoded;
+using utf8::append_utf8;
+using utf8::decode_utf8;
+using utf8::is_white_space;
+using utf8::maximal_subpart;
+using utf8::well_formed_length;
+
+bool is_newline(uint32_t code) { return code == '\r' || code == '\n'; }
 
 struct CodepointRange {
   uint32_t first, last;
@@ -38,78 +48,6 @@ bool in_ranges(const CodepointRange (&ranges)[N], uint32_t code) {
 
 bool is_letter(uint32_t code) { return in_ranges(kLetterRanges, code); }
 bool is_number(uint32_t code) { return in_ranges(kNumberRanges, code); }
-// Unicode White_Space: what \s matches in the tokenizers' regex engine.
-bool is_space(uint32_t code) {
-  return (code >= 0x09 && code <= 0x0D) || code == 0x20 || code == 0x85 || code == 0xA0 || code == 0x1680 ||
-         (code >= 0x2000 && code <= 0x200A) || code == 0x2028 || code == 0x2029 || code == 0x202F || code == 0x205F ||
-         code == 0x3000;
-}
-bool is_newline(uint32_t code) { return code == '\r' || code == '\n'; }
-
-// Code points of a UTF-8 text with the byte offset each starts at (one extra entry: the end).
-struct Decoded {
-  std::vector<uint32_t> codes;
-  std::vector<size_t> offsets;
-};
-
-// The UTF-8 well-formed byte sequences (Unicode Table 3-7): the length a lead byte announces and
-// the range its second byte must fall in; 0 for a byte that cannot start a character.
-struct Utf8Lead {
-  size_t length = 0;
-  unsigned char second_low = 0x80, second_high = 0xBF;
-};
-
-Utf8Lead utf8_lead(unsigned char lead) {
-  if (lead < 0x80) return {1};
-  if (lead >= 0xC2 && lead <= 0xDF) return {2};
-  if (lead == 0xE0) return {3, 0xA0, 0xBF};
-  if (lead == 0xED) return {3, 0x80, 0x9F};
-  if (lead >= 0xE1 && lead <= 0xEF) return {3};
-  if (lead == 0xF0) return {4, 0x90, 0xBF};
-  if (lead == 0xF4) return {4, 0x80, 0x8F};
-  if (lead >= 0xF1 && lead <= 0xF3) return {4};
-  return {};
-}
-
-// Bytes at `at` that continue a well-formed prefix of the character its lead byte starts.
-size_t maximal_subpart(std::string_view bytes, size_t at) {
-  const Utf8Lead lead = utf8_lead(static_cast<unsigned char>(bytes[at]));
-  if (lead.length == 0) return 0;
-  size_t length = 1;
-  while (length < lead.length && at + length < bytes.size()) {
-    const auto next = static_cast<unsigned char>(bytes[at + length]);
-    const bool fits = length == 1 ? next >= lead.second_low && next <= lead.second_high : next >= 0x80 && next <= 0xBF;
-    if (!fits) break;
-    ++length;
-  }
-  return length;
-}
-
-// The length of the well-formed character at `at`, or 0.
-size_t well_formed_length(std::string_view bytes, size_t at) {
-  const size_t length = maximal_subpart(bytes, at);
-  return length > 0 && length == utf8_lead(static_cast<unsigned char>(bytes[at])).length ? length : 0;
-}
-
-Decoded decode_utf8(std::string_view text, size_t base_offset) {
-  Decoded decoded;
-  size_t i = 0;
-  while (i < text.size()) {
-    // Only well-formed sequences: no overlong forms, surrogates or values past U+10FFFF (what
-    // Rust's str accepts).
-    const size_t length = well_formed_length(text, i);
-    CF_CHECK(length > 0, "invalid UTF-8 at byte ", base_offset + i);
-    const auto lead = static_cast<unsigned char>(text[i]);
-    uint32_t code = length == 1 ? lead : lead & (0x7F >> length);
-    for (size_t k = 1; k < length; ++k) code = (code << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
-    decoded.codes.push_back(code);
-    decoded.offsets.push_back(i);
-    i += length;
-  }
-  decoded.offsets.push_back(text.size());
-  return decoded;
-}
-
 // ---- NFC (Unicode Standard Annex #15): canonical decomposition, canonical ordering, composition.
 constexpr uint32_t kHangulFirst = 0xAC00, kHangulCount = 11172, kLeadFirst = 0x1100, kVowelFirst = 0x1161,
                    kTrailFirst = 0x11A7, kVowelCount = 21, kTrailCount = 28;
@@ -187,24 +125,6 @@ std::vector<uint32_t> nfc(const std::vector<uint32_t>& codes) {
   return text;
 }
 
-void append_utf8(uint32_t code, std::string& out) {
-  if (code < 0x80) {
-    out += static_cast<char>(code);
-  } else if (code < 0x800) {
-    out += static_cast<char>(0xC0 | (code >> 6));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  } else if (code < 0x10000) {
-    out += static_cast<char>(0xE0 | (code >> 12));
-    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (code >> 18));
-    out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  }
-}
-
 // GPT-2's byte-to-character table: printable bytes stand for themselves, the others for U+0100 on.
 const std::array<std::string, 256>& byte_symbols() {
   static const std::array<std::string, 256> symbols = [] {
@@ -243,7 +163,7 @@ size_t contraction(const std::vector<uint32_t>& codes, size_t at, bool any_case)
 // Length of the whitespace run starting at `at`.
 size_t space_run(const std::vector<uint32_t>& codes, size_t at) {
   size_t end = at;
-  while (end < codes.size() && is_space(codes[end])) ++end;
+  while (end < codes.size() && is_white_space(codes[end])) ++end;
   return end - at;
 }
 
@@ -278,7 +198,7 @@ size_t match_split_pattern(const std::vector<uint32_t>& codes, size_t at, size_t
     return end - at;
   }
   // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
-  const auto other = [&](size_t i) { return i < n && !is_space(codes[i]) && !is_letter(codes[i]) && !is_number(codes[i]); };
+  const auto other = [&](size_t i) { return i < n && !is_white_space(codes[i]) && !is_letter(codes[i]) && !is_number(codes[i]); };
   const size_t start = c == ' ' && other(at + 1) ? at + 1 : at;
   if (other(start)) {
     size_t end = start;
@@ -306,7 +226,7 @@ size_t match_gpt2_pattern(const std::vector<uint32_t>& codes, size_t at) {
   };
   if (const size_t length = run_of(is_letter)) return length;
   if (const size_t length = run_of(is_number)) return length;
-  if (const size_t length = run_of([](uint32_t code) { return !is_space(code) && !is_letter(code) && !is_number(code); })) {
+  if (const size_t length = run_of([](uint32_t code) { return !is_white_space(code) && !is_letter(code) && !is_number(code); })) {
     return length;
   }
   return trailing_space(codes, at);
@@ -500,18 +420,22 @@ std::vector<std::string> BpeTokenizer::pre_tokenize(std::string_view text) const
 
 // BPE on one pre-tokenized piece: its bytes as byte-level symbols, then the lowest-ranked adjacent
 // pair merged (every occurrence, left to right) until no pair has a rank.
-void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>& ids) const {
+void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>& ids, const PieceBytes& origin,
+                               std::vector<TokenRange>* ranges) const {
   const auto& symbols_of_byte = byte_symbols();
   std::vector<std::string> symbols;
+  std::vector<size_t> widths;  // bytes of the piece each symbol stands for
   std::string whole;
   for (const char byte : piece) {
     symbols.push_back(symbols_of_byte[static_cast<unsigned char>(byte)]);
+    widths.push_back(1);
     whole += symbols.back();
   }
   if (ignore_merges_) {
     const auto found = vocab_.find(whole);
     if (found != vocab_.end()) {
       ids.push_back(found->second);
+      if (ranges != nullptr) ranges->push_back(origin.range(0, piece.size()));
       return;
     }
   }
@@ -523,29 +447,45 @@ void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>& 
     }
     if (best == std::numeric_limits<int32_t>::max()) break;
     std::vector<std::string> merged;
+    std::vector<size_t> merged_widths;
     for (size_t i = 0; i < symbols.size(); ++i) {
       if (i + 1 < symbols.size()) {
         const auto found = merge_ranks_.find(symbols[i] + " " + symbols[i + 1]);
         if (found != merge_ranks_.end() && found->second == best) {
           merged.push_back(symbols[i] + symbols[i + 1]);
+          merged_widths.push_back(widths[i] + widths[i + 1]);
           ++i;
           continue;
         }
       }
       merged.push_back(symbols[i]);
+      merged_widths.push_back(widths[i]);
     }
     symbols = std::move(merged);
+    widths = std::move(merged_widths);
   }
-  for (const std::string& symbol : symbols) {
-    const auto found = vocab_.find(symbol);
-    CF_CHECK(found != vocab_.end(), source_, ": the vocabulary lacks the byte-level symbol '", symbol,
+  size_t at = 0;
+  for (size_t i = 0; i < symbols.size(); ++i) {
+    const auto found = vocab_.find(symbols[i]);
+    CF_CHECK(found != vocab_.end(), source_, ": the vocabulary lacks the byte-level symbol '", symbols[i],
              "' (a byte-level BPE vocabulary holds every byte)");
     ids.push_back(found->second);
+    if (ranges != nullptr) ranges->push_back(origin.range(at, at + widths[i]));
+    at += widths[i];
   }
 }
 
-void BpeTokenizer::encode_normal_text(std::string_view text, size_t offset, std::vector<int32_t>& ids) const {
+void BpeTokenizer::encode_normal_text(std::string_view text, size_t offset, std::vector<int32_t>& ids,
+                                      std::vector<TokenRange>* ranges) const {
   if (text.empty()) return;
+  const auto encode_pieces = [&](std::string_view normal, const std::vector<size_t>* origin_begin,
+                                 const std::vector<size_t>* origin_end) {
+    size_t at = 0;
+    for (const std::string& piece : pre_tokenize(normal)) {
+      encode_piece(piece, ids, PieceBytes{offset, at, origin_begin, origin_end}, ranges);
+      at += piece.size();
+    }
+  };
   if (nfc_) {
     const Decoded decoded = decode_utf8(text, offset);
     // UAX #15's quick check: text whose code points all have NFC_QC = Yes and whose combining marks
@@ -561,19 +501,41 @@ void BpeTokenizer::encode_normal_text(std::string_view text, size_t offset, std:
       last_class = value;
     }
     if (!stable) {
+      // Normalized run by run: a code point with NFC_QC = Yes and combining class 0 never combines
+      // with what precedes it, so the text before it normalizes on its own. Each normalized byte
+      // remembers the run of source bytes it came from (the token ranges' source).
       std::string normalized;
-      for (const uint32_t code : nfc(decoded.codes)) append_utf8(code, normalized);
-      for (const std::string& piece : pre_tokenize(normalized)) encode_piece(piece, ids);
+      std::vector<size_t> origin_begin, origin_end;
+      size_t run = 0;
+      for (size_t i = 1; i <= decoded.codes.size(); ++i) {
+        const bool boundary = i == decoded.codes.size() ||
+                              (combining_class(decoded.codes[i]) == 0 && !in_ranges(kNfcUnstableRanges, decoded.codes[i]));
+        if (!boundary) continue;
+        const std::vector<uint32_t> codes(decoded.codes.begin() + static_cast<std::ptrdiff_t>(run),
+                                          decoded.codes.begin() + static_cast<std::ptrdiff_t>(i));
+        const size_t before = normalized.size();
+        for (const uint32_t code : nfc(codes)) append_utf8(code, normalized);
+        origin_begin.resize(normalized.size(), decoded.offsets[run]);
+        origin_end.resize(normalized.size(), decoded.offsets[i]);
+        CF_ASSERT(normalized.size() > before, "NFC emptied a run of code points");
+        run = i;
+      }
+      encode_pieces(normalized, &origin_begin, &origin_end);
       return;
     }
   }
-  for (const std::string& piece : pre_tokenize(text)) encode_piece(piece, ids);
+  encode_pieces(text, nullptr, nullptr);
 }
 
-std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool add_special_tokens) const {
+std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool add_special_tokens,
+                                          std::vector<TokenRange>* ranges) const {
   CF_CHECK(!add_special_tokens || post_processor_refusal_.empty(), post_processor_refusal_);
   std::vector<int32_t> ids;
-  if (add_special_tokens) ids = prefix_ids_;
+  if (ranges != nullptr) ranges->clear();
+  if (add_special_tokens) {
+    ids = prefix_ids_;
+    if (ranges != nullptr) ranges->assign(ids.size(), TokenRange{0, 0});
+  }
   size_t start = 0, at = 0;
   while (at < text.size()) {
     const AddedToken* matched = nullptr;
@@ -587,13 +549,17 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool add_specia
       ++at;
       continue;
     }
-    encode_normal_text(text.substr(start, at - start), start, ids);
+    encode_normal_text(text.substr(start, at - start), start, ids, ranges);
     ids.push_back(matched->id);
+    if (ranges != nullptr) ranges->push_back({at, at + matched->content.size()});
     at += matched->content.size();
     start = at;
   }
-  encode_normal_text(text.substr(start), start, ids);
-  if (add_special_tokens) ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
+  encode_normal_text(text.substr(start), start, ids, ranges);
+  if (add_special_tokens) {
+    ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
+    if (ranges != nullptr) ranges->resize(ids.size(), TokenRange{text.size(), text.size()});
+  }
   return ids;
 }
 

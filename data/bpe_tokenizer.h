@@ -37,7 +37,14 @@ class BpeTokenizer {
   // tokenizers' encode(text) does by default; a post-processor other than TemplateProcessing /
   // ByteLevel is then refused by name. Throws core::Error for invalid UTF-8, naming the byte
   // offset. Const and without shared state: threads may encode with one tokenizer at once.
-  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
+  // ranges (optional): for each id, the bytes [begin, end) of `text` it came from (an added
+  // token's content; for text that NFC changed, the whole runs its normalized bytes came from;
+  // the post-processor's ids: empty ranges at either end).
+  struct TokenRange {
+    size_t begin = 0, end = 0;
+  };
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false,
+                              std::vector<TokenRange>* ranges = nullptr) const;
 
   // The text of `ids`, as tokenizers' decode(ids, skip_special_tokens=False) with the ByteLevel
   // decoder gives it: added tokens as their content, other tokens' byte-level symbols back to
@@ -56,9 +63,23 @@ class BpeTokenizer {
     std::string content;
     int32_t id = 0;
   };
+  // Where a pre-tokenized piece's bytes came from: bytes [at, ...) of the (normalized) text that
+  // starts at byte `offset` of the encoded text; origin_begin/end map normalized bytes to source
+  // bytes when NFC changed the text (null: unchanged).
+  struct PieceBytes {
+    size_t offset = 0, at = 0;
+    const std::vector<size_t>* origin_begin = nullptr;
+    const std::vector<size_t>* origin_end = nullptr;
+    TokenRange range(size_t begin, size_t end) const {
+      if (origin_begin == nullptr) return {offset + at + begin, offset + at + end};
+      return {offset + (*origin_begin)[at + begin], offset + (*origin_end)[at + end - 1]};
+    }
+  };
   std::vector<std::string> pre_tokenize(std::string_view text) const;
-  void encode_piece(const std::string& piece, std::vector<int32_t>& ids) const;
-  void encode_normal_text(std::string_view text, size_t offset, std::vector<int32_t>& ids) const;
+  void encode_piece(const std::string& piece, std::vector<int32_t>& ids, const PieceBytes& origin,
+                    std::vector<TokenRange>* ranges) const;
+  void encode_normal_text(std::string_view text, size_t offset, std::vector<int32_t>& ids,
+                          std::vector<TokenRange>* ranges) const;
 
   std::string source_;
   Pattern pattern_ = Pattern::kGpt2;
