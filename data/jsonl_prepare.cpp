@@ -23,7 +23,8 @@
 namespace chunkflow::data {
 namespace {
 
-using nlohmann::json;
+// Ordered: a chat line's keys reach its template in the order the line gives them.
+using json = nlohmann::ordered_json;
 
 // Hugging Face's ignore index in `labels`.
 constexpr int64_t kIgnoreIndex = -100;
@@ -163,6 +164,32 @@ std::string tokenize_text(const json& text, const PrepareOptions& options, int64
   return "";
 }
 
+// A chat line: the model's chat template rendered and tokenized, with its loss mask.
+std::string tokenize_chat(const json& object, const PrepareOptions& options, int64_t vocab_size, TokenDType dtype,
+                          Sample& sample) {
+  if (options.chat_template == nullptr) {
+    return core::str_cat("a chat line needs a chat template: the tokenizer folder ", options.tokenizer->source(),
+                         " has none (chat_template.jinja, or chat_template in tokenizer_config.json); give one with "
+                         "--chat-template FILE");
+  }
+  ChatSample chat;
+  try {
+    chat = encode_chat(*options.chat_template, *options.tokenizer, object, options.loss_on);
+  } catch (const core::Error& error) {
+    return error.what();
+  }
+  if (chat.tokens.empty()) return "the chat template rendered an empty text";
+  for (const int32_t id : chat.tokens) {
+    if ((vocab_size > 0 && id >= vocab_size) || !fits_dtype(dtype, id)) {
+      return core::str_cat("the tokenizer gave id ", id, ", beyond vocab_size ", vocab_size, " or dtype ", dtype_name(dtype));
+    }
+  }
+  sample.tokens = std::move(chat.tokens);
+  sample.mask = std::move(chat.mask);
+  sample.has_mask = options.loss_on != LossOn::kAll;
+  return "";
+}
+
 // Fills `sample` from one non-blank line; returns "" when the line is good, else what is wrong.
 std::string parse_line(const std::string& line, const PrepareOptions& options, int64_t vocab_size, TokenDType dtype,
                        Sample& sample) {
@@ -182,16 +209,20 @@ std::string parse_line(const std::string& line, const PrepareOptions& options, i
   }
   const auto ids = object.find("input_ids");
   const auto text = object.find("text");
-  if (options.tokenizer != nullptr && text != object.end()) {
-    if (ids != object.end()) return "has both \"text\" and \"input_ids\"; give one of them";
+  const auto messages = object.find("messages");
+  if (options.tokenizer != nullptr && (text != object.end() || messages != object.end())) {
+    if (static_cast<int>(ids != object.end()) + static_cast<int>(text != object.end()) + static_cast<int>(messages != object.end()) > 1) {
+      return "has more than one of \"input_ids\", \"text\" and \"messages\"; give one of them";
+    }
+    if (messages != object.end()) return tokenize_chat(object, options, vocab_size, dtype, sample);
     return tokenize_text(*text, options, vocab_size, dtype, sample);
   }
   if (ids == object.end()) {
     std::vector<std::string> keys;
     for (const auto& item : object.items()) keys.push_back(item.key());
     return core::str_cat("missing \"input_ids\" (keys: ", keys.empty() ? "none" : core::join(keys, ", "), ")",
-                         options.tokenizer != nullptr ? "; lines hold \"text\" or token ids"
-                                                      : "; lines must hold token ids, or text with --tokenizer");
+                         options.tokenizer != nullptr ? "; lines hold \"input_ids\", \"text\" or \"messages\""
+                                                      : "; lines must hold token ids, or text / messages with --tokenizer");
   }
   std::string error = check_input_ids(*ids, vocab_size, dtype, sample.tokens);
   if (!error.empty()) return error;
@@ -390,7 +421,7 @@ std::string PrepareSummary::to_text() const {
   if (has_loss_mask) {
     out << loss_mask_prefix << ".bin/.idx";
   } else {
-    out << "none (no line had labels or loss_mask; every token is a target)";
+    out << "none (no line had labels, loss_mask or messages with loss on some tokens; every token is a target)";
   }
   if (!errors.empty()) {
     out << "\n  bad lines (first " << errors.size() << " of " << bad_lines << "):";

@@ -11,7 +11,12 @@
 // keys are ignored. With a tokenizer (PrepareOptions::tokenizer, the model's own tokenizer.json)
 // a line may instead hold text,
 //   {"text": "..."}                                            tokenized, every token a target
-// (plus the tokenizer's end-of-text id when append_id >= 0). Blank lines are skipped. Every other deviation makes the line bad: not JSON,
+// (plus the tokenizer's end-of-text id when append_id >= 0), or a conversation,
+//   {"messages": [{"role": ..., "content": ...}, ...], ...}    the model's chat template rendered
+//                                                              and tokenized; loss on the tokens
+//                                                              PrepareOptions::loss_on picks
+// (data/chat_template.h: other keys of a chat line are template variables, e.g. "tools").
+// Blank lines are skipped. Every other deviation makes the line bad: not JSON,
 // not an object, input_ids missing / empty / not an array of integers in [0, vocab_size) (or
 // [0, 2^31) without a vocabulary), a bad labels or loss_mask value, a length mismatch.
 //
@@ -27,6 +32,7 @@
 #include <vector>
 
 #include "data/bpe_tokenizer.h"
+#include "data/chat_template.h"
 
 namespace chunkflow::data {
 
@@ -48,6 +54,10 @@ struct PrepareOptions {
   int32_t append_id = -1;
   // Also the ids the tokenizer's post-processor puts around a text (BpeTokenizer::encode).
   bool add_special_tokens = false;
+  // Chat lines: rendered with this template (not owned; null: chat lines are bad lines), loss on
+  // the tokens loss_on picks.
+  const ChatTemplate* chat_template = nullptr;
+  LossOn loss_on = LossOn::kAssistant;
   // Lines are parsed and tokenized in batches on this many threads (0: every core), and written
   // in input order, so the output does not depend on it.
   int64_t threads = 0;

@@ -1,9 +1,11 @@
 // chunkflow-data: build and inspect tokenized datasets.
-//   prepare  JSONL {"input_ids": [...], "labels"|"loss_mask": [...]} or {"text": ...} -> indexed dataset
+//   prepare  JSONL {"input_ids": [...], "labels"|"loss_mask": [...]}, {"text": ...} or
+//            {"messages": [...]} -> indexed dataset (+ loss mask)
 //   synth    the bundled long-tail demo dataset (or lengths from a histogram file)
 //   stats    length histogram (text + SVG) and chunk / padding / packing figures
 //   tokenize text -> token ids with a model's own tokenizer.json (data/bpe_tokenizer.h)
 //   show     a dataset's sequences as text, with the tokens that carry no loss marked
+//   render   chat lines through the model's chat template, with the text that carries loss
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -20,6 +22,7 @@
 #include "core/logging.h"
 #include "core/strings.h"
 #include "data/bpe_tokenizer.h"
+#include "data/chat_template.h"
 #include "data/chunk_plan.h"
 #include "data/dataset_stats.h"
 #include "data/indexed_dataset.h"
@@ -32,11 +35,12 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: chunkflow-data <command> [options]\n"
-    "  prepare   convert JSONL token ids (with optional labels / loss_mask) to an indexed dataset\n"
+    "  prepare   convert JSONL token ids (with labels / loss_mask), text or chat messages to an indexed dataset\n"
     "  synth     write the synthetic long-tail demo dataset\n"
     "  stats     length distribution and chunk / padding / packing figures of a dataset\n"
     "  tokenize  token ids of text with a model's own tokenizer.json\n"
     "  show      sequences of a dataset as text (its tokenizer.json), no-loss tokens marked\n"
+    "  render    chat lines through a model's chat template, with the text that carries loss\n"
     "Run 'chunkflow-data <command> --help' for its options.\n";
 
 // The id of tokenizer_config.json's eos_token beside the tokenizer (what a text sample ends with).
@@ -78,18 +82,26 @@ int run_prepare(const std::vector<std::string>& args) {
   command_line.add_flag("append-eos", &append_eos, "end each text with tokenizer_config.json's eos_token");
   command_line.add_flag("add-special-tokens", &options.add_special_tokens,
                         "add the tokenizer's own special tokens around each text (e.g. Llama 3's <|begin_of_text|>)");
+  std::string chat_template_file, loss_on = "assistant";
+  command_line.add_string("chat-template", &chat_template_file,
+                          "a Jinja chat template file for {\"messages\": ...} lines (default: the tokenizer folder's)");
+  command_line.add_string("loss-on", &loss_on, "chat lines: assistant (default), last (assistant message) or all tokens");
   command_line.add_int("threads", &threads, "threads that parse and tokenize (default: every core)");
   command_line.add_flag("quiet", &quiet, "no progress output");
   if (!command_line.parse(args)) return 0;
   options.show_progress = !quiet;
+  options.loss_on = data::parse_loss_on(loss_on);
   options.threads = threads;
-  CF_CHECK((!append_eos && !options.add_special_tokens) || !tokenizer_path.empty(),
-           "--append-eos and --add-special-tokens need --tokenizer");
+  CF_CHECK((!append_eos && !options.add_special_tokens && chat_template_file.empty()) || !tokenizer_path.empty(),
+           "--append-eos, --add-special-tokens and --chat-template need --tokenizer");
   std::optional<data::BpeTokenizer> tokenizer;
+  std::optional<data::ChatTemplate> chat_template;
   if (!tokenizer_path.empty()) {
     tokenizer.emplace(data::BpeTokenizer::load(tokenizer_path));
     options.tokenizer = &*tokenizer;
     if (append_eos) options.append_id = eos_id(*tokenizer);
+    chat_template = data::ChatTemplate::find(tokenizer_path, chat_template_file);
+    if (chat_template) options.chat_template = &*chat_template;
   }
   const data::PrepareSummary summary = data::prepare_jsonl(options);
   std::printf("%s\n", summary.to_text().c_str());
@@ -188,6 +200,56 @@ int run_show(const std::vector<std::string>& args) {
     std::printf("sequence %lld: %zu tokens, %lld carry loss%s\n%s\n", static_cast<long long>(sequence), ids.size(),
                 static_cast<long long>(carrying), mask ? " (the others between [[ and ]])" : " (no loss mask)",
                 text.c_str());
+  }
+  return 0;
+}
+
+// Character (code point) offset of each byte offset, as Python indexes the rendered string.
+int64_t character_offset(const std::string& text, size_t byte_offset) {
+  int64_t characters = 0;
+  for (size_t i = 0; i < byte_offset && i < text.size(); ++i) {
+    if ((static_cast<unsigned char>(text[i]) & 0xC0) != 0x80) ++characters;
+  }
+  return characters;
+}
+
+int run_render(const std::vector<std::string>& args) {
+  std::string tokenizer_path, template_file, input, loss_on = "assistant";
+  bool add_generation_prompt = false;
+  core::CommandLine command_line("chunkflow-data render",
+                                 "Renders each chat line {\"messages\": [...], ...} of a JSONL file through the model's "
+                                 "chat template, as transformers' apply_chat_template(tokenize=False) does, and prints one "
+                                 "JSON line per conversation: text, and loss_spans, the [begin, end) character ranges "
+                                 "of the text that carries loss (what prepare will train on).");
+  command_line.add_string("tokenizer", &tokenizer_path, "the model folder (tokenizer_config.json / chat_template.jinja)", true);
+  command_line.add_string("input", &input, "JSONL file of chat lines", true);
+  command_line.add_string("chat-template", &template_file, "a Jinja chat template file instead of the model folder's");
+  command_line.add_string("loss-on", &loss_on, "assistant (default), last (assistant message) or all");
+  command_line.add_flag("add-generation-prompt", &add_generation_prompt, "end with the template's generation prompt");
+  if (!command_line.parse(args)) return 0;
+  const data::LossOn loss = data::parse_loss_on(loss_on);
+  const std::optional<data::ChatTemplate> chat_template = data::ChatTemplate::find(tokenizer_path, template_file);
+  CF_CHECK(chat_template.has_value(), tokenizer_path, " has no chat template (chat_template.jinja, or chat_template in "
+           "tokenizer_config.json); give one with --chat-template FILE");
+  std::ifstream lines(input);
+  CF_CHECK(lines.good(), "cannot open ", input);
+  int64_t number = 0;
+  for (std::string line; std::getline(lines, line);) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    try {
+      const data::ChatTemplate::Rendered rendered =
+          chat_template->render(nlohmann::ordered_json::parse(line), loss, add_generation_prompt);
+      nlohmann::json spans = nlohmann::json::array();
+      for (const auto& [begin, end] : rendered.loss_spans) {
+        spans.push_back({character_offset(rendered.text, begin), character_offset(rendered.text, end)});
+      }
+      std::printf("%s\n", nlohmann::json{{"text", rendered.text}, {"loss_spans", spans}}.dump().c_str());
+    } catch (const nlohmann::json::exception& error) {
+      CF_FAIL(input, ":", number, ": not JSON (", error.what(), ")");
+    } catch (const core::Error& error) {
+      CF_FAIL(input, ":", number, ": ", error.what());
+    }
   }
   return 0;
 }
@@ -324,8 +386,9 @@ int main(int argc, char** argv) {
     if (all[0] == "stats") return run_stats(args);
     if (all[0] == "tokenize") return run_tokenize(args);
     if (all[0] == "show") return run_show(args);
+    if (all[0] == "render") return run_render(args);
     CF_FAIL("chunkflow-data: unknown command '", all[0], "'",
-            core::did_you_mean(all[0], {"prepare", "synth", "stats", "tokenize", "show"}), "\n", kUsage);
+            core::did_you_mean(all[0], {"prepare", "synth", "stats", "tokenize", "show", "render"}), "\n", kUsage);
   } catch (const core::Error& error) {
     core::log_error(error.what());
     return 1;
