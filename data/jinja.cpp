@@ -1568,7 +1568,13 @@ Value apply_filter(const std::string& name, const Value& value, const CallArgs& 
     if (value.kind == Value::Kind::kFloat) return Value::of_float(std::fabs(value.number));
     return Value::of_int(std::llabs(int_argument(value, "abs's value")));
   }
-  if (name == "attr") return get_attribute(value, string_argument(argument(args, 0, "name"), "attr's name"));
+  if (name == "attr") {  // Python attributes only (dict items are not attributes)
+    const std::string attribute = string_argument(argument(args, 0, "name"), "attr's name");
+    if (value.kind == Value::Kind::kDict && value.dict->type == Dict::Type::kDict && !is_dict_method(attribute)) {
+      return Value::undefined(core::str_cat("'dict object' has no attribute '", attribute, "'"));
+    }
+    return get_attribute(value, attribute);
+  }
   if (name == "int" || name == "float") return number_filter(name, value, args);
   if (name == "indent") return indent_filter(value, args);
   fail("unknown filter '" + name + "'");
