@@ -424,13 +424,15 @@ void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>& 
                                std::vector<TokenRange>* ranges) const {
   const auto& symbols_of_byte = byte_symbols();
   std::vector<std::string> symbols;
-  std::vector<size_t> widths;  // bytes of the piece each symbol stands for
+  // Bytes of the piece each symbol stands for, kept only when the caller asks for token ranges.
+  const bool track = ranges != nullptr;
+  std::vector<size_t> widths;
   std::string whole;
   for (const char byte : piece) {
     symbols.push_back(symbols_of_byte[static_cast<unsigned char>(byte)]);
-    widths.push_back(1);
     whole += symbols.back();
   }
+  if (track) widths.assign(symbols.size(), 1);
   if (ignore_merges_) {
     const auto found = vocab_.find(whole);
     if (found != vocab_.end()) {
@@ -453,13 +455,13 @@ void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>& 
         const auto found = merge_ranks_.find(symbols[i] + " " + symbols[i + 1]);
         if (found != merge_ranks_.end() && found->second == best) {
           merged.push_back(symbols[i] + symbols[i + 1]);
-          merged_widths.push_back(widths[i] + widths[i + 1]);
+          if (track) merged_widths.push_back(widths[i] + widths[i + 1]);
           ++i;
           continue;
         }
       }
       merged.push_back(symbols[i]);
-      merged_widths.push_back(widths[i]);
+      if (track) merged_widths.push_back(widths[i]);
     }
     symbols = std::move(merged);
     widths = std::move(merged_widths);
@@ -470,8 +472,10 @@ void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>& 
     CF_CHECK(found != vocab_.end(), source_, ": the vocabulary lacks the byte-level symbol '", symbols[i],
              "' (a byte-level BPE vocabulary holds every byte)");
     ids.push_back(found->second);
-    if (ranges != nullptr) ranges->push_back(origin.range(at, at + widths[i]));
-    at += widths[i];
+    if (track) {
+      ranges->push_back(origin.range(at, at + widths[i]));
+      at += widths[i];
+    }
   }
 }
 
