@@ -132,6 +132,12 @@ CASES = [
     ("{{ bos_token is defined }} {{ add_generation_prompt }} {{ tools is none }} {{ documents }}", {}),
     ("{% for m in messages %}{% for key in m %}{{ key }} {% endfor %}{% endfor %}", {}),
     ("{% for c in 'héllo' %}{{ c }}.{% endfor %} {% for k in {'x': 1, 'y': 2} %}{{ k }}{% endfor %}", {}),
+    # shapes seen in real templates: trailing text after an expression, raw text between tags
+    # stripped by `-`, keyword arguments of a tool call as pairs, a tool call's function unwrapped
+    ("{%- for m in messages %}\n    {{- '<h>' }} \n    {%- if m.role == 'user' %}\n        {{- 'U' }}\n    {%- endif %}\n{%- endfor %}", {}),
+    ("{%- for m in messages %}\n    {{- \"<|ipython|>\\n\\n\" -}}\n    {\"output\": \"{{ m.content }}\"}\n    {{- \"<|eot|>\" }}\n{%- endfor %}", {}),
+    ("{%- for arg_name, arg_val in call.arguments | items %}\n    {{- arg_name + '=\"' + arg_val + '\"' }}\n    {%- if not loop.last %}\n        {{- ', ' }}\n    {%- endif %}\n{%- endfor %}", {"call": {"arguments": {"query": "x", "k": "2"}}}),
+    ("{%- for tool_call in calls %}{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}{{ tool_call.name }}:{{ tool_call.arguments | tojson }};{%- endfor %}", {"calls": [{"function": {"name": "a", "arguments": {"x": [1, None, True, 1.5]}}}, {"name": "b", "arguments": {}}]}),
 ]
 
 # Templates that make Jinja raise: ChunkFlow must refuse the line too.
