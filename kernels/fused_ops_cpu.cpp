@@ -12,17 +12,18 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/cpu_simd.h"
 
 namespace chunkflow::kernels {
 namespace {
+
+using namespace cpu_simd;
 
 // Elements one parallel_for task should cover at least: below this, waking a thread costs more
 // than the work.
 constexpr int64_t kGrainElements = 32768;
 // Upper bound on RMSNorm's weight-gradient partials (rms_norm_weight_partials).
 constexpr int64_t kMaxWeightPartials = 256;
-// Row sums run in this many fixed lanes (see lane_sum).
-constexpr int kLanes = 16;
 
 void check_dtype(ScalarType dtype, const char* op) {
   const int value = static_cast<int>(dtype);
@@ -44,79 +45,6 @@ void check_buffer(const void* pointer, int64_t elements, const char* op, const c
 
 int64_t grain_rows(int64_t row_elements) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, row_elements));
-}
-
-// The hot loops below are `#pragma omp simd` loops; on x86-64 with GCC each is compiled for
-// AVX-512, AVX2 and the baseline, and the loader picks the one the CPU runs (an ifunc). Per-element
-// arithmetic is the same in every clone, and the row sums keep a fixed lane order, so results do
-// not depend on which clone runs.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CF_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CF_SIMD_CLONES
-#endif
-
-// sum_j term(j) for j in [0, n): lane l adds terms l, l + kLanes, ... in order, then the lanes add
-// in order. Vectorises to 1, 2 or 4 registers with the same rounding everywhere; each lane sums
-// n / 16 terms, so a long row's error stays near a blocked sum's.
-template <typename Term>
-[[gnu::always_inline]] inline float lane_sum(int64_t n, const Term& term) {
-  float lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-#pragma omp simd
-    for (int lane = 0; lane < kLanes; ++lane) lanes[lane] += term(j + lane);
-  }
-  for (int lane = 0; j + lane < n; ++lane) lanes[lane] += term(j + lane);
-  float total = 0.0f;
-  for (int lane = 0; lane < kLanes; ++lane) total += lanes[lane];
-  return total;
-}
-
-// Floats as integers that order like the floats' values (sign-magnitude -> two's complement), so
-// clamps and range tests are integer min/max and compares: float compares may trap on NaN, which
-// keeps GCC from vectorising a loop that branches on them.
-constexpr int32_t ordered_bits(float value) {
-  const auto bits = std::bit_cast<int32_t>(value);
-  return bits ^ ((bits >> 31) & 0x7fffffff);
-}
-constexpr float from_ordered_bits(int32_t key) {
-  return std::bit_cast<float>(key ^ ((key >> 31) & 0x7fffffff));
-}
-
-// exp(x) in arithmetic that vectorises (std::exp does not without -ffast-math), within 1 ulp of
-// the correctly rounded value: x = n ln2 + r with n = round(x / ln2) and ln2 in two parts
-// (Cody-Waite), |r| <= ln2 / 2, e^r by Cephes' expf polynomial, 2^n as two exponent-bit factors
-// so that 2^128 does not overflow early. Special values as std::exp: overflow gives inf, NaN stays
-// NaN, -inf gives 0; results below FLT_MIN (x < -87.34) are flushed to 0.
-[[gnu::always_inline]] inline float exp_simd(float x) {
-  constexpr float kMax = 88.7228317f;   // ln(FLT_MAX): above, exp overflows
-  constexpr float kMin = -87.3365479f;  // ln(FLT_MIN): below, exp is subnormal
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2High = 0.693359375f;  // 9 significant bits: n * kLn2High is exact
-  constexpr float kLn2Low = -2.12194440e-4f;
-  constexpr float kRound = 12582912.0f;     // 1.5 * 2^23: adding it rounds to an integer
-  const int32_t key = ordered_bits(x);
-  const float clamped = from_ordered_bits(std::clamp(key, ordered_bits(kMin), ordered_bits(kMax)));
-  const float n = (clamped * kLog2e + kRound) - kRound;  // in [-126, 128]
-  const float r = (clamped - n * kLn2High) - n * kLn2Low;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const auto exponent = static_cast<int32_t>(n);
-  const int32_t low_half = exponent >> 1;
-  const float result = p * std::bit_cast<float>((low_half + 127) << 23) *
-                       std::bit_cast<float>((exponent - low_half + 127) << 23);
-  // All-ones masks select inf above kMax, 0 below kMin and x itself for NaN.
-  const int32_t is_nan = -static_cast<int32_t>((std::bit_cast<int32_t>(x) & 0x7fffffff) > 0x7f800000);
-  const int32_t overflows = -static_cast<int32_t>(key > ordered_bits(kMax));
-  const int32_t underflows = -static_cast<int32_t>(key < ordered_bits(kMin));
-  const int32_t finite = (std::bit_cast<int32_t>(result) & ~overflows & ~underflows) | (0x7f800000 & overflows);
-  return std::bit_cast<float>((finite & ~is_nan) | (std::bit_cast<int32_t>(x) & is_nan));
 }
 
 CF_SIMD_CLONES void rms_norm_forward_rows(const float* x, const float* weight, float* out,
