@@ -24,10 +24,7 @@ constexpr int64_t kGrainElements = 32768;
 int64_t grain_rows(int64_t vocab) { return std::max<int64_t>(1, kGrainElements / vocab); }
 
 // lse[row] = log sum_j exp(logits[row, j]) for rows [begin, end): the row's maximum, then
-// exp(logit - max) summed in fixed lanes. Our own exp, not torch's exp_: with MKL, the vector exp
-// that exp_ calls gave different values from run to run on the same tile (seen 2026-12-05: 3 runs
-// in 200, a relative loss error of 1.2e-6; none with MKL_NUM_THREADS=1), and the CPU path must
-// give the same loss every run.
+// exp(logit - max) summed in fixed lanes (our exp, not torch's exp_: see cpu_simd.h).
 CF_SIMD_CLONES void log_sum_exp_rows(const float* logits, int64_t vocab, int64_t begin, int64_t end, float* lse) {
   for (int64_t row = begin; row < end; ++row) {
     const float* x = logits + row * vocab;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/cpu_simd.h"
 #include "kernels/varlen_attention.h"
 
 namespace chunkflow::kernels {
@@ -185,7 +186,7 @@ void forward_tile(const VarlenAttentionParams& params, const Segment& segment, i
       row_max[i] = new_max;
       for (int64_t j = 0; j < visible; ++j) s[j] -= new_max;
     }
-    at::exp_(block);
+    cpu_simd::exp_in_place(scores.data(), rows * cols);  // not at::exp_: see cpu_simd.h
     for (int64_t i = 0; i < rows; ++i) {
       const float* p = scores.data() + i * cols;
       float sum = 0.0f;
@@ -270,7 +271,7 @@ void backward_segment_kv_head(const VarlenAttentionBackwardParams& params, const
           for (int64_t j = 0; j < visible; ++j) s[j] = s[j] * scale - lse[i];
           std::fill(s + visible, s + cols, kNegInf);
         }
-        at::exp_(p_block);
+        cpu_simd::exp_in_place(probs.data(), rows * cols);
 
         at::mm_out(dp_block, dout_rows, v.t());
         // dS = P * (dP - rowsum(dout * out)), with the softmax scale folded in for dQ and dK.
