@@ -1000,26 +1000,16 @@ class Lexer {
 // A scope: the template's top level, a for loop, a macro call. Lookups walk outwards; `set`
 // writes to the innermost, so a loop's assignments do not leak out (Jinja's scoping).
 struct Frame {
-  std::vector<std::pair<std::string, Value>> variables;
+  Dict variables;
   Frame* parent = nullptr;
 
   const Value* find(const std::string& name) const {
     for (const Frame* frame = this; frame != nullptr; frame = frame->parent) {
-      for (const auto& entry : frame->variables) {
-        if (entry.first == name) return &entry.second;
-      }
+      if (const Value* found = frame->variables.find(name)) return found;
     }
     return nullptr;
   }
-  void set(const std::string& name, Value value) {
-    for (auto& entry : variables) {
-      if (entry.first == name) {
-        entry.second = std::move(value);
-        return;
-      }
-    }
-    variables.emplace_back(name, std::move(value));
-  }
+  void set(const std::string& name, Value value) { variables.set(name, std::move(value)); }
 };
 
 enum class Flow { kNormal, kBreak, kContinue };

@@ -62,6 +62,30 @@ int32_t eos_id(const data::BpeTokenizer& tokenizer) {
   return id;
 }
 
+// Calls visit(record, line number) for each non-blank line of a JSONL file. A line that is not
+// JSON, or a core::Error from visit, stops the command with "<input>:<line>: ...".
+template <typename Json, typename Visit>
+void for_each_jsonl_line(const std::string& input, const Visit& visit) {
+  std::ifstream lines(input);
+  CF_CHECK(lines.good(), "cannot open ", input);
+  int64_t number = 0;
+  for (std::string line; std::getline(lines, line);) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    Json record;
+    try {
+      record = Json::parse(line);
+    } catch (const nlohmann::json::exception& error) {
+      CF_FAIL(input, ":", number, ": not JSON (", error.what(), ")");
+    }
+    try {
+      visit(record);
+    } catch (const core::Error& error) {
+      CF_FAIL(input, ":", number, ": ", error.what());
+    }
+  }
+}
+
 int run_prepare(const std::vector<std::string>& args) {
   data::PrepareOptions options;
   bool quiet = false, append_eos = false;
@@ -131,26 +155,10 @@ int run_tokenize(const std::vector<std::string>& args) {
     std::printf("%s\n", ids_json(tokenizer.encode(text, add_special_tokens)).c_str());
     return 0;
   }
-  std::ifstream lines(input);
-  CF_CHECK(lines.good(), "cannot open ", input);
-  int64_t number = 0;
-  for (std::string line; std::getline(lines, line);) {
-    ++number;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json record;
-    try {
-      record = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& error) {
-      CF_FAIL(input, ":", number, ": not JSON (", error.what(), ")");
-    }
-    CF_CHECK(record.is_object() && record.contains("text") && record["text"].is_string(), input, ":", number,
-             ": expected {\"text\": \"...\"}");
-    try {
-      std::printf("%s\n", ids_json(tokenizer.encode(record["text"].get<std::string>(), add_special_tokens)).c_str());
-    } catch (const core::Error& error) {
-      CF_FAIL(input, ":", number, ": ", error.what());
-    }
-  }
+  for_each_jsonl_line<nlohmann::json>(input, [&](const nlohmann::json& record) {
+    CF_CHECK(record.is_object() && record.contains("text") && record["text"].is_string(), "expected {\"text\": \"...\"}");
+    std::printf("%s\n", ids_json(tokenizer.encode(record["text"].get<std::string>(), add_special_tokens)).c_str());
+  });
   return 0;
 }
 
@@ -231,26 +239,14 @@ int run_render(const std::vector<std::string>& args) {
   const std::optional<data::ChatTemplate> chat_template = data::ChatTemplate::find(tokenizer_path, template_file);
   CF_CHECK(chat_template.has_value(), tokenizer_path, " has no chat template (chat_template.jinja, or chat_template in "
            "tokenizer_config.json); give one with --chat-template FILE");
-  std::ifstream lines(input);
-  CF_CHECK(lines.good(), "cannot open ", input);
-  int64_t number = 0;
-  for (std::string line; std::getline(lines, line);) {
-    ++number;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    try {
-      const data::ChatTemplate::Rendered rendered =
-          chat_template->render(nlohmann::ordered_json::parse(line), loss, add_generation_prompt);
-      nlohmann::json spans = nlohmann::json::array();
-      for (const auto& [begin, end] : rendered.loss_spans) {
-        spans.push_back({character_offset(rendered.text, begin), character_offset(rendered.text, end)});
-      }
-      std::printf("%s\n", nlohmann::json{{"text", rendered.text}, {"loss_spans", spans}}.dump().c_str());
-    } catch (const nlohmann::json::exception& error) {
-      CF_FAIL(input, ":", number, ": not JSON (", error.what(), ")");
-    } catch (const core::Error& error) {
-      CF_FAIL(input, ":", number, ": ", error.what());
+  for_each_jsonl_line<nlohmann::ordered_json>(input, [&](const nlohmann::ordered_json& record) {
+    const data::ChatTemplate::Rendered rendered = chat_template->render(record, loss, add_generation_prompt);
+    nlohmann::json spans = nlohmann::json::array();
+    for (const auto& [begin, end] : rendered.loss_spans) {
+      spans.push_back({character_offset(rendered.text, begin), character_offset(rendered.text, end)});
     }
-  }
+    std::printf("%s\n", nlohmann::json{{"text", rendered.text}, {"loss_spans", spans}}.dump().c_str());
+  });
   return 0;
 }
 
