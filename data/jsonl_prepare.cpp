@@ -23,8 +23,7 @@
 namespace chunkflow::data {
 namespace {
 
-// Ordered: a chat line's keys reach its template in the order the line gives them.
-using json = nlohmann::ordered_json;
+using nlohmann::json;
 
 // Hugging Face's ignore index in `labels`.
 constexpr int64_t kIgnoreIndex = -100;
@@ -164,8 +163,10 @@ std::string tokenize_text(const json& text, const PrepareOptions& options, int64
   return "";
 }
 
-// A chat line: the model's chat template rendered and tokenized, with its loss mask.
-std::string tokenize_chat(const json& object, const PrepareOptions& options, int64_t vocab_size, TokenDType dtype,
+// A chat line: the model's chat template rendered and tokenized, with its loss mask. The line is
+// parsed again keeping its key order, in which the template sees its dicts (as Python's json
+// gives them); token-id and text lines keep the faster sorted parse.
+std::string tokenize_chat(const std::string& line, const PrepareOptions& options, int64_t vocab_size, TokenDType dtype,
                           Sample& sample) {
   if (options.chat_template == nullptr) {
     return core::str_cat("a chat line needs a chat template: the tokenizer folder ", options.tokenizer->source(),
@@ -174,7 +175,7 @@ std::string tokenize_chat(const json& object, const PrepareOptions& options, int
   }
   ChatSample chat;
   try {
-    chat = encode_chat(*options.chat_template, *options.tokenizer, object, options.loss_on);
+    chat = encode_chat(*options.chat_template, *options.tokenizer, nlohmann::ordered_json::parse(line), options.loss_on);
   } catch (const core::Error& error) {
     return error.what();
   }
@@ -214,7 +215,7 @@ std::string parse_line(const std::string& line, const PrepareOptions& options, i
     if (static_cast<int>(ids != object.end()) + static_cast<int>(text != object.end()) + static_cast<int>(messages != object.end()) > 1) {
       return "has more than one of \"input_ids\", \"text\" and \"messages\"; give one of them";
     }
-    if (messages != object.end()) return tokenize_chat(object, options, vocab_size, dtype, sample);
+    if (messages != object.end()) return tokenize_chat(line, options, vocab_size, dtype, sample);
     return tokenize_text(*text, options, vocab_size, dtype, sample);
   }
   if (ids == object.end()) {
