@@ -168,6 +168,9 @@ std::string tokenize_text(const json& text, const PrepareOptions& options, int64
 // gives them); token-id and text lines keep the faster sorted parse.
 std::string tokenize_chat(const std::string& line, const PrepareOptions& options, int64_t vocab_size, TokenDType dtype,
                           Sample& sample) {
+  if (options.chat_template == nullptr && !options.chat_template_refusal.empty()) {
+    return "a chat line needs the model's chat template, which cannot be used: " + options.chat_template_refusal;
+  }
   if (options.chat_template == nullptr) {
     return core::str_cat("a chat line needs a chat template: the tokenizer folder ", options.tokenizer->source(),
                          " has none (chat_template.jinja, or chat_template in tokenizer_config.json); give one with "

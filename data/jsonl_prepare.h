@@ -58,6 +58,9 @@ struct PrepareOptions {
   // the tokens loss_on picks.
   const ChatTemplate* chat_template = nullptr;
   LossOn loss_on = LossOn::kAssistant;
+  // Why there is no chat template, when the model folder's could not be read (chat lines are then
+  // bad lines with this reason; text and token-id lines do not need a template).
+  std::string chat_template_refusal;
   // Lines are parsed and tokenized in batches on this many threads (0: every core), and written
   // in input order, so the output does not depend on it.
   int64_t threads = 0;

@@ -124,8 +124,14 @@ int run_prepare(const std::vector<std::string>& args) {
     tokenizer.emplace(data::BpeTokenizer::load(tokenizer_path));
     options.tokenizer = &*tokenizer;
     if (append_eos) options.append_id = eos_id(*tokenizer);
-    chat_template = data::ChatTemplate::find(tokenizer_path, chat_template_file);
-    if (chat_template) options.chat_template = &*chat_template;
+    try {
+      chat_template = data::ChatTemplate::find(tokenizer_path, chat_template_file);
+      if (chat_template) options.chat_template = &*chat_template;
+    } catch (const core::Error& error) {
+      // A template this engine cannot read matters only to chat lines (and to --chat-template).
+      CF_CHECK(chat_template_file.empty(), error.what());
+      options.chat_template_refusal = error.what();
+    }
   }
   const data::PrepareSummary summary = data::prepare_jsonl(options);
   std::printf("%s\n", summary.to_text().c_str());

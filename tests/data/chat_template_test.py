@@ -441,8 +441,21 @@ def check_refusals(tool, work):
         result.stderr
     result = run(tool, "prepare", "--input", source, "--output", os.path.join(work, "last", "data"), "--tokenizer", folder,
                  "--chat-template", rewriting, "--loss-on", "last", "--quiet")
+    # A model folder whose template the engine cannot read still prepares text lines.
+    unreadable = os.path.join(work, "refusals", "chat_template.jinja")
+    with open(unreadable, "w") as out:
+        out.write("{{ messages | wordwrap }}")
+    with open(source, "w") as out:
+        out.write(json.dumps({"text": "plain text"}) + "\n")
+    run(tool, "prepare", "--input", source, "--output", os.path.join(work, "text", "data"), "--tokenizer", folder, "--quiet")
+    with open(source, "a") as out:
+        out.write(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n")
+    result = run(tool, "prepare", "--input", source, "--output", os.path.join(work, "text", "data"), "--tokenizer", folder,
+                 "--quiet", check=False)
+    assert result.returncode == 1 and "bad.jsonl:2: a chat line needs the model's chat template, which cannot be used: " \
+        in result.stderr and "the filter 'wordwrap' is not supported" in result.stderr, result.stderr
     print("refusals: a template that raises (file:line, skippable), no assistant turn, a template that rewrites "
-          "earlier turns (--loss-on last still works)")
+          "earlier turns (--loss-on last still works), an unreadable template (text lines still prepare)")
 
 
 def main():
