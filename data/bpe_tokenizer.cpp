@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <limits>
 #include <utility>
 
@@ -274,7 +275,9 @@ void read_post_processor(const nlohmann::json& processor, const std::string& sou
 }  // namespace
 
 BpeTokenizer BpeTokenizer::load(const std::string& path) {
+  static std::atomic<uint64_t> loads{0};
   BpeTokenizer tokenizer;
+  tokenizer.cache_id_ = ++loads;
   tokenizer.source_ = core::path_exists(path + "/tokenizer.json") ? path + "/tokenizer.json" : path;
   const std::string& file = tokenizer.source_;
   nlohmann::json json;
@@ -419,27 +422,20 @@ std::vector<std::string> BpeTokenizer::pre_tokenize(std::string_view text) const
 }
 
 // BPE on one pre-tokenized piece: its bytes as byte-level symbols, then the lowest-ranked adjacent
-// pair merged (every occurrence, left to right) until no pair has a rank.
-void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>& ids, const PieceBytes& origin,
-                               std::vector<TokenRange>* ranges) const {
+// pair merged (every occurrence, left to right) until no pair has a rank. Also the bytes of the
+// piece each resulting token stands for.
+BpeTokenizer::MergedPiece BpeTokenizer::merge_piece(const std::string& piece) const {
   const auto& symbols_of_byte = byte_symbols();
   std::vector<std::string> symbols;
-  // Bytes of the piece each symbol stands for, kept only when the caller asks for token ranges.
-  const bool track = ranges != nullptr;
-  std::vector<size_t> widths;
+  std::vector<uint32_t> widths(piece.size(), 1);
   std::string whole;
   for (const char byte : piece) {
     symbols.push_back(symbols_of_byte[static_cast<unsigned char>(byte)]);
     whole += symbols.back();
   }
-  if (track) widths.assign(symbols.size(), 1);
   if (ignore_merges_) {
     const auto found = vocab_.find(whole);
-    if (found != vocab_.end()) {
-      ids.push_back(found->second);
-      if (ranges != nullptr) ranges->push_back(origin.range(0, piece.size()));
-      return;
-    }
+    if (found != vocab_.end()) return {{found->second}, {static_cast<uint32_t>(piece.size())}};
   }
   while (symbols.size() > 1) {
     int32_t best = std::numeric_limits<int32_t>::max();
@@ -449,33 +445,64 @@ void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>& 
     }
     if (best == std::numeric_limits<int32_t>::max()) break;
     std::vector<std::string> merged;
-    std::vector<size_t> merged_widths;
+    std::vector<uint32_t> merged_widths;
     for (size_t i = 0; i < symbols.size(); ++i) {
       if (i + 1 < symbols.size()) {
         const auto found = merge_ranks_.find(symbols[i] + " " + symbols[i + 1]);
         if (found != merge_ranks_.end() && found->second == best) {
           merged.push_back(symbols[i] + symbols[i + 1]);
-          if (track) merged_widths.push_back(widths[i] + widths[i + 1]);
+          merged_widths.push_back(widths[i] + widths[i + 1]);
           ++i;
           continue;
         }
       }
       merged.push_back(symbols[i]);
-      if (track) merged_widths.push_back(widths[i]);
+      merged_widths.push_back(widths[i]);
     }
     symbols = std::move(merged);
     widths = std::move(merged_widths);
   }
-  size_t at = 0;
-  for (size_t i = 0; i < symbols.size(); ++i) {
-    const auto found = vocab_.find(symbols[i]);
-    CF_CHECK(found != vocab_.end(), source_, ": the vocabulary lacks the byte-level symbol '", symbols[i],
+  MergedPiece result;
+  result.widths = std::move(widths);
+  for (const std::string& symbol : symbols) {
+    const auto found = vocab_.find(symbol);
+    CF_CHECK(found != vocab_.end(), source_, ": the vocabulary lacks the byte-level symbol '", symbol,
              "' (a byte-level BPE vocabulary holds every byte)");
-    ids.push_back(found->second);
-    if (track) {
-      ranges->push_back(origin.range(at, at + widths[i]));
-      at += widths[i];
-    }
+    result.ids.push_back(found->second);
+  }
+  return result;
+}
+
+// Through a per-thread cache of merged pieces (words repeat: most pieces of a text were merged
+// before), as the tokenizers library caches words. The cache belongs to one loaded tokenizer
+// (cache_id_, unique per load) and is cleared when a thread switches tokenizers or it grows past
+// its bound, so it never holds another vocabulary's ids and its memory stays bounded.
+void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int32_t>& ids, const PieceBytes& origin,
+                                std::vector<TokenRange>* ranges) const {
+  constexpr size_t kMaxCachedPieces = 1 << 16;
+  constexpr size_t kMaxCachedPieceBytes = 256;  // longer pieces are rare and seldom repeat
+  thread_local std::unordered_map<std::string, MergedPiece> cache;
+  thread_local uint64_t cache_owner = 0;
+  if (cache_owner != cache_id_ || cache.size() >= kMaxCachedPieces) {
+    cache.clear();
+    cache_owner = cache_id_;
+  }
+  MergedPiece uncached;
+  const MergedPiece* merged = nullptr;
+  if (piece.size() <= kMaxCachedPieceBytes) {
+    auto found = cache.find(piece);
+    if (found == cache.end()) found = cache.emplace(piece, merge_piece(piece)).first;
+    merged = &found->second;
+  } else {
+    uncached = merge_piece(piece);
+    merged = &uncached;
+  }
+  ids.insert(ids.end(), merged->ids.begin(), merged->ids.end());
+  if (ranges == nullptr) return;
+  size_t at = 0;
+  for (const uint32_t width : merged->widths) {
+    ranges->push_back(origin.range(at, at + width));
+    at += width;
   }
 }
 

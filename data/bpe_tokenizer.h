@@ -75,6 +75,12 @@ class BpeTokenizer {
       return {offset + (*origin_begin)[at + begin], offset + (*origin_end)[at + end - 1]};
     }
   };
+  // A piece's ids after BPE, and the bytes of the piece each stands for.
+  struct MergedPiece {
+    std::vector<int32_t> ids;
+    std::vector<uint32_t> widths;
+  };
+  MergedPiece merge_piece(const std::string& piece) const;
   std::vector<std::string> pre_tokenize(std::string_view text) const;
   void encode_piece(const std::string& piece, std::vector<int32_t>& ids, const PieceBytes& origin,
                     std::vector<TokenRange>* ranges) const;
@@ -82,6 +88,7 @@ class BpeTokenizer {
                           std::vector<TokenRange>* ranges) const;
 
   std::string source_;
+  uint64_t cache_id_ = 0;  // names this load's vocabulary in the per-thread piece cache
   Pattern pattern_ = Pattern::kGpt2;
   bool nfc_ = false;
   bool ignore_merges_ = false;
