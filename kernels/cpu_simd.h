@@ -1,6 +1,6 @@
-// SIMD building blocks of the CPU kernels (fused_ops_cpu.cpp, tiled_cross_entropy_cpu.cpp):
-// function clones per instruction set, fixed-lane row sums and maxima, and an exp that
-// vectorises. Every result is the same whichever clone runs and however rows are split among
+// Building blocks of the CPU kernels (fused ops, tiled cross-entropy, varlen attention): the
+// parallel grain, function clones per instruction set, fixed-lane row sums and maxima, and an exp
+// that vectorises. Every result is the same whichever clone runs and however rows are split among
 // threads, so the CPU kernels are deterministic from run to run. Internal to kernels/.
 #pragma once
 
@@ -14,6 +14,13 @@ namespace chunkflow::kernels::cpu_simd {
 
 // Row sums run in this many fixed lanes (see lane_sum).
 constexpr int kLanes = 16;
+
+// Elements one at::parallel_for task should cover at least: below this, waking a thread costs
+// more than the work. grain_rows: the same in rows of `row_elements` elements.
+constexpr int64_t kGrainElements = 32768;
+inline int64_t grain_rows(int64_t row_elements) {
+  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, row_elements));
+}
 
 // The CPU kernels' hot loops are `#pragma omp simd` loops in CF_SIMD_CLONES functions: on x86-64
 // with GCC each is compiled for AVX-512, AVX2 and the baseline, and the loader picks the one the CPU runs (an ifunc). Per-element

@@ -19,9 +19,6 @@ namespace {
 
 using namespace cpu_simd;
 
-// Elements one parallel_for task should cover at least: below this, waking a thread costs more
-// than the work.
-constexpr int64_t kGrainElements = 32768;
 // Upper bound on RMSNorm's weight-gradient partials (rms_norm_weight_partials).
 constexpr int64_t kMaxWeightPartials = 256;
 
@@ -41,10 +38,6 @@ void check_buffer(const void* pointer, int64_t elements, const char* op, const c
                   const char* shape) {
   CF_CHECK(pointer != nullptr || elements == 0, op, ": params.", name, " ", shape,
            " must not be null when it has elements (", elements, ")");
-}
-
-int64_t grain_rows(int64_t row_elements) {
-  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, row_elements));
 }
 
 CF_SIMD_CLONES void rms_norm_forward_rows(const float* x, const float* weight, float* out,

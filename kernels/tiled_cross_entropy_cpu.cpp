@@ -17,11 +17,7 @@ namespace chunkflow::kernels {
 namespace {
 
 using cpu_simd::exp_simd;
-
-// Logits one parallel_for task should cover at least (as the fused ops' grain).
-constexpr int64_t kGrainElements = 32768;
-
-int64_t grain_rows(int64_t vocab) { return std::max<int64_t>(1, kGrainElements / vocab); }
+using cpu_simd::grain_rows;
 
 // lse[row] = log sum_j exp(logits[row, j]) for rows [begin, end): the row's maximum, then
 // exp(logit - max) summed in fixed lanes (our exp, not torch's exp_: see cpu_simd.h).
