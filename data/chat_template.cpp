@@ -2,53 +2,17 @@
 #include "data/chat_template.h"
 
 #include <algorithm>
-#include <filesystem>
+#include <memory>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/strings.h"
+#include "data/special_tokens.h"
 
 namespace chunkflow::data {
-namespace {
-
 using nlohmann::ordered_json;
-
-ordered_json read_json(const std::string& path) {
-  try {
-    return ordered_json::parse(core::read_file(path));
-  } catch (const ordered_json::exception& error) {
-    CF_FAIL(path, ": not JSON (", error.what(), ")");
-  }
-}
-
-// A special token's text: a string, or an AddedToken object {"content": ...}.
-std::optional<std::string> token_text(const ordered_json& value) {
-  if (value.is_string()) return value.get<std::string>();
-  if (value.is_object() && value.contains("content") && value["content"].is_string()) return value["content"].get<std::string>();
-  return std::nullopt;
-}
-
-// The special-token variables transformers passes to a template (its special_tokens_map).
-void add_special_tokens(const ordered_json& config, std::vector<std::pair<std::string, std::string>>& tokens,
-                        ordered_json& additional) {
-  static const char* names[] = {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"};
-  for (const char* name : names) {
-    if (!config.contains(name)) continue;
-    const auto text = token_text(config[name]);
-    const bool known = std::any_of(tokens.begin(), tokens.end(), [&](const auto& entry) { return entry.first == name; });
-    if (text && !known) tokens.emplace_back(name, *text);
-  }
-  if (additional.is_null() && config.contains("additional_special_tokens") && config["additional_special_tokens"].is_array()) {
-    additional = ordered_json::array();
-    for (const auto& token : config["additional_special_tokens"]) {
-      if (const auto text = token_text(token)) additional.push_back(*text);
-    }
-  }
-}
-
-}  // namespace
 
 LossOn parse_loss_on(const std::string& name) {
   if (name == "assistant") return LossOn::kAssistant;
@@ -57,14 +21,13 @@ LossOn parse_loss_on(const std::string& name) {
   CF_FAIL("loss-on '", name, "' is not one of assistant, last, all", core::did_you_mean(name, {"assistant", "last", "all"}));
 }
 
-std::optional<ChatTemplate> ChatTemplate::find(const std::string& model_folder, const std::string& template_file) {
-  namespace fs = std::filesystem;
-  const fs::path folder = fs::is_directory(model_folder) ? fs::path(model_folder) : fs::path(model_folder).parent_path();
-  const std::string config_path = (folder / "tokenizer_config.json").string();
-  const ordered_json config = core::path_exists(config_path) ? read_json(config_path) : ordered_json::object();
+std::optional<ChatTemplate> ChatTemplate::find(const std::string& path, const std::string& template_file) {
+  const std::string folder = model_folder(path);
+  const std::string config_path = folder + "/tokenizer_config.json";
+  const ordered_json config = core::path_exists(config_path) ? read_json_file(config_path) : ordered_json::object();
 
   ChatTemplate chat;
-  const std::string jinja_path = (folder / "chat_template.jinja").string();
+  const std::string jinja_path = folder + "/chat_template.jinja";
   if (!template_file.empty()) {
     CF_CHECK(core::path_exists(template_file), "--chat-template ", template_file, " does not exist");
     chat.source_ = template_file;
@@ -91,11 +54,14 @@ std::optional<ChatTemplate> ChatTemplate::find(const std::string& model_folder, 
   } else {
     return std::nullopt;
   }
-  ordered_json additional;
-  add_special_tokens(config, chat.special_tokens_, additional);
-  const std::string map_path = (folder / "special_tokens_map.json").string();
-  if (core::path_exists(map_path)) add_special_tokens(read_json(map_path), chat.special_tokens_, additional);
-  if (!additional.is_null()) chat.special_tokens_.emplace_back("additional_special_tokens", additional.dump());
+  // The variables every render starts from: the special tokens, and tools / documents = None.
+  const SpecialTokens special = read_special_tokens(folder);
+  auto base = std::make_shared<ordered_json>(ordered_json::object());
+  for (const auto& [name, text] : special.named) (*base)[name] = text;
+  if (special.additional) (*base)["additional_special_tokens"] = *special.additional;
+  (*base)["tools"] = nullptr;
+  (*base)["documents"] = nullptr;
+  chat.base_variables_ = std::move(base);
   return chat;
 }
 
@@ -110,12 +76,7 @@ const JinjaTemplate& ChatTemplate::pick(const ordered_json& line) const {
 }
 
 ordered_json ChatTemplate::variables(const ordered_json& line, size_t message_count, bool add_generation_prompt) const {
-  ordered_json variables = ordered_json::object();
-  for (const auto& [name, text] : special_tokens_) {
-    variables[name] = name == "additional_special_tokens" ? ordered_json::parse(text) : ordered_json(text);
-  }
-  variables["tools"] = nullptr;
-  variables["documents"] = nullptr;
+  ordered_json variables = *base_variables_;
   for (const auto& item : line.items()) {
     if (item.key() != "messages") variables[item.key()] = item.value();
   }

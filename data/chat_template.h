@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -45,10 +46,10 @@ class ChatTemplate {
   // The chat template of a model folder: chat_template.jinja, else tokenizer_config.json's
   // "chat_template" (a string, or a list of {name, template}: "default", and "tool_use" for lines
   // that give tools, as transformers picks them); with `template_file`, that file instead. Special
-  // tokens come from tokenizer_config.json, then special_tokens_map.json for the keys it lacks.
+  // tokens: data/special_tokens.h.
   // Returns nullopt when the folder has no template and no file is given; throws core::Error
-  // naming the file for an unreadable or unsupported template.
-  static std::optional<ChatTemplate> find(const std::string& model_folder, const std::string& template_file = "");
+  // naming the file for an unreadable or unsupported template. `path`: the model folder or a file in it.
+  static std::optional<ChatTemplate> find(const std::string& path, const std::string& template_file = "");
 
   struct Rendered {
     std::string text;
@@ -68,7 +69,9 @@ class ChatTemplate {
 
   std::string source_;  // the file the template came from
   std::map<std::string, JinjaTemplate> templates_;  // by name; a single template is "default"
-  std::vector<std::pair<std::string, std::string>> special_tokens_;  // bos_token -> "<s>", ...
+  // What every render's variables start from: the special tokens (data/special_tokens.h), and
+  // tools and documents as None.
+  std::shared_ptr<const nlohmann::ordered_json> base_variables_;
 };
 
 struct ChatSample {

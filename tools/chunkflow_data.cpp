@@ -23,6 +23,7 @@
 #include "core/strings.h"
 #include "data/bpe_tokenizer.h"
 #include "data/chat_template.h"
+#include "data/special_tokens.h"
 #include "data/chunk_plan.h"
 #include "data/dataset_stats.h"
 #include "data/indexed_dataset.h"
@@ -43,22 +44,13 @@ constexpr const char* kUsage =
     "  render    chat lines through a model's chat template, with the text that carries loss\n"
     "Run 'chunkflow-data <command> --help' for its options.\n";
 
-// The id of tokenizer_config.json's eos_token beside the tokenizer (what a text sample ends with).
+// The id of the model folder's eos_token (data/special_tokens.h): what a text sample ends with.
 int32_t eos_id(const data::BpeTokenizer& tokenizer) {
-  const std::string folder = std::filesystem::path(tokenizer.source()).parent_path().string();
-  const std::string config_path = (folder.empty() ? std::string(".") : folder) + "/tokenizer_config.json";
-  CF_CHECK(core::path_exists(config_path), "--append-eos needs ", config_path, " (its eos_token)");
-  nlohmann::json config;
-  try {
-    config = nlohmann::json::parse(core::read_file(config_path));
-  } catch (const nlohmann::json::exception& error) {
-    CF_FAIL(config_path, ": not JSON (", error.what(), ")");
-  }
-  const nlohmann::json eos = config.value("eos_token", nlohmann::json());
-  const std::string content = eos.is_string() ? eos.get<std::string>() : eos.is_object() ? eos.value("content", "") : "";
-  CF_CHECK(!content.empty(), config_path, ": no eos_token (needed by --append-eos)");
-  const int32_t id = tokenizer.token_id(content);
-  CF_CHECK(id >= 0, config_path, ": eos_token '", content, "' is not a token of ", tokenizer.source());
+  const std::string folder = data::model_folder(tokenizer.source());
+  const std::string eos = data::read_special_tokens(folder).find("eos_token");
+  CF_CHECK(!eos.empty(), folder, ": no eos_token in tokenizer_config.json or special_tokens_map.json (needed by --append-eos)");
+  const int32_t id = tokenizer.token_id(eos);
+  CF_CHECK(id >= 0, folder, ": eos_token '", eos, "' is not a token of ", tokenizer.source());
   return id;
 }
 

@@ -458,12 +458,54 @@ def check_refusals(tool, work):
           "earlier turns (--loss-on last still works), an unreadable template (text lines still prepare)")
 
 
+def check_special_tokens(tool, work):
+    """bos_token / eos_token / additional_special_tokens as transformers gives them to a template:
+    tokenizer_config.json (a string or an AddedToken object); when it has no added_tokens_decoder
+    (a tokenizer saved before transformers 4.34), special_tokens_map.json overrides it. --append-eos
+    appends the same eos_token."""
+    template = ("{{ bos_token }}|{{ eos_token }}|{{ pad_token is defined }}|{{ additional_special_tokens }}|"
+                "{% for m in messages %}{{ m.content }}{% endfor %}")
+    chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    for legacy in (True, False):
+        folder, _ = write_tokenizer(work, f"special_{legacy}", "unused")
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template,
+                  "eos_token": {"content": "<|im_end|>", "lstrip": False, "normalized": False, "rstrip": False,
+                                "single_word": False, "special": True},
+                  "additional_special_tokens": ["<|eot_id|>"]}
+        if not legacy:  # as saved since transformers 4.34: a string eos_token, the added tokens listed
+            config["eos_token"] = "<|im_end|>"
+            reference = AutoTokenizer.from_pretrained(folder)
+            config["added_tokens_decoder"] = {str(i): {"content": t.content, "lstrip": False, "normalized": False,
+                                                       "rstrip": False, "single_word": False, "special": True}
+                                              for i, t in reference.added_tokens_decoder.items()}
+        with open(os.path.join(folder, "tokenizer_config.json"), "w") as out:
+            json.dump(config, out)
+        with open(os.path.join(folder, "special_tokens_map.json"), "w") as out:
+            json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|endoftext|>",
+                       "additional_special_tokens": ["<|im_start|>"]}, out)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        want = tokenizer.apply_chat_template(chat["messages"], tokenize=False)
+        source = os.path.join(work, "special.jsonl")
+        with open(source, "w") as out:
+            out.write(json.dumps(chat) + "\n")
+        got = json.loads(run(tool, "render", "--tokenizer", folder, "--input", source).stdout)["text"]
+        assert got == want, f"special tokens (legacy {legacy}): chunkflow {got!r}, transformers {want!r}"
+        with open(source, "w") as out:
+            out.write(json.dumps({"text": "a"}) + "\n")
+        prefix = os.path.join(work, f"special_text_{legacy}", "data")
+        run(tool, "prepare", "--input", source, "--output", prefix, "--tokenizer", folder, "--append-eos", "--quiet")
+        assert read_dataset(prefix)[0][-1] == tokenizer.eos_token_id, (read_dataset(prefix), tokenizer.eos_token_id)
+        print(f"special tokens ({'special_tokens_map.json overriding' if legacy else 'added_tokens_decoder: config alone'}): "
+              f"{got!r}, as transformers renders it; --append-eos appends its eos_token")
+
+
 def main():
     tool = sys.argv[1]
     with tempfile.TemporaryDirectory() as work:
         check_conformance(tool, work)
         check_chat_data(tool, work)
         check_refusals(tool, work)
+        check_special_tokens(tool, work)
 
 
 if __name__ == "__main__":
