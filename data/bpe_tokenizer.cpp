@@ -428,12 +428,10 @@ BpeTokenizer::MergedPiece BpeTokenizer::merge_piece(const std::string& piece) co
   const auto& symbols_of_byte = byte_symbols();
   std::vector<std::string> symbols;
   std::vector<uint32_t> widths(piece.size(), 1);
-  std::string whole;
-  for (const char byte : piece) {
-    symbols.push_back(symbols_of_byte[static_cast<unsigned char>(byte)]);
-    whole += symbols.back();
-  }
-  if (ignore_merges_) {
+  for (const char byte : piece) symbols.push_back(symbols_of_byte[static_cast<unsigned char>(byte)]);
+  if (ignore_merges_) {  // a piece that is a token as a whole is that token
+    std::string whole;
+    for (const std::string& symbol : symbols) whole += symbol;
     const auto found = vocab_.find(whole);
     if (found != vocab_.end()) return {{found->second}, {static_cast<uint32_t>(piece.size())}};
   }

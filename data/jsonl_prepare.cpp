@@ -141,6 +141,16 @@ std::string check_loss_mask(const json& values, const std::vector<int32_t>& toke
   return "";
 }
 
+// The tokenizer's ids must fit the vocabulary (--vocab-size) and the dataset's dtype.
+std::string check_tokenizer_ids(const std::vector<int32_t>& ids, int64_t vocab_size, TokenDType dtype) {
+  for (const int32_t id : ids) {
+    if ((vocab_size > 0 && id >= vocab_size) || !fits_dtype(dtype, id)) {
+      return core::str_cat("the tokenizer gave id ", id, ", beyond vocab_size ", vocab_size, " or dtype ", dtype_name(dtype));
+    }
+  }
+  return "";
+}
+
 // A text line: the tokenizer's ids (+ the appended id), every token a target.
 std::string tokenize_text(const json& text, const PrepareOptions& options, int64_t vocab_size, TokenDType dtype,
                           Sample& sample) {
@@ -152,12 +162,7 @@ std::string tokenize_text(const json& text, const PrepareOptions& options, int64
   }
   if (options.append_id >= 0) sample.tokens.push_back(options.append_id);
   if (sample.tokens.empty()) return "\"text\" is empty";
-  for (const int32_t id : sample.tokens) {
-    if ((vocab_size > 0 && id >= vocab_size) || !fits_dtype(dtype, id)) {
-      return core::str_cat("the tokenizer gave id ", id, ", beyond vocab_size ", vocab_size, " or dtype ",
-                           dtype_name(dtype));
-    }
-  }
+  if (std::string error = check_tokenizer_ids(sample.tokens, vocab_size, dtype); !error.empty()) return error;
   sample.mask.assign(sample.tokens.size(), 1);
   sample.has_mask = false;
   return "";
@@ -183,11 +188,7 @@ std::string tokenize_chat(const std::string& line, const PrepareOptions& options
     return error.what();
   }
   if (chat.tokens.empty()) return "the chat template rendered an empty text";
-  for (const int32_t id : chat.tokens) {
-    if ((vocab_size > 0 && id >= vocab_size) || !fits_dtype(dtype, id)) {
-      return core::str_cat("the tokenizer gave id ", id, ", beyond vocab_size ", vocab_size, " or dtype ", dtype_name(dtype));
-    }
-  }
+  if (std::string error = check_tokenizer_ids(chat.tokens, vocab_size, dtype); !error.empty()) return error;
   sample.tokens = std::move(chat.tokens);
   sample.mask = std::move(chat.mask);
   sample.has_mask = options.loss_on != LossOn::kAll;
