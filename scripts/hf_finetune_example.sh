@@ -27,7 +27,7 @@ rm -rf "$work" && mkdir -p "$work"
 
 echo "== 1. a tiny Qwen2 model folder (random weights, its own tokenizer and chat template)"
 "$python" - "$work/base" "$work/chat.jsonl" <<'PY'
-import json, random, sys
+import json, os, random, sys
 import torch, transformers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -58,7 +58,6 @@ specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 tokenizer.train_from_iterator([m["content"] for c in chats for m in c["messages"]],
                               trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
                                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-import os
 os.makedirs(folder, exist_ok=True)
 tokenizer.save(f"{folder}/tokenizer.json")
 template = ("{% for message in messages %}{{ '<|im_start|>' + message.role + '\\n' + message.content | trim + '<|im_end|>\\n' }}"
@@ -89,23 +88,17 @@ echo "== 5. export the last checkpoint"
 "$bin/chunkflow-export" --checkpoint "$work/runs/finetune/checkpoints" --output "$work/export" --dtype bfloat16
 
 echo "== 6. transformers loads the export and its chat template"
-"$python" - "$work/export" "$work/chat.jsonl" "$work/data/chat" "$work/runs/finetune/metrics.jsonl" <<'PY'
-import json, struct, sys
+"$python" - "$work/export" "$work/chat.jsonl" "$work/data/chat" "$work/runs/finetune/metrics.jsonl" "$repo_root/bench" <<'PY'
+import json, sys
 import torch, transformers
-export, chat_path, prefix, metrics = sys.argv[1:5]
+export, chat_path, prefix, metrics, bench = sys.argv[1:6]
+sys.path.insert(0, bench)
+from hf_peer import IndexedDataset  # the project's Python reader of .bin/.idx datasets
 tokenizer = transformers.AutoTokenizer.from_pretrained(export)
 model = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
 chat = json.loads(open(chat_path).readline())
 ids = tokenizer.apply_chat_template(chat["messages"], tokenize=True)
-with open(prefix + ".idx", "rb") as idx:  # the first sequence prepare wrote (Megatron .idx)
-    idx.read(18)
-    count, _ = struct.unpack("<QQ", idx.read(16))
-    size = struct.unpack("<i", idx.read(4))[0]
-    idx.seek(34 + 4 * count)
-    pointer = struct.unpack("<q", idx.read(8))[0]
-width = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 8: 2}[open(prefix + ".idx", "rb").read(18)[17]]
-data = open(prefix + ".bin", "rb").read()
-written = [int.from_bytes(data[pointer + k * width:pointer + (k + 1) * width], "little") for k in range(size)]
+written = IndexedDataset(prefix).read(0).tolist()  # the first sequence prepare wrote
 assert written == ids, f"prepare wrote {written}, apply_chat_template gives {ids}"
 losses = [json.loads(line)["loss"] for line in open(metrics)]
 prompt = tokenizer.apply_chat_template(chat["messages"][:2], add_generation_prompt=True, return_tensors="pt")
