@@ -119,7 +119,9 @@ ChatTemplate::Rendered ChatTemplate::render(const ordered_json& line, LossOn los
   for (size_t k = first; k < assistants.size(); ++k) {
     const size_t index = assistants[k];
     const std::string before = chosen.render(variables(line, index, true)).text;
-    const std::string through = chosen.render(variables(line, index + 1, false)).text;
+    // The usual last message: the conversation through it is the whole render, already done.
+    const bool through_is_whole = index + 1 == messages.size() && !add_generation_prompt;
+    const std::string through = through_is_whole ? rendered.text : chosen.render(variables(line, index + 1, false)).text;
     CF_CHECK(through.compare(0, before.size(), before) == 0 && rendered.text.compare(0, through.size(), through) == 0,
              "messages[", index, "] (assistant): the chat template does not render the conversation up to this message "
              "as the start of the whole conversation, so its tokens cannot be told apart; use a template with "
