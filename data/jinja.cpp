@@ -49,13 +49,6 @@ size_t space_bytes_at(const std::string& text, size_t at) {
   return end - at;
 }
 
-std::string rstrip_space(const std::string& text) {
-  const utf8::Decoded decoded = utf8::decode_utf8(text);
-  size_t end = decoded.codes.size();
-  while (end > 0 && utf8::is_python_space(decoded.codes[end - 1])) --end;
-  return text.substr(0, decoded.offsets[end]);
-}
-
 // Python's "unicode-escape" decoding of a string literal's body.
 std::string unescape(const std::string& body, int line) {
   std::string out;
@@ -126,7 +119,7 @@ class Lexer {
       const char sign = open + 2 < source_.size() && (source_[open + 2] == '-' || source_[open + 2] == '+') ? source_[open + 2] : 0;
       std::string text = source_.substr(pos, open - pos);
       if (sign == '-') {
-        text = rstrip_space(text);
+        text = strip(text, Value::none(), false, true);  // Python str.rstrip()
       } else if (sign != '+' && kind != '{') {  // lstrip_blocks: a block or comment alone on its line
         const size_t newline = text.rfind('\n');
         const size_t line_begin = newline == std::string::npos ? 0 : newline + 1;

@@ -159,6 +159,8 @@ bool contains(const Value& container, const Value& item);
 Value arithmetic(const std::string& op, const Value& a, const Value& b);
 
 // ---- jinja_builtins.cpp ----
+// Python's str.strip / lstrip / rstrip: `chars` None or undefined strips whitespace (str.isspace).
+std::string strip(const std::string& text, const Value& chars, bool left, bool right);
 // obj.name (attributes, then items) and obj[key] (items, then attributes), as Jinja's getattr and
 // getitem; obj[start:stop:step]; a call.
 Value get_attribute(const Value& object, const std::string& name);
