@@ -54,7 +54,7 @@ int32_t eos_id(const data::BpeTokenizer& tokenizer) {
   return id;
 }
 
-// Calls visit(record, line number) for each non-blank line of a JSONL file. A line that is not
+// Calls visit(record) for each non-blank line of a JSONL file. A line that is not
 // JSON, or a core::Error from visit, stops the command with "<input>:<line>: ...".
 template <typename Json, typename Visit>
 void for_each_jsonl_line(const std::string& input, const Visit& visit) {
@@ -85,7 +85,8 @@ int run_prepare(const std::vector<std::string>& args) {
   int64_t threads = 0;
   core::CommandLine command_line("chunkflow-data prepare",
                                  "Converts JSONL lines {\"input_ids\": [...]} (optional \"labels\" with -100 for "
-                                 "no loss, or \"loss_mask\"), or with --tokenizer {\"text\": \"...\"}, into "
+                                 "no loss, or \"loss_mask\"), or with --tokenizer {\"text\": \"...\"} or {\"messages\": [...]} (rendered by "
+                                 "the model's chat template), into "
                                  "<output>.bin/.idx (+ <output>_loss_mask).");
   command_line.add_string("input", &options.input, "JSONL file", true);
   command_line.add_string("output", &options.output_prefix, "output prefix", true);
@@ -95,7 +96,7 @@ int run_prepare(const std::vector<std::string>& args) {
   command_line.add_int("max-errors", &options.max_reported_errors, "bad lines to list when skipping");
   command_line.add_string("tokenizer", &tokenizer_path,
                           "a model's tokenizer.json (or its folder): lines may hold \"text\", tokenized with it");
-  command_line.add_flag("append-eos", &append_eos, "end each text with tokenizer_config.json's eos_token");
+  command_line.add_flag("append-eos", &append_eos, "end each text line with the model's eos_token");
   command_line.add_flag("add-special-tokens", &options.add_special_tokens,
                         "add the tokenizer's own special tokens around each text (e.g. Llama 3's <|begin_of_text|>)");
   std::string chat_template_file, loss_on = "assistant";
