@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "core/error.h"
 #include "kernels/cpu_simd.h"
@@ -138,7 +137,6 @@ void tiled_cross_entropy_forward_cpu(const TiledCrossEntropyParams& params) {
   const at::Tensor weight_t = view_fp32(params.weight, {vocab, hidden_size}).t();
   const int64_t tile_tokens = std::min(params.tile_tokens, tokens);
   at::Tensor logits_buffer = at::empty({tile_tokens, vocab}, at::kFloat);  // the only fp32 logits
-  std::vector<float> label_logit(static_cast<size_t>(tile_tokens)), tile_lse(static_cast<size_t>(tile_tokens));
   // Accumulated in double, so the total's rounding does not grow with the number of tokens.
   double loss_sum = 0.0;
 
@@ -154,22 +152,15 @@ void tiled_cross_entropy_forward_cpu(const TiledCrossEntropyParams& params) {
     at::mm_out(logits, hidden.narrow(0, first, count), weight_t);
 
     const float* logits_data = logits.const_data_ptr<float>();
-    for (int64_t row = 0; row < count; ++row) {
-      label_logit[static_cast<size_t>(row)] =
-          labels[row] == kIgnoreIndex ? 0.0f : logits_data[row * vocab + labels[row]];
-    }
     at::parallel_for(0, count, grain_rows(vocab), [&](int64_t begin, int64_t end) {
-      log_sum_exp_rows(logits_data, vocab, begin, end, tile_lse.data());
+      log_sum_exp_rows(logits_data, vocab, begin, end, lse);
     });
-    const float* tile_lse_data = tile_lse.data();
     for (int64_t row = 0; row < count; ++row) {
       if (labels[row] == kIgnoreIndex) {
         lse[row] = 0.0f;
         continue;
       }
-      lse[row] = tile_lse_data[row];
-      loss_sum += static_cast<double>(tile_lse_data[row]) -
-                  static_cast<double>(label_logit[static_cast<size_t>(row)]);
+      loss_sum += static_cast<double>(lse[row]) - static_cast<double>(logits_data[row * vocab + labels[row]]);
     }
   }
   *params.loss_sum = static_cast<float>(loss_sum);
