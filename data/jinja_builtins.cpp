@@ -398,8 +398,9 @@ const std::set<std::string>& filter_names() {
 
 Value apply_filter(const std::string& name, const Value& value, const CallArgs& args);
 
-// attribute="a.b" or an integer index path, as Jinja's make_attrgetter follows it.
+// attribute="a.b" or an integer index path, as Jinja's make_attrgetter follows it; None: the item.
 Value follow_attribute(const Value& item, const Value& attribute) {
+  if (attribute.kind == Value::Kind::kNone) return item;
   if (attribute.is_integral()) return get_item(item, attribute);
   Value current = item;
   std::vector<std::string> parts(1);
@@ -491,9 +492,7 @@ Value sort_filter(const Value& value, const CallArgs& args) {
   const bool case_sensitive = truthy(argument(args, 1, "case_sensitive"));
   const Value attribute = argument(args, 2, "attribute", Value::none());
   List items = iterate(value);
-  const auto key = [&](const Value& item) {
-    return sort_key(attribute.kind == Value::Kind::kNone ? item : follow_attribute(item, attribute), case_sensitive);
-  };
+  const auto key = [&](const Value& item) { return sort_key(follow_attribute(item, attribute), case_sensitive); };
   std::stable_sort(items.begin(), items.end(), [&](const Value& a, const Value& b) { return reverse ? less(key(b), key(a)) : less(key(a), key(b)); });
   return Value::of_list(std::move(items));
 }
@@ -504,9 +503,7 @@ Value extreme_filter(const std::string& name, const Value& value, const CallArgs
   const Value attribute = argument(args, 1, "attribute", Value::none());
   const List items = iterate(value);
   if (items.empty()) return Value::undefined("No aggregated item, sequence was empty.");
-  const auto key = [&](const Value& item) {
-    return sort_key(attribute.kind == Value::Kind::kNone ? item : follow_attribute(item, attribute), case_sensitive);
-  };
+  const auto key = [&](const Value& item) { return sort_key(follow_attribute(item, attribute), case_sensitive); };
   size_t best = 0;
   for (size_t i = 1; i < items.size(); ++i) {
     if (name == "min" ? less(key(items[i]), key(items[best])) : less(key(items[best]), key(items[i]))) best = i;
@@ -618,7 +615,7 @@ Value apply_filter(const std::string& name, const Value& value, const CallArgs& 
     std::string out;
     const List items = iterate(value);
     for (size_t i = 0; i < items.size(); ++i) {
-      out += (i ? separator : "") + python_str(attribute.kind == Value::Kind::kNone ? items[i] : follow_attribute(items[i], attribute));
+      out += (i ? separator : "") + python_str(follow_attribute(items[i], attribute));
     }
     return Value::of_string(out);
   }
@@ -637,7 +634,7 @@ Value apply_filter(const std::string& name, const Value& value, const CallArgs& 
     const Value attribute = argument(args, 1, "attribute", Value::none());
     List kept, seen;
     for (const Value& item : iterate(value)) {
-      const Value key = sort_key(attribute.kind == Value::Kind::kNone ? item : follow_attribute(item, attribute), case_sensitive);
+      const Value key = sort_key(follow_attribute(item, attribute), case_sensitive);
       if (std::any_of(seen.begin(), seen.end(), [&](const Value& s) { return equal(s, key); })) continue;
       seen.push_back(key);
       kept.push_back(item);
@@ -648,7 +645,7 @@ Value apply_filter(const std::string& name, const Value& value, const CallArgs& 
     const Value attribute = argument(args, 0, "attribute", Value::none());
     Value total = argument(args, 1, "start", Value::of_int(0));
     for (const Value& item : iterate(value)) {
-      total = arithmetic("+", total, attribute.kind == Value::Kind::kNone ? item : follow_attribute(item, attribute));
+      total = arithmetic("+", total, follow_attribute(item, attribute));
     }
     return total;
   }
